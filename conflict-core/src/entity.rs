@@ -1,0 +1,81 @@
+//! The entity trait and the OCC metadata the framework keeps beside every value.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{EntityId, EntityKey, OpId};
+
+/// A value the framework stores and protects: implemented by `#[derive(Entity)]`.
+///
+/// The derive reads the `#[entity(id)]` field for [`Entity::entity_id`] and the struct name (or
+/// `#[entity(name = "...")]`) for [`Entity::TYPE_NAME`]. The OCC metadata (version,
+/// last-modified) is not part of the struct: the store keeps it and hands it out in
+/// [`Versioned`], so user code cannot edit it.
+///
+/// ```
+/// use conflict_core::{Entity, EntityId};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Clone, Serialize, Deserialize)]
+/// struct Counter { id: EntityId, n: u64 }
+///
+/// // What the derive writes for you:
+/// impl Entity for Counter {
+///     const TYPE_NAME: &'static str = "Counter";
+///     fn entity_id(&self) -> EntityId { self.id }
+/// }
+///
+/// let c = Counter { id: EntityId::new(), n: 0 };
+/// assert_eq!(c.key().entity_type, "Counter");
+/// ```
+pub trait Entity: Clone + Send + Sync + Serialize + DeserializeOwned + 'static {
+    /// The stable name of the type: the namespace of its ids in every store.
+    const TYPE_NAME: &'static str;
+
+    /// The entity's identity.
+    fn entity_id(&self) -> EntityId;
+
+    /// The store key of this entity.
+    fn key(&self) -> EntityKey {
+        EntityKey::new(Self::TYPE_NAME, self.entity_id())
+    }
+}
+
+/// A value read from a store together with its OCC metadata.
+///
+/// ```
+/// # use conflict_core::Versioned;
+/// # use std::time::SystemTime;
+/// let v = Versioned { value: 5_i64, version: 1, last_modified: SystemTime::now() };
+/// assert_eq!(v.version, 1);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Versioned<T> {
+    /// The value.
+    pub value: T,
+    /// The version: 1 after insert, +1 per commit, never reused.
+    pub version: u64,
+    /// When the version was written.
+    pub last_modified: SystemTime,
+}
+
+/// The outcome of a committed operation.
+///
+/// ```
+/// # use conflict_core::{Committed, OpId};
+/// let c = Committed { value: 50_i64, version: 2, op_id: OpId::from_parts(1, 1), attempts: 1 };
+/// assert_eq!(c.attempts, 1);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Committed<T> {
+    /// What the body returned on the attempt that committed.
+    pub value: T,
+    /// The entity's version written by this commit.
+    pub version: u64,
+    /// The operation's id.
+    pub op_id: OpId,
+    /// How many times the body ran (1 = committed at the first try).
+    pub attempts: u32,
+}

@@ -1,0 +1,484 @@
+//! Errors: what a call of an annotated function returns when it does not commit.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{EntityId, EntityKey, OpId, OperationPriority};
+
+/// Why an operation was rejected by the staging stage.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// Another operation in its staging group had a higher effective priority, or the same
+    /// priority and an earlier submission.
+    LostPriority,
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::LostPriority => {
+                f.write_str("lost its staging group to a higher-ranked operation")
+            }
+        }
+    }
+}
+
+/// Which bound refused an operation at admission.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverloadScope {
+    /// The target's `max_staged_per_target`.
+    Target,
+    /// The runtime's total staging capacity.
+    Total,
+}
+
+impl fmt::Display for OverloadScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Target => "per-target",
+            Self::Total => "total",
+        })
+    }
+}
+
+/// A failure of the store behind the runtime.
+///
+/// Cheap to clone (sources are shared), so one error can be reported to several places.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No entity with this key.
+    #[error("entity {key} does not exist: insert it first or check the id")]
+    NotFound {
+        /// The key looked up.
+        key: EntityKey,
+    },
+    /// Insert of a key that is already stored.
+    #[error("entity {key} already exists: load it through a handle instead of inserting it again")]
+    AlreadyExists {
+        /// The key.
+        key: EntityKey,
+    },
+    /// A stored value could not be encoded or decoded.
+    #[error("entity {key} could not be (de)serialized: {message}")]
+    Codec {
+        /// The key.
+        key: EntityKey,
+        /// The serde error.
+        message: String,
+    },
+    /// The backend failed (connection lost, database error). The operation did not commit.
+    #[error("store backend failed: {message}")]
+    Backend {
+        /// What failed.
+        message: String,
+        /// The underlying error.
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The backend failed while a commit was in flight, so whether it applied is unknown.
+    /// Look the op id up in the store's ledger to find out; the runtime never retries it blindly.
+    #[error(
+        "commit of operation {op_id} has an unknown outcome ({message}): look the op id up in the ledger"
+    )]
+    OutcomeUnknown {
+        /// The operation whose commit is in doubt.
+        op_id: OpId,
+        /// What failed.
+        message: String,
+    },
+}
+
+impl StoreError {
+    /// A backend error from any error value.
+    pub fn backend(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Backend {
+            message: message.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+}
+
+/// How an operation ended, without the payload: the label metrics and reports count by.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    /// Committed.
+    Committed,
+    /// Lost its staging group.
+    Rejected,
+    /// Preempted by a higher-priority operation after its grace period.
+    Preempted,
+    /// Gave up after its retries.
+    RetriesExhausted,
+    /// Refused or displaced by admission control.
+    Overloaded,
+    /// Refused or stopped by shutdown.
+    ShuttingDown,
+    /// The body returned an error.
+    BodyError,
+    /// The body panicked.
+    Panicked,
+    /// Targeted an entity an ancestor operation is executing on.
+    Reentrant,
+    /// The body changed the entity's id.
+    IdentityChanged,
+    /// The store failed.
+    StoreError,
+    /// The caller dropped the call before it ended.
+    Cancelled,
+}
+
+impl OutcomeKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [Self; 12] = [
+        Self::Committed,
+        Self::Rejected,
+        Self::Preempted,
+        Self::RetriesExhausted,
+        Self::Overloaded,
+        Self::ShuttingDown,
+        Self::BodyError,
+        Self::Panicked,
+        Self::Reentrant,
+        Self::IdentityChanged,
+        Self::StoreError,
+        Self::Cancelled,
+    ];
+
+    /// The snake-case label used in metrics and reports.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Committed => "committed",
+            Self::Rejected => "rejected",
+            Self::Preempted => "preempted",
+            Self::RetriesExhausted => "retries_exhausted",
+            Self::Overloaded => "overloaded",
+            Self::ShuttingDown => "shutting_down",
+            Self::BodyError => "body_error",
+            Self::Panicked => "panicked",
+            Self::Reentrant => "reentrant",
+            Self::IdentityChanged => "identity_changed",
+            Self::StoreError => "store_error",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// The index of this kind in [`OutcomeKind::ALL`].
+    #[must_use]
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The record status an operation with this outcome ends in.
+    #[must_use]
+    pub const fn status(self) -> crate::OperationStatus {
+        use crate::OperationStatus as S;
+        match self {
+            Self::Committed => S::Succeeded,
+            Self::Rejected | Self::Preempted | Self::Overloaded => S::Rejected,
+            Self::ShuttingDown | Self::Cancelled => S::Cancelled,
+            Self::RetriesExhausted
+            | Self::BodyError
+            | Self::Panicked
+            | Self::Reentrant
+            | Self::IdentityChanged
+            | Self::StoreError => S::Failed,
+        }
+    }
+}
+
+impl fmt::Display for OutcomeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a call of an annotated function did not commit. `E` is the body's own error type
+/// (`Infallible` for bodies that return a plain value).
+///
+/// Every call ends with exactly one `Ok(Committed)` or one of these; none is ever dropped
+/// silently.
+///
+/// ```
+/// use conflict_core::{ConflictError, OpId, OutcomeKind};
+///
+/// let e: ConflictError<std::io::Error> = ConflictError::ShuttingDown { op_id: OpId::from_parts(1, 2) };
+/// assert_eq!(e.kind(), OutcomeKind::ShuttingDown);
+/// assert!(e.to_string().contains("shutting down"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConflictError<E> {
+    /// Lost its staging group: another operation on the same target ranked higher.
+    #[error(
+        "operation {op_id} (priority {priority}) was rejected: {reason}; winner {winner_op_id} (priority {winner_priority}). Retry later, raise the priority, or use on_lose = \"requeue\""
+    )]
+    Rejected {
+        /// This operation.
+        op_id: OpId,
+        /// The operation that won.
+        winner_op_id: OpId,
+        /// This operation's effective priority.
+        priority: OperationPriority,
+        /// The winner's effective priority.
+        winner_priority: OperationPriority,
+        /// Why.
+        reason: RejectReason,
+    },
+    /// Was executing past its grace period when an operation of strictly higher effective
+    /// priority arrived; its commit was refused.
+    #[error(
+        "operation {op_id} (priority {priority}) was preempted by {by_op_id} (priority {by_priority}) after its grace period; nothing was committed"
+    )]
+    Preempted {
+        /// This operation.
+        op_id: OpId,
+        /// The operation that preempted it.
+        by_op_id: OpId,
+        /// This operation's effective priority.
+        priority: OperationPriority,
+        /// The preempting operation's effective priority.
+        by_priority: OperationPriority,
+    },
+    /// Every attempt met a newer version at commit.
+    #[error(
+        "operation {op_id} gave up after {attempts} attempts: {target} changed under every attempt. Raise max_retries or reduce contention"
+    )]
+    RetriesExhausted {
+        /// This operation.
+        op_id: OpId,
+        /// How many times the body ran.
+        attempts: u32,
+        /// The contended entity.
+        target: EntityKey,
+    },
+    /// Refused at admission (or displaced by a higher-priority arrival) because staging is full.
+    #[error(
+        "operation {op_id} was refused: {scope} staging capacity of {capacity} is full. Retry later or raise the capacity"
+    )]
+    Overloaded {
+        /// This operation.
+        op_id: OpId,
+        /// The bound that was hit.
+        capacity: usize,
+        /// Which bound.
+        scope: OverloadScope,
+    },
+    /// The runtime is shutting down (or shut down) and did not run this operation to the end.
+    #[error("operation {op_id} did not run: the runtime is shutting down")]
+    ShuttingDown {
+        /// This operation.
+        op_id: OpId,
+    },
+    /// The body returned `Err`; nothing was committed and the body was not retried.
+    #[error("the operation's body returned an error: {0}")]
+    Body(#[source] E),
+    /// The body panicked; nothing was committed. The runtime is unaffected.
+    #[error("operation {op_id}'s body panicked: {message}")]
+    Panicked {
+        /// This operation.
+        op_id: OpId,
+        /// The panic message.
+        message: String,
+    },
+    /// Called from the body of an operation that is executing on the same target: running it
+    /// would wait for its own ancestor. Change the entity in the ancestor's body instead.
+    #[error(
+        "operation {op_id} targets {target}, which its ancestor {ancestor_op_id} is executing on: a nested operation cannot target its ancestor's entity"
+    )]
+    Reentrant {
+        /// This operation.
+        op_id: OpId,
+        /// The shared target.
+        target: EntityKey,
+        /// The ancestor executing on it.
+        ancestor_op_id: OpId,
+    },
+    /// The body changed the entity's id field; the change was not committed.
+    #[error(
+        "operation {op_id}'s body changed the entity id from {expected} to {found}; ids are immutable"
+    )]
+    IdentityChanged {
+        /// This operation.
+        op_id: OpId,
+        /// The id the entity had.
+        expected: EntityId,
+        /// The id the body left.
+        found: EntityId,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl<E> ConflictError<E> {
+    /// The outcome label of this error.
+    #[must_use]
+    pub fn kind(&self) -> OutcomeKind {
+        match self {
+            Self::Rejected { .. } => OutcomeKind::Rejected,
+            Self::Preempted { .. } => OutcomeKind::Preempted,
+            Self::RetriesExhausted { .. } => OutcomeKind::RetriesExhausted,
+            Self::Overloaded { .. } => OutcomeKind::Overloaded,
+            Self::ShuttingDown { .. } => OutcomeKind::ShuttingDown,
+            Self::Body(_) => OutcomeKind::BodyError,
+            Self::Panicked { .. } => OutcomeKind::Panicked,
+            Self::Reentrant { .. } => OutcomeKind::Reentrant,
+            Self::IdentityChanged { .. } => OutcomeKind::IdentityChanged,
+            Self::Store(_) => OutcomeKind::StoreError,
+        }
+    }
+
+    /// The operation's id, where the error carries one.
+    #[must_use]
+    pub fn op_id(&self) -> Option<OpId> {
+        match self {
+            Self::Rejected { op_id, .. }
+            | Self::Preempted { op_id, .. }
+            | Self::RetriesExhausted { op_id, .. }
+            | Self::Overloaded { op_id, .. }
+            | Self::ShuttingDown { op_id }
+            | Self::Panicked { op_id, .. }
+            | Self::Reentrant { op_id, .. }
+            | Self::IdentityChanged { op_id, .. } => Some(*op_id),
+            Self::Store(StoreError::OutcomeUnknown { op_id, .. }) => Some(*op_id),
+            Self::Body(_) | Self::Store(_) => None,
+        }
+    }
+
+    /// Whether calling again later may succeed (lost to contention or load, not a fault).
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Rejected { .. }
+                | Self::Preempted { .. }
+                | Self::RetriesExhausted { .. }
+                | Self::Overloaded { .. }
+        )
+    }
+
+    /// Converts the body error with `f`, keeping every other variant.
+    pub fn map_body<F, E2>(self, f: F) -> ConflictError<E2>
+    where
+        F: FnOnce(E) -> E2,
+    {
+        match self {
+            Self::Body(e) => ConflictError::Body(f(e)),
+            Self::Rejected {
+                op_id,
+                winner_op_id,
+                priority,
+                winner_priority,
+                reason,
+            } => ConflictError::Rejected {
+                op_id,
+                winner_op_id,
+                priority,
+                winner_priority,
+                reason,
+            },
+            Self::Preempted {
+                op_id,
+                by_op_id,
+                priority,
+                by_priority,
+            } => ConflictError::Preempted {
+                op_id,
+                by_op_id,
+                priority,
+                by_priority,
+            },
+            Self::RetriesExhausted {
+                op_id,
+                attempts,
+                target,
+            } => ConflictError::RetriesExhausted {
+                op_id,
+                attempts,
+                target,
+            },
+            Self::Overloaded {
+                op_id,
+                capacity,
+                scope,
+            } => ConflictError::Overloaded {
+                op_id,
+                capacity,
+                scope,
+            },
+            Self::ShuttingDown { op_id } => ConflictError::ShuttingDown { op_id },
+            Self::Panicked { op_id, message } => ConflictError::Panicked { op_id, message },
+            Self::Reentrant {
+                op_id,
+                target,
+                ancestor_op_id,
+            } => ConflictError::Reentrant {
+                op_id,
+                target,
+                ancestor_op_id,
+            },
+            Self::IdentityChanged {
+                op_id,
+                expected,
+                found,
+            } => ConflictError::IdentityChanged {
+                op_id,
+                expected,
+                found,
+            },
+            Self::Store(e) => ConflictError::Store(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("insufficient funds")]
+    struct Insufficient;
+
+    #[test]
+    fn body_error_is_the_source() {
+        use std::error::Error;
+        let e: ConflictError<Insufficient> = ConflictError::Body(Insufficient);
+        assert_eq!(e.kind(), OutcomeKind::BodyError);
+        assert_eq!(e.source().unwrap().to_string(), "insufficient funds");
+        let mapped = e.map_body(|_| "x");
+        assert!(matches!(mapped, ConflictError::Body("x")));
+    }
+
+    #[test]
+    fn every_outcome_kind_has_a_distinct_label_and_index() {
+        let labels: std::collections::HashSet<_> =
+            OutcomeKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(labels.len(), OutcomeKind::ALL.len());
+        for (i, k) in OutcomeKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i);
+        }
+    }
+
+    #[test]
+    fn messages_say_what_to_do() {
+        let e: ConflictError<Insufficient> = ConflictError::Overloaded {
+            op_id: OpId::from_parts(1, 1),
+            capacity: 8,
+            scope: OverloadScope::Target,
+        };
+        let msg = e.to_string();
+        assert!(msg.contains("per-target staging capacity of 8"), "{msg}");
+        assert!(e.is_transient());
+    }
+}

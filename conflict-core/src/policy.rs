@@ -1,0 +1,191 @@
+//! The pure rules of the staging stage: who wins a group, who may preempt whom.
+//!
+//! ```
+//! use conflict_core::policy::{select_winner, Candidate};
+//! use conflict_core::{OpId, OperationPriority as P};
+//!
+//! let group = [
+//!     Candidate { op_id: OpId::from_parts(1, 1), effective_priority: P::NORMAL, submitted_seq: 1 },
+//!     Candidate { op_id: OpId::from_parts(1, 2), effective_priority: P::CRITICAL, submitted_seq: 2 },
+//!     Candidate { op_id: OpId::from_parts(1, 3), effective_priority: P::CRITICAL, submitted_seq: 3 },
+//! ];
+//! assert_eq!(select_winner(&group), Some(1)); // highest priority, then earliest
+//! ```
+
+use std::cmp::Ordering;
+use std::time::Duration;
+
+use crate::{OpId, OperationPriority};
+
+/// What the policy needs to know about a staged operation.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// The operation (final tie-break).
+    pub op_id: OpId,
+    /// Own priority raised to the maximum of the parent chain.
+    pub effective_priority: OperationPriority,
+    /// Submission order within the runtime (lower = earlier).
+    pub submitted_seq: u64,
+}
+
+/// Orders candidates best first: higher effective priority, then earlier submission, then the
+/// smaller op id. Total and deterministic: two distinct operations never compare equal.
+#[must_use]
+pub fn rank(a: &Candidate, b: &Candidate) -> Ordering {
+    b.effective_priority
+        .cmp(&a.effective_priority)
+        .then(a.submitted_seq.cmp(&b.submitted_seq))
+        .then(a.op_id.cmp(&b.op_id))
+}
+
+/// Whether `a` ranks ahead of `b`.
+#[must_use]
+pub fn beats(a: &Candidate, b: &Candidate) -> bool {
+    rank(a, b) == Ordering::Less
+}
+
+/// The index of the winner of a group, `None` for an empty group.
+#[must_use]
+pub fn select_winner(group: &[Candidate]) -> Option<usize> {
+    group
+        .iter()
+        .enumerate()
+        .min_by(|(_, a), (_, b)| rank(a, b))
+        .map(|(i, _)| i)
+}
+
+/// The index of the weakest member of a group (the one admission control displaces first).
+#[must_use]
+pub fn select_weakest(group: &[Candidate]) -> Option<usize> {
+    group
+        .iter()
+        .enumerate()
+        .max_by(|(_, a), (_, b)| rank(a, b))
+        .map(|(i, _)| i)
+}
+
+/// An operation's effective priority: its own, raised to its parent's effective priority.
+/// Because the parent's is already raised to its own parent's, this is the maximum of the chain.
+#[must_use]
+pub fn effective_priority(
+    own: OperationPriority,
+    parent_effective: Option<OperationPriority>,
+) -> OperationPriority {
+    parent_effective.map_or(own, |p| own.max(p))
+}
+
+/// Whether an arriving operation may preempt the executing one: only after the executing one's
+/// grace period, and only with a strictly higher effective priority.
+#[must_use]
+pub fn may_preempt(
+    executing: OperationPriority,
+    executing_for: Duration,
+    grace_period: Duration,
+    arriving: OperationPriority,
+) -> bool {
+    arriving > executing && executing_for >= grace_period
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use OperationPriority as P;
+
+    fn c(seq: u64, p: P) -> Candidate {
+        Candidate {
+            op_id: OpId::from_parts(9, seq),
+            effective_priority: p,
+            submitted_seq: seq,
+        }
+    }
+
+    #[test]
+    fn critical_beats_normal_and_low_in_any_arrival_order() {
+        let ops = [c(1, P::LOW), c(2, P::NORMAL), c(3, P::CRITICAL)];
+        // Every permutation of arrival order picks the CRITICAL one.
+        let perms = [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ];
+        for perm in perms {
+            let group: Vec<_> = perm.iter().map(|&i| ops[i]).collect();
+            let w = select_winner(&group).unwrap();
+            assert_eq!(group[w].effective_priority, P::CRITICAL);
+        }
+    }
+
+    #[test]
+    fn equal_priorities_go_to_the_earliest_submission_then_op_id() {
+        let group = [c(7, P::HIGH), c(3, P::HIGH), c(5, P::HIGH)];
+        assert_eq!(select_winner(&group), Some(1));
+        let same_seq = [
+            Candidate {
+                op_id: OpId::from_parts(2, 0),
+                effective_priority: P::HIGH,
+                submitted_seq: 1,
+            },
+            Candidate {
+                op_id: OpId::from_parts(1, 0),
+                effective_priority: P::HIGH,
+                submitted_seq: 1,
+            },
+        ];
+        assert_eq!(select_winner(&same_seq), Some(1));
+        assert_eq!(select_winner(&[]), None);
+    }
+
+    #[test]
+    fn rank_is_a_strict_total_order() {
+        let all: Vec<_> = (0..30)
+            .map(|i| c(i, P::new((i % 10 + 1) as u8).unwrap()))
+            .collect();
+        for a in &all {
+            assert_eq!(rank(a, a), Ordering::Equal);
+            for b in &all {
+                if a != b {
+                    assert_ne!(rank(a, b), Ordering::Equal);
+                    assert_eq!(rank(a, b), rank(b, a).reverse());
+                }
+            }
+        }
+        let w = select_winner(&all).unwrap();
+        let l = select_weakest(&all).unwrap();
+        assert!(all.iter().all(|x| !beats(x, &all[w])));
+        assert!(all.iter().all(|x| !beats(&all[l], x)));
+    }
+
+    #[test]
+    fn effective_priority_is_the_chain_maximum() {
+        assert_eq!(effective_priority(P::LOW, None), P::LOW);
+        assert_eq!(effective_priority(P::LOW, Some(P::CRITICAL)), P::CRITICAL);
+        assert_eq!(effective_priority(P::CRITICAL, Some(P::LOW)), P::CRITICAL);
+        // A chain LOW <- NORMAL <- HIGH root: every descendant is at least HIGH.
+        let root = effective_priority(P::HIGH, None);
+        let mid = effective_priority(P::NORMAL, Some(root));
+        let leaf = effective_priority(P::LOW, Some(mid));
+        assert_eq!(leaf, P::HIGH);
+    }
+
+    #[test]
+    fn preemption_needs_strictly_higher_priority_and_an_expired_grace() {
+        let g = Duration::from_millis(100);
+        assert!(!may_preempt(
+            P::LOW,
+            Duration::from_millis(99),
+            g,
+            P::CRITICAL
+        ));
+        assert!(may_preempt(
+            P::LOW,
+            Duration::from_millis(100),
+            g,
+            P::CRITICAL
+        ));
+        assert!(!may_preempt(P::HIGH, Duration::from_secs(9), g, P::HIGH));
+        assert!(!may_preempt(P::HIGH, Duration::from_secs(9), g, P::NORMAL));
+    }
+}

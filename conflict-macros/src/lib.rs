@@ -1,0 +1,53 @@
+//! Proc macros of the `conflict` framework. Use them through `conflict-runtime`, which
+//! re-exports them and provides the `__private` module their expansions call.
+//!
+//! Each macro parses its input into typed structs ([`args`]), validates literals with spanned
+//! errors, and expands into calls of `::conflict_runtime::__private`. On a bad attribute the
+//! original item is still emitted after the error, so one mistake gives one message.
+
+mod args;
+mod entity;
+mod with_conflict_resolution;
+
+use proc_macro::TokenStream;
+
+/// Implements `Entity` for a struct with named fields and registers the type.
+///
+/// Exactly one field must carry `#[entity(id)]` and have type `EntityId`. The type name defaults
+/// to the struct's name; `#[entity(name = "...")]` on the struct sets another. Use
+/// `#[entity(crate = "path")]` when `conflict_runtime` is re-exported under another path.
+#[proc_macro_derive(Entity, attributes(entity))]
+pub fn derive_entity(input: TokenStream) -> TokenStream {
+    let input = syn::parse_macro_input!(input as syn::DeriveInput);
+    entity::expand(&input)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Turns an `async fn` that mutates an entity into a conflict-resolved operation.
+///
+/// See the `conflict_runtime` crate documentation for the generated signature and the
+/// attribute reference in `docs/attributes.md`.
+#[proc_macro_attribute]
+pub fn with_conflict_resolution(args: TokenStream, item: TokenStream) -> TokenStream {
+    let item2 = proc_macro2::TokenStream::from(item.clone());
+    let args = match syn::parse::<args::ConflictArgs>(args) {
+        Ok(a) => a,
+        Err(e) => return with_fallback(e, item2),
+    };
+    let func = match syn::parse::<syn::ItemFn>(item) {
+        Ok(f) => f,
+        Err(e) => return with_fallback(e, item2),
+    };
+    match with_conflict_resolution::expand(args, func) {
+        Ok(ts) => ts.into(),
+        Err(e) => with_fallback(e, item2),
+    }
+}
+
+/// The errors, then the user's item unchanged, so the rest of the crate still type-checks.
+fn with_fallback(err: syn::Error, item: proc_macro2::TokenStream) -> TokenStream {
+    let mut out = err.into_compile_error();
+    out.extend(item);
+    out.into()
+}

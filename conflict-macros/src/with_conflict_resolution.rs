@@ -1,0 +1,211 @@
+//! `#[with_conflict_resolution(...)]`: the user's body becomes an inner function; the public
+//! function takes a `&Handle<E>` and hands everything to `__private::execute`.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
+
+use crate::args::{ConflictArgs, Errors, config_tokens};
+
+/// How the body's return type maps onto the generated one.
+enum Returns {
+    /// `Result<T, E>` spelled out: `Committed<T>`, `ConflictError<E>`.
+    Result(Type, Type),
+    /// A path ending in `Result` with other arguments (an alias): use its `BodyResult` types.
+    ResultAlias(Type),
+    /// Anything else: `Committed<T>`, `ConflictError<Infallible>`.
+    Value(Type),
+}
+
+fn classify(output: &ReturnType) -> Returns {
+    let ty = match output {
+        ReturnType::Default => return Returns::Value(syn::parse_quote!(())),
+        ReturnType::Type(_, ty) => (**ty).clone(),
+    };
+    if let Type::Path(tp) = &ty {
+        if tp.qself.is_none() {
+            if let Some(last) = tp.path.segments.last() {
+                if last.ident == "Result" {
+                    if let PathArguments::AngleBracketed(ab) = &last.arguments {
+                        let types: Vec<&Type> = ab
+                            .args
+                            .iter()
+                            .filter_map(|a| match a {
+                                GenericArgument::Type(t) => Some(t),
+                                _ => None,
+                            })
+                            .collect();
+                        if types.len() == 2 && ab.args.len() == 2 {
+                            return Returns::Result(types[0].clone(), types[1].clone());
+                        }
+                    }
+                    return Returns::ResultAlias(ty);
+                }
+            }
+        }
+    }
+    Returns::Value(ty)
+}
+
+/// A non-entity argument: the name the outer function uses, the original for the inner one.
+struct Param {
+    outer: Ident,
+    ty: Type,
+}
+
+pub(crate) fn expand(args: ConflictArgs, func: ItemFn) -> syn::Result<TokenStream> {
+    let mut errors = Errors::default();
+    let sig = &func.sig;
+    if sig.asyncness.is_none() {
+        errors.spanned(
+            sig.fn_token,
+            "#[with_conflict_resolution] requires an `async fn`: write `async fn`",
+        );
+    }
+    if let Some(c) = &sig.constness {
+        errors.spanned(
+            c,
+            "#[with_conflict_resolution] cannot be applied to a `const fn`",
+        );
+    }
+    if let Some(v) = &sig.variadic {
+        errors.spanned(
+            v,
+            "#[with_conflict_resolution] does not support variadic functions",
+        );
+    }
+
+    let mut inputs = sig.inputs.iter();
+    let mut entity: Option<(Ident, Type)> = None;
+    match inputs.next() {
+        None => errors.push(syn::Error::new(
+            sig.paren_token.span.join(),
+            "expected the entity as first parameter, e.g. `account: &mut Account`",
+        )),
+        Some(FnArg::Receiver(r)) => errors.spanned(
+            r,
+            "#[with_conflict_resolution] supports free functions only: make the entity (`&mut E`) the first parameter instead of `self`",
+        ),
+        Some(FnArg::Typed(pt)) => match &*pt.ty {
+            Type::Reference(r) if r.mutability.is_some() => {
+                let name = match &*pt.pat {
+                    Pat::Ident(pi) if pi.subpat.is_none() => pi.ident.clone(),
+                    _ => format_ident!("__conflict_entity_handle"),
+                };
+                entity = Some((name, (*r.elem).clone()));
+            }
+            other => errors.spanned(
+                other,
+                "the entity parameter must be `&mut E` (E: Entity): the framework hands the body a private copy to mutate",
+            ),
+        },
+    }
+
+    let mut params = Vec::new();
+    for (i, arg) in inputs.enumerate() {
+        match arg {
+            FnArg::Receiver(r) => errors.spanned(r, "`self` must be the first parameter"),
+            FnArg::Typed(pt) => {
+                if let Type::Reference(r) = &*pt.ty {
+                    if r.mutability.is_some() {
+                        errors.spanned(
+                            &pt.ty,
+                            "a second `&mut` parameter: an operation targets exactly one entity (multi-entity operations are not supported yet); pass other values by value or by shared reference",
+                        );
+                        continue;
+                    }
+                }
+                let outer = match &*pt.pat {
+                    Pat::Ident(pi) if pi.subpat.is_none() && pi.by_ref.is_none() => {
+                        pi.ident.clone()
+                    }
+                    _ => format_ident!("__conflict_arg{}", i + 1),
+                };
+                params.push(Param {
+                    outer,
+                    ty: (*pt.ty).clone(),
+                });
+            }
+        }
+    }
+    errors.finish()?;
+    let Some((entity_ident, entity_ty)) = entity else {
+        return Err(syn::Error::new(
+            Span::call_site(),
+            "missing entity parameter",
+        ));
+    };
+
+    let krate = &args.krate;
+    let p = quote!(#krate::__private);
+    let config = config_tokens(&args.config, krate);
+
+    let attrs = &func.attrs;
+    let vis = &func.vis;
+    let name = &sig.ident;
+    let generics = &sig.generics;
+    let where_clause = &generics.where_clause;
+    let block = &func.block;
+    let inner_output = &sig.output;
+    let inner_inputs = &sig.inputs;
+
+    let (ok_ty, err_ty, wrap) = match classify(&sig.output) {
+        Returns::Result(t, e) => (quote!(#t), quote!(#e), quote!(__conflict_out)),
+        Returns::ResultAlias(ty) => (
+            quote!(<#ty as #p::BodyResult>::Ok),
+            quote!(<#ty as #p::BodyResult>::Err),
+            quote!(__conflict_out),
+        ),
+        Returns::Value(t) => (
+            quote!(#t),
+            quote!(::core::convert::Infallible),
+            quote!(#p::infallible(__conflict_out)),
+        ),
+    };
+
+    let outer_params = params.iter().map(|prm| {
+        let (id, ty) = (&prm.outer, &prm.ty);
+        quote!(#id: #ty)
+    });
+    let ids: Vec<&Ident> = params.iter().map(|prm| &prm.outer).collect();
+    let clone_checks = params.iter().map(|prm| {
+        let id = &prm.outer;
+        quote_spanned!(prm.ty.span()=> #p::assert_arg_clone(&#id);)
+    });
+    let name_str = name.to_string();
+
+    Ok(quote! {
+        #(#attrs)*
+        #vis async fn #name #generics (
+            #entity_ident: &#p::Handle<#entity_ty>,
+            #(#outer_params),*
+        ) -> ::core::result::Result<#p::Committed<#ok_ty>, #p::ConflictError<#err_ty>>
+        #where_clause
+        {
+            #[allow(clippy::needless_pass_by_value, clippy::unused_async)]
+            async fn __conflict_body #generics (#inner_inputs) #inner_output #where_clause #block
+
+            static __CONFLICT_SPEC: #p::OperationSpec = #p::OperationSpec {
+                name: #name_str,
+                module: ::core::module_path!(),
+                config: #config,
+            };
+            #p::inventory::submit! {
+                #p::OperationRegistration(&__CONFLICT_SPEC)
+            }
+
+            #(#clone_checks)*
+            #p::execute(
+                &__CONFLICT_SPEC,
+                #entity_ident,
+                (#(#ids,)*),
+                |mut __conflict_entity, (#(#ids,)*)| async move {
+                    let __conflict_out = __conflict_body(&mut __conflict_entity, #(#ids),*).await;
+                    (__conflict_entity, #wrap)
+                },
+            )
+            .await
+        }
+    })
+}

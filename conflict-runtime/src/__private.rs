@@ -1,0 +1,74 @@
+//! What the macros expand to. Not a public API: names and signatures here change without notice.
+#![doc(hidden)]
+
+use std::convert::Infallible;
+use std::future::Future;
+
+pub use conflict_core::{
+    CleanupConfig, CleanupStrategy, Committed, ConflictError, Entity, EntityId, OccConfig, OnLose,
+    OpClass, OperationConfig, OperationPriority, PreEcsConfig, PrioritySet, ResolutionMode,
+};
+pub use inventory;
+pub use std::borrow::Cow;
+
+pub use crate::registry::{EntityRegistration, OperationRegistration, OperationSpec};
+pub use crate::runtime::Handle;
+
+/// Runs one call of an annotated function.
+pub async fn execute<E, A, F, Fut, T, Err>(
+    spec: &'static OperationSpec,
+    handle: &Handle<E>,
+    args: A,
+    body: F,
+) -> Result<Committed<T>, ConflictError<Err>>
+where
+    E: Entity,
+    A: Clone,
+    F: FnMut(E, A) -> Fut,
+    Fut: Future<Output = (E, Result<T, Err>)>,
+{
+    crate::occ::execute(spec, handle, args, body).await
+}
+
+/// Wraps the value of a body that cannot fail.
+#[inline]
+pub fn infallible<T>(value: T) -> Result<T, Infallible> {
+    Ok(value)
+}
+
+/// The `Ok` and `Err` types of a body's `Result` return type (also through aliases such as
+/// `io::Result<T>`).
+pub trait BodyResult {
+    /// What the body returns on success.
+    type Ok;
+    /// What it returns on failure.
+    type Err;
+}
+
+impl<T, E> BodyResult for Result<T, E> {
+    type Ok = T;
+    type Err = E;
+}
+
+/// Checked for every non-entity argument: the body may run more than once, each time on a clone.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` must implement `Clone` to be an argument of a #[with_conflict_resolution] function",
+    label = "not `Clone`",
+    note = "the body may run more than once (once per OCC attempt), each time with a clone of its arguments; pass a reference or an `Arc` to share a value that cannot be cloned"
+)]
+pub trait ArgClone: Clone {}
+
+impl<T: Clone> ArgClone for T {}
+
+/// Fails to compile when an argument type is not `Clone`, with the message above.
+#[inline(always)]
+pub fn assert_arg_clone<T: ArgClone>(_: &T) {}
+
+/// A priority checked at compile time (the macro already validated the literal).
+#[must_use]
+pub const fn priority(value: u8) -> OperationPriority {
+    match OperationPriority::new(value) {
+        Ok(p) => p,
+        Err(_) => panic!("priority must be 1..=10"),
+    }
+}

@@ -1,0 +1,192 @@
+//! The operation hierarchy: which operation's body is running, and per-call overrides.
+//!
+//! Every body runs inside a task-local frame naming its operation. An annotated function called
+//! from inside that body sees the frame, records the operation as its parent and inherits its
+//! effective priority. [`scope`] sets a priority or a parent for the calls inside a future (for
+//! example a task spawned from a body, which does not inherit task-locals).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use conflict_core::{EntityKey, OpId, OperationPriority};
+
+/// A running operation, as its children see it. Obtain it with [`current_operation`] and pass it
+/// to [`Scope::parent`] to make calls in another task children of this operation.
+///
+/// Ancestry is a chain of shared links from child to parent. A link is created only for an
+/// operation that already exists, with a fresh id, so a chain can never loop back on itself.
+#[derive(Clone, Debug)]
+pub struct OperationContext {
+    pub(crate) link: Arc<Link>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) runtime_id: u64,
+    pub(crate) op_id: OpId,
+    pub(crate) target: EntityKey,
+    pub(crate) effective_priority: OperationPriority,
+    pub(crate) parent: Option<Arc<Link>>,
+}
+
+impl OperationContext {
+    /// The operation's id.
+    #[must_use]
+    pub fn op_id(&self) -> OpId {
+        self.link.op_id
+    }
+
+    /// Its effective priority (what children inherit).
+    #[must_use]
+    pub fn effective_priority(&self) -> OperationPriority {
+        self.link.effective_priority
+    }
+
+    /// The entity it executes on.
+    #[must_use]
+    pub fn target(&self) -> &EntityKey {
+        &self.link.target
+    }
+
+    /// The ids of its ancestors, nearest first (not including itself).
+    #[must_use]
+    pub fn ancestors(&self) -> Vec<OpId> {
+        let mut out = Vec::new();
+        let mut cur = self.link.parent.as_deref();
+        while let Some(l) = cur {
+            out.push(l.op_id);
+            cur = l.parent.as_deref();
+        }
+        out
+    }
+
+    /// The nearest operation in this chain (itself included) of runtime `runtime_id` that is
+    /// executing on `target`.
+    pub(crate) fn find_target(&self, runtime_id: u64, target: &EntityKey) -> Option<OpId> {
+        let mut cur = Some(&*self.link);
+        while let Some(l) = cur {
+            if l.runtime_id == runtime_id && &l.target == target {
+                return Some(l.op_id);
+            }
+            cur = l.parent.as_deref();
+        }
+        None
+    }
+}
+
+#[derive(Clone, Default)]
+pub(crate) struct Frame {
+    pub(crate) current: Option<OperationContext>,
+    pub(crate) priority: Option<OperationPriority>,
+}
+
+tokio::task_local! {
+    static FRAME: Frame;
+}
+
+/// What a new operation inherits from where it is called.
+pub(crate) fn inherited() -> Frame {
+    FRAME.try_with(Frame::clone).unwrap_or_default()
+}
+
+/// Runs `fut` as the body of `ctx`: calls inside see `ctx` as their parent.
+pub(crate) async fn run_as<F: Future>(ctx: OperationContext, fut: F) -> F::Output {
+    FRAME
+        .scope(
+            Frame {
+                current: Some(ctx),
+                priority: None,
+            },
+            fut,
+        )
+        .await
+}
+
+/// The operation whose body is running in this task, if any.
+///
+/// ```
+/// assert!(conflict_runtime::current_operation().is_none());
+/// ```
+#[must_use]
+pub fn current_operation() -> Option<OperationContext> {
+    FRAME.try_with(|f| f.current.clone()).ok().flatten()
+}
+
+/// Starts a per-call override: see [`Scope`].
+///
+/// ```
+/// use conflict_runtime::prelude::*;
+///
+/// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Entity)]
+/// # struct Account { #[entity(id)] id: EntityId, balance: i64 }
+/// #[with_conflict_resolution(occ(max_retries = 3))]
+/// async fn deposit(account: &mut Account, amount: i64) -> i64 {
+///     account.balance += amount;
+///     account.balance
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let rt = Runtime::in_memory();
+/// let acct = rt.insert(Account { id: EntityId::new(), balance: 0 }).await.unwrap();
+/// let done = conflict_runtime::scope()
+///     .priority(OperationPriority::CRITICAL)
+///     .run(deposit(&acct, 5))
+///     .await
+///     .unwrap();
+/// assert_eq!(done.value, 5);
+/// # }
+/// ```
+#[must_use]
+pub fn scope() -> Scope {
+    let inherited = inherited();
+    Scope {
+        current: inherited.current,
+        priority: None,
+    }
+}
+
+/// Overrides for the operations started inside one future: their own priority, their parent.
+///
+/// The override applies to operations started directly in the future (not to the children they
+/// start in turn, which inherit from their parent as usual).
+#[derive(Clone, Default)]
+#[must_use]
+pub struct Scope {
+    current: Option<OperationContext>,
+    priority: Option<OperationPriority>,
+}
+
+impl Scope {
+    /// Runs the calls with this own priority instead of the one their attribute declares.
+    pub fn priority(mut self, priority: OperationPriority) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Makes the calls children of `parent` (inheriting its effective priority and its
+    /// ancestry), e.g. in a task spawned from `parent`'s body.
+    pub fn parent(mut self, parent: OperationContext) -> Self {
+        self.current = Some(parent);
+        self
+    }
+
+    /// Makes the calls top-level operations (no parent), even inside a body.
+    pub fn detached(mut self) -> Self {
+        self.current = None;
+        self
+    }
+
+    /// Runs `fut` with these overrides.
+    pub async fn run<F: Future>(self, fut: F) -> F::Output {
+        FRAME
+            .scope(
+                Frame {
+                    current: self.current,
+                    priority: self.priority,
+                },
+                fut,
+            )
+            .await
+    }
+}

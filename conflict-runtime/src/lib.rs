@@ -1,0 +1,118 @@
+//! Change shared entities from many async tasks at once, without locks and without losing an
+//! update.
+//!
+//! Annotate an `async fn` that mutates an entity with [`with_conflict_resolution`]. Every call
+//! then goes through two stages:
+//!
+//! 1. **Staging** ("pre-ECS"): calls competing for the same entity are resolved by priority
+//!    *before* any of them runs. The winner executes; losers are rejected (or requeued) at once,
+//!    so contention does not burn CPU on doomed attempts.
+//! 2. **Optimistic concurrency control**: the winner reads a snapshot (value + version), runs the
+//!    body on a private copy, and commits only if the version is unchanged (compare-and-commit).
+//!    On a conflict — another process, a direct write, an OCC-only function — it backs off
+//!    (exponential, full jitter, capped) and runs again on a fresh snapshot.
+//!
+//! Every call ends with exactly one definite outcome: `Ok(`[`Committed`]`)` with the new version,
+//! or a [`ConflictError`] saying why (rejected, preempted, retries exhausted, overloaded, shutting
+//! down, body error, body panicked, ...). Never a silent drop, never a hang.
+//!
+//! # Quick start
+//!
+//! ```
+//! use conflict_runtime::prelude::*;
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+//! struct Account {
+//!     #[entity(id)]
+//!     id: EntityId,
+//!     balance: i64,
+//! }
+//!
+//! #[derive(Debug, thiserror::Error)]
+//! #[error("insufficient funds")]
+//! struct Insufficient;
+//!
+//! #[with_conflict_resolution(priority = 5, occ(max_retries = 10, base_delay_ms = 1, backoff_factor = 1.5, max_delay_ms = 50))]
+//! async fn withdraw(account: &mut Account, amount: i64) -> Result<i64, Insufficient> {
+//!     if account.balance < amount {
+//!         return Err(Insufficient); // nothing is committed
+//!     }
+//!     account.balance -= amount;
+//!     Ok(account.balance)
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let rt = Runtime::in_memory();
+//! let acct: Handle<Account> = rt.insert(Account { id: EntityId::new(), balance: 100 }).await?;
+//! let done: Committed<i64> = withdraw(&acct, 30).await?;
+//! assert_eq!((done.value, done.version), (70, 2));
+//! assert!(matches!(withdraw(&acct, 500).await, Err(ConflictError::Body(Insufficient))));
+//! assert_eq!(acct.load().await?.value.balance, 70);
+//! # Ok(()) }
+//! ```
+//!
+//! # What the macro generates
+//!
+//! The annotated function keeps its name, visibility and other arguments. Its first parameter
+//! must be the entity, `&mut E` with `E: Entity`; in the generated function it becomes
+//! `&Handle<E>`. The return type becomes `Result<Committed<T>, ConflictError<Err>>`:
+//!
+//! * If the declared return type is a path whose last segment is `Result` (`Result<T, E>`,
+//!   `std::result::Result<T, E>`, `io::Result<T>`, `anyhow::Result<T>`, ...), the body is
+//!   *fallible*: `Ok(v)` commits and returns `v`; `Err(e)` commits nothing, is not retried, and
+//!   returns `ConflictError::Body(e)`. The type must be `core::result::Result` (an alias of it is
+//!   fine).
+//! * Anything else (including no return type) is an *infallible* body returning `T`; the error
+//!   type is `ConflictError<Infallible>`.
+//!
+//! The decision is syntactic, by the last path segment's name. A `Result` hidden behind an alias
+//! with another name is treated as a plain value (and an `Err` would be committed); name such
+//! aliases `...Result` or spell the type out.
+//!
+//! # The body may run more than once
+//!
+//! Under OCC a body runs once per attempt, each time on a fresh clone of the stored entity and
+//! a fresh clone of the other arguments (which must therefore be `Clone`). Only the entity
+//! changes of the attempt that commits are kept. Side effects outside the entity (I/O, sending
+//! messages) happen once per attempt: make them idempotent or do them after the call returns.
+//! A body may also be stopped at an `.await` (preemption, shutdown, a dropped caller); nothing
+//! is committed then.
+//!
+//! # Nested operations
+//!
+//! An annotated function called inside another's body becomes its child: it records
+//! `parent_op_id` and inherits the parent's effective priority. A child that targets an entity
+//! one of its ancestors is executing on returns [`ConflictError::Reentrant`] at once (it would
+//! otherwise wait for its own ancestor); change that entity in the ancestor's body instead.
+//! Tasks spawned from a body do not inherit the context: use [`scope`]`().parent(..)` with
+//! [`current_operation`] to pass it on.
+
+#![warn(missing_docs)]
+
+pub mod __private;
+mod context;
+mod events;
+mod metrics;
+mod occ;
+pub mod prelude;
+mod registry;
+mod runtime;
+mod staging;
+pub mod store;
+
+pub use conflict_core::{
+    CleanupConfig, CleanupConfigBuilder, CleanupStrategy, Committed, ConfigError, ConflictError,
+    Entity, EntityId, EntityKey, Event, EventKind, OccConfig, OnLose, OpClass, OpId,
+    OperationConfig, OperationInfo, OperationPriority, OperationRecord, OperationStatus,
+    OutcomeKind, OverloadScope, PreEcsConfig, PrioritySet, RejectReason, ResolutionMode,
+    StoreError, Versioned, policy,
+};
+pub use conflict_macros::{Entity, with_conflict_resolution};
+
+pub use context::{OperationContext, Scope, current_operation, scope};
+pub use events::{EventSubscriber, Received};
+pub use metrics::{HistogramSnapshot, MetricsSnapshot};
+pub use registry::{EntityRegistration, OperationSpec, linked_entities, linked_operations};
+pub use runtime::{Handle, Runtime, RuntimeBuilder, ShutdownReport};
+pub use staging::{StagingStatus, TargetStatus};

@@ -1,0 +1,424 @@
+//! Stage two: the optimistic executor. Snapshot, run the body on a private copy, compare and
+//! commit, and on a newer version back off and run again.
+//!
+//! This module also keeps each operation's books: one `submitted` when it starts and exactly one
+//! outcome when it ends, whichever way it ends — including when its caller drops the future.
+
+use std::future::{Future, poll_fn};
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
+
+use conflict_core::policy::{self, Candidate};
+use conflict_core::{
+    Committed, ConflictError, Entity, EntityKey, Event, OpId, OperationInfo, OperationPriority,
+    OutcomeKind, StoreError,
+};
+use futures_util::FutureExt;
+use tracing::Instrument;
+
+use crate::context::{self, Link, OperationContext};
+use crate::metrics::Counter;
+use crate::registry::OperationSpec;
+use crate::runtime::{Handle, Inner, downcast};
+use crate::staging::{ExecGuard, StageError};
+use crate::store::{Cas, EntityCodec, Write};
+
+/// One call of an annotated function, from submission to its single outcome.
+struct Operation<'rt> {
+    rt: &'rt Inner,
+    spec: &'static OperationSpec,
+    op_id: OpId,
+    seq: u64,
+    priority: OperationPriority,
+    effective: OperationPriority,
+    parent: Option<OperationContext>,
+    target: EntityKey,
+    submitted: Instant,
+    attempts: u32,
+    ended: bool,
+}
+
+impl<'rt> Operation<'rt> {
+    fn begin(rt: &'rt Inner, spec: &'static OperationSpec, target: &EntityKey) -> Self {
+        let frame = context::inherited();
+        let seq = rt.next_seq();
+        let priority = frame.priority.unwrap_or(spec.config.priority);
+        let parent = frame.current;
+        let effective = policy::effective_priority(
+            priority,
+            parent.as_ref().map(OperationContext::effective_priority),
+        );
+        rt.metrics.submitted();
+        Self {
+            rt,
+            spec,
+            op_id: conflict_core::OpId::from_parts(rt.id, seq),
+            seq,
+            priority,
+            effective,
+            parent,
+            target: target.clone(),
+            submitted: Instant::now(),
+            attempts: 0,
+            ended: false,
+        }
+    }
+
+    fn candidate(&self) -> Candidate {
+        Candidate {
+            op_id: self.op_id,
+            effective_priority: self.effective,
+            submitted_seq: self.seq,
+        }
+    }
+
+    fn info(&self) -> OperationInfo {
+        OperationInfo {
+            op_id: self.op_id,
+            op_type: self.spec.name.into(),
+            target: self.target.clone(),
+            priority: self.priority,
+            effective_priority: self.effective,
+            parent_op_id: self.parent.as_ref().map(OperationContext::op_id),
+        }
+    }
+
+    fn emit(&self, f: impl FnOnce() -> Event) {
+        self.rt.events.emit(&self.rt.metrics, f);
+    }
+
+    /// Records the outcome; called exactly once (by `finish` or, for a dropped call, by `Drop`).
+    fn end(&mut self, kind: OutcomeKind, version: Option<u64>) {
+        self.ended = true;
+        let duration = self.submitted.elapsed();
+        self.rt.metrics.outcome(kind, duration);
+        self.emit(|| Event::OperationCompleted {
+            op: self.info(),
+            outcome: kind,
+            version,
+            attempts: self.attempts,
+            duration,
+        });
+        if self.rt.lifecycle.draining() {
+            self.rt.lifecycle.drained.notify_waiters();
+        }
+    }
+
+    fn finish<T, E>(mut self, result: &Result<Committed<T>, ConflictError<E>>) {
+        match result {
+            Ok(c) => self.end(OutcomeKind::Committed, Some(c.version)),
+            Err(e) => {
+                tracing::debug!(op_id = %self.op_id, error = %DisplayKind(e.kind()), "operation failed");
+                self.end(e.kind(), None);
+            }
+        }
+    }
+
+    fn preempted<E>(&self, by: Candidate) -> ConflictError<E> {
+        self.emit(|| Event::OperationPreempted {
+            op: self.info(),
+            by_op_id: by.op_id,
+            by_priority: by.effective_priority,
+        });
+        ConflictError::Preempted {
+            op_id: self.op_id,
+            by_op_id: by.op_id,
+            priority: self.effective,
+            by_priority: by.effective_priority,
+        }
+    }
+}
+
+impl Drop for Operation<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.end(OutcomeKind::Cancelled, None);
+        }
+    }
+}
+
+struct DisplayKind(OutcomeKind);
+
+impl std::fmt::Display for DisplayKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.as_str())
+    }
+}
+
+/// Runs one call of an annotated function to its outcome. See the crate docs for the semantics.
+pub(crate) async fn execute<E, A, F, Fut, T, Err>(
+    spec: &'static OperationSpec,
+    handle: &Handle<E>,
+    args: A,
+    body: F,
+) -> Result<Committed<T>, ConflictError<Err>>
+where
+    E: Entity,
+    A: Clone,
+    F: FnMut(E, A) -> Fut,
+    Fut: Future<Output = (E, Result<T, Err>)>,
+{
+    let rt = &*handle.rt.inner;
+    let mut op = Operation::begin(rt, spec, &handle.key);
+    let span = tracing::info_span!(
+        "conflict.op",
+        op_id = %op.op_id,
+        op = spec.name,
+        target = %handle.key,
+        attempt = tracing::field::Empty,
+    );
+    let result = run::<E, A, F, Fut, T, Err>(&mut op, args, body)
+        .instrument(span)
+        .await;
+    op.finish(&result);
+    result
+}
+
+enum Interrupt {
+    Abort,
+    Preempted(Candidate),
+}
+
+async fn run<E, A, F, Fut, T, Err>(
+    op: &mut Operation<'_>,
+    args: A,
+    mut body: F,
+) -> Result<Committed<T>, ConflictError<Err>>
+where
+    E: Entity,
+    A: Clone,
+    F: FnMut(E, A) -> Fut,
+    Fut: Future<Output = (E, Result<T, Err>)>,
+{
+    let rt = op.rt;
+    let cfg = &op.spec.config;
+    if !rt.lifecycle.accepting() {
+        return Err(ConflictError::ShuttingDown { op_id: op.op_id });
+    }
+    if let Some(ancestor) = op
+        .parent
+        .as_ref()
+        .and_then(|p| p.find_target(rt.id, &op.target))
+    {
+        return Err(ConflictError::Reentrant {
+            op_id: op.op_id,
+            target: op.target.clone(),
+            ancestor_op_id: ancestor,
+        });
+    }
+
+    let exec = if cfg.mode.staging() {
+        match rt
+            .staging
+            .enter(
+                &op.target,
+                op.candidate(),
+                &cfg.pre_ecs,
+                &rt.lifecycle.abort,
+            )
+            .await
+        {
+            Ok(guard) => Some(guard),
+            Err(StageError::Rejected { winner }) => {
+                op.emit(|| Event::OperationRejected {
+                    op: op.info(),
+                    winner_op_id: winner.op_id,
+                    winner_priority: winner.effective_priority,
+                    reason: conflict_core::RejectReason::LostPriority,
+                });
+                return Err(ConflictError::Rejected {
+                    op_id: op.op_id,
+                    winner_op_id: winner.op_id,
+                    priority: op.effective,
+                    winner_priority: winner.effective_priority,
+                    reason: conflict_core::RejectReason::LostPriority,
+                });
+            }
+            Err(StageError::Overloaded { capacity, scope }) => {
+                return Err(ConflictError::Overloaded {
+                    op_id: op.op_id,
+                    capacity,
+                    scope,
+                });
+            }
+            Err(StageError::ShuttingDown) => {
+                return Err(ConflictError::ShuttingDown { op_id: op.op_id });
+            }
+        }
+    } else {
+        None
+    };
+
+    let ctx = OperationContext {
+        link: Arc::new(Link {
+            runtime_id: rt.id,
+            op_id: op.op_id,
+            target: op.target.clone(),
+            effective_priority: op.effective,
+            parent: op.parent.as_ref().map(|p| p.link.clone()),
+        }),
+    };
+    let max_attempts = cfg.effective_max_retries().saturating_add(1);
+    let codec = EntityCodec::of::<E>();
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        op.attempts = attempt;
+        tracing::Span::current().record("attempt", attempt);
+        rt.metrics.add(Counter::Attempts, 1);
+        op.emit(|| Event::OperationStarted {
+            op: op.info(),
+            attempt,
+        });
+
+        let snap =
+            rt.backend
+                .load(&op.target, codec)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    key: op.target.clone(),
+                })?;
+        let entity = downcast::<E>(&op.target, &snap)?.clone();
+        let body_fut = context::run_as(
+            ctx.clone(),
+            AssertUnwindSafe(body(entity, args.clone())).catch_unwind(),
+        );
+        let (entity, out) = match interruptible(rt, exec.as_ref(), op.seq, body_fut).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(payload)) => {
+                return Err(ConflictError::Panicked {
+                    op_id: op.op_id,
+                    message: panic_message(payload.as_ref()),
+                });
+            }
+            Err(Interrupt::Abort) => return Err(ConflictError::ShuttingDown { op_id: op.op_id }),
+            Err(Interrupt::Preempted(by)) => return Err(op.preempted(by)),
+        };
+        let value = out.map_err(ConflictError::Body)?;
+        let found = entity.entity_id();
+        if found != op.target.id {
+            return Err(ConflictError::IdentityChanged {
+                op_id: op.op_id,
+                expected: op.target.id,
+                found,
+            });
+        }
+        if let Some(guard) = &exec {
+            guard.begin_commit().map_err(|by| op.preempted(by))?;
+        }
+        if rt.lifecycle.abort.is_set() {
+            return Err(ConflictError::ShuttingDown { op_id: op.op_id });
+        }
+        let write = Write {
+            key: op.target.clone(),
+            expected_version: snap.version,
+            value: Arc::new(entity),
+        };
+        match rt.backend.commit_one(op.op_id, op.spec.name, write).await? {
+            Cas::Committed(version) => {
+                return Ok(Committed {
+                    value,
+                    version,
+                    op_id: op.op_id,
+                    attempts: attempt,
+                });
+            }
+            Cas::Conflict(actual) => {
+                rt.metrics.add(Counter::OccConflicts, 1);
+                tracing::debug!(
+                    expected_version = snap.version,
+                    actual_version = ?actual,
+                    "conflict at commit"
+                );
+                op.emit(|| Event::OperationConflict {
+                    op: op.info(),
+                    attempt,
+                    expected_version: snap.version,
+                    actual_version: actual,
+                });
+                if let Some(guard) = &exec {
+                    guard.end_commit();
+                }
+                if attempt >= max_attempts {
+                    return Err(ConflictError::RetriesExhausted {
+                        op_id: op.op_id,
+                        attempts: attempt,
+                        target: op.target.clone(),
+                    });
+                }
+                let delay = cfg.occ.backoff_delay(attempt, fastrand::f64());
+                rt.metrics.add(Counter::OccRetries, 1);
+                tracing::debug!(
+                    next_attempt = attempt + 1,
+                    delay_us = delay.as_micros() as u64,
+                    "retrying"
+                );
+                op.emit(|| Event::OperationRetry {
+                    op: op.info(),
+                    attempt: attempt + 1,
+                    delay,
+                });
+                if !delay.is_zero() {
+                    match interruptible(rt, exec.as_ref(), op.seq, tokio::time::sleep(delay)).await
+                    {
+                        Ok(()) => {}
+                        Err(Interrupt::Abort) => {
+                            return Err(ConflictError::ShuttingDown { op_id: op.op_id });
+                        }
+                        Err(Interrupt::Preempted(by)) => return Err(op.preempted(by)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Polls `fut` until it completes, unless shutdown aborts the runtime or the operation is
+/// preempted first. The future is polled first, so a body that completes without waiting never
+/// registers for either wake-up.
+async fn interruptible<F: Future>(
+    rt: &Inner,
+    exec: Option<&ExecGuard<'_>>,
+    seq: u64,
+    fut: F,
+) -> Result<F::Output, Interrupt> {
+    // Both wake-ups are created before the checks below, so none can slip in between.
+    let mut abort = pin!(rt.lifecycle.abort.notified(seq));
+    let mut preempt = pin!(exec.map(ExecGuard::preempt_notified));
+    if rt.lifecycle.abort.is_set() {
+        return Err(Interrupt::Abort);
+    }
+    let mut fut = pin!(fut);
+    poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        if abort.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(Interrupt::Abort));
+        }
+        if let Some(p) = preempt.as_mut().as_pin_mut() {
+            if p.poll(cx).is_ready() {
+                if let Some(by) = exec.and_then(ExecGuard::preempted_by) {
+                    return Poll::Ready(Err(Interrupt::Preempted(by)));
+                }
+                // Woken without being preempted: stop listening; the commit gate still checks.
+                preempt.set(None);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}

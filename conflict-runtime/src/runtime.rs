@@ -1,0 +1,470 @@
+//! The runtime: builder, entity handles, shutdown.
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+
+use conflict_core::{ConfigError, Entity, EntityId, EntityKey, OutcomeKind, StoreError, Versioned};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::events::{EventBus, EventSubscriber};
+use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::registry;
+use crate::staging::{Staging, StagingStatus};
+use crate::store::{Backend, EntityCodec, EntityStore, MemoryStore, Snapshot};
+
+/// The framework's runtime: a store, the staging coordinator, events and metrics.
+///
+/// Cheap to clone (an `Arc`); every clone is the same runtime. Annotated functions reach it
+/// through the [`Handle`] they are called with, so there is no global state.
+///
+/// ```
+/// use conflict_runtime::prelude::*;
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+/// struct Account { #[entity(id)] id: EntityId, balance: i64 }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rt = Runtime::in_memory();
+/// let acct = rt.insert(Account { id: EntityId::new(), balance: 10 }).await?;
+/// let again: Handle<Account> = rt.handle(acct.id());
+/// assert_eq!(again.load().await?.value.balance, 10);
+/// let report = rt.shutdown(std::time::Duration::from_secs(1)).await;
+/// assert_eq!(report.still_running, 0);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    /// Random per-runtime prefix of op ids; also tells runtimes apart in operation chains.
+    pub(crate) id: u64,
+    seq: AtomicU64,
+    pub(crate) backend: Backend,
+    pub(crate) staging: Staging,
+    pub(crate) events: EventBus,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) lifecycle: Lifecycle,
+}
+
+impl Inner {
+    /// The next submission number (1, 2, ...).
+    #[inline]
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+const RUNNING: u8 = 0;
+const SHUTTING_DOWN: u8 = 1;
+const STOPPED: u8 = 2;
+
+pub(crate) struct Lifecycle {
+    state: AtomicU8,
+    /// Told whenever an operation ends during shutdown.
+    pub(crate) drained: Notify,
+    pub(crate) abort: AbortSignal,
+}
+
+impl Lifecycle {
+    #[inline]
+    pub(crate) fn accepting(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == RUNNING
+    }
+
+    #[inline]
+    pub(crate) fn draining(&self) -> bool {
+        self.state.load(Ordering::Relaxed) != RUNNING
+    }
+}
+
+const ABORT_SHARDS: usize = 8;
+
+/// Wakes every executing or staged operation when shutdown gives up waiting.
+pub(crate) struct AbortSignal {
+    flag: AtomicBool,
+    // Sharded so that operations registering for the wake-up do not all contend on one lock.
+    notify: [Notify; ABORT_SHARDS],
+}
+
+impl AbortSignal {
+    fn new() -> Self {
+        Self {
+            flag: AtomicBool::new(false),
+            notify: std::array::from_fn(|_| Notify::new()),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    /// A future completing at the abort. Create it before checking [`is_set`](Self::is_set):
+    /// it sees every abort that happens after its creation, polled or not.
+    #[inline]
+    pub(crate) fn notified(&self, seq: u64) -> tokio::sync::futures::Notified<'_> {
+        self.notify[(seq as usize) % ABORT_SHARDS].notified()
+    }
+
+    fn trigger(&self) {
+        self.flag.store(true, Ordering::Release);
+        for n in &self.notify {
+            n.notify_waiters();
+        }
+    }
+}
+
+/// Configures and builds a [`Runtime`].
+///
+/// ```
+/// use conflict_runtime::Runtime;
+/// let rt = Runtime::builder().max_staged_total(10_000).event_capacity(4096).build().unwrap();
+/// assert_eq!(rt.staging_status().capacity, 10_000);
+/// ```
+#[must_use]
+pub struct RuntimeBuilder {
+    store: Option<Arc<dyn EntityStore>>,
+    max_staged_total: usize,
+    event_capacity: usize,
+}
+
+impl RuntimeBuilder {
+    /// Uses `store` instead of the embedded in-memory store.
+    pub fn store<S: EntityStore>(mut self, store: S) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Uses a shared store.
+    pub fn shared_store(mut self, store: Arc<dyn EntityStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The most operations that may wait in staging areas at once, all targets together
+    /// (default 65536, at least 1). Beyond it arrivals are refused with `Overloaded` unless they
+    /// outrank a staged operation on their target.
+    pub fn max_staged_total(mut self, n: usize) -> Self {
+        self.max_staged_total = n;
+        self
+    }
+
+    /// How many events a subscriber may fall behind before it misses some (default 1024).
+    pub fn event_capacity(mut self, n: usize) -> Self {
+        self.event_capacity = n;
+        self
+    }
+
+    /// Validates the configuration of every annotated function linked into the program and
+    /// builds the runtime.
+    pub fn build(self) -> Result<Runtime, ConfigError> {
+        if self.max_staged_total == 0 {
+            return Err(ConfigError::OutOfRange {
+                field: "max_staged_total",
+                value: "0".into(),
+                expected: "at least 1",
+            });
+        }
+        if self.event_capacity == 0 || self.event_capacity > (usize::MAX >> 2) {
+            return Err(ConfigError::OutOfRange {
+                field: "event_capacity",
+                value: self.event_capacity.to_string(),
+                expected: "1..=usize::MAX/4",
+            });
+        }
+        registry::validate_linked()?;
+        let backend = match self.store {
+            Some(s) => Backend::Dyn(s),
+            None => Backend::Memory(Arc::new(MemoryStore::new())),
+        };
+        let metrics = Arc::new(Metrics::new());
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                id: fastrand::u64(..),
+                seq: AtomicU64::new(0),
+                backend,
+                staging: Staging::new(self.max_staged_total, metrics.clone()),
+                events: EventBus::new(self.event_capacity),
+                metrics,
+                lifecycle: Lifecycle {
+                    state: AtomicU8::new(RUNNING),
+                    drained: Notify::new(),
+                    abort: AbortSignal::new(),
+                },
+            }),
+        })
+    }
+}
+
+impl Runtime {
+    /// A runtime on the embedded in-memory store with default settings.
+    ///
+    /// # Panics
+    /// With the message [`RuntimeBuilder::build`] would return as an error, if the annotated
+    /// functions linked into the program are misconfigured (e.g. two entity types share a name).
+    #[must_use]
+    pub fn in_memory() -> Self {
+        match Self::builder().build() {
+            Ok(rt) => rt,
+            Err(e) => panic!("conflict runtime configuration is invalid: {e}"),
+        }
+    }
+
+    /// A builder with default settings.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder {
+            store: None,
+            max_staged_total: 65_536,
+            event_capacity: 1024,
+        }
+    }
+
+    /// Stores a new entity (version 1) and returns a handle to it.
+    pub async fn insert<E: Entity>(&self, entity: E) -> Result<Handle<E>, StoreError> {
+        let key = entity.key();
+        self.inner
+            .backend
+            .insert(key.clone(), Arc::new(entity))
+            .await?;
+        Ok(Handle {
+            rt: self.clone(),
+            key,
+            _entity: PhantomData,
+        })
+    }
+
+    /// A handle to an entity that already exists (nothing is checked until it is used).
+    pub fn handle<E: Entity>(&self, id: EntityId) -> Handle<E> {
+        Handle {
+            rt: self.clone(),
+            key: EntityKey::new(E::TYPE_NAME, id),
+            _entity: PhantomData,
+        }
+    }
+
+    /// Subscribes to operation events (see [`EventSubscriber`]).
+    pub fn subscribe(&self) -> EventSubscriber {
+        self.inner.events.subscribe(self.inner.metrics.clone())
+    }
+
+    /// A snapshot of the runtime's metrics.
+    #[must_use]
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.inner.metrics.snapshot()
+    }
+
+    /// What is staged and executing, per target and in total.
+    #[must_use]
+    pub fn staging_status(&self) -> StagingStatus {
+        self.inner.staging.status()
+    }
+
+    /// The name of the store backend (`"memory"`, `"postgres"`, ...).
+    #[must_use]
+    pub fn store_name(&self) -> &'static str {
+        self.inner.backend.name()
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) has begun.
+    #[must_use]
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.lifecycle.draining()
+    }
+
+    /// Forgets the staging state of idle targets (it is recreated on demand). Returns how many
+    /// were removed.
+    pub fn evict_idle_targets(&self) -> usize {
+        self.inner.staging.evict_idle()
+    }
+
+    /// Shuts down gracefully and reports how every operation ended.
+    ///
+    /// 1. New calls are refused with `ConflictError::ShuttingDown`.
+    /// 2. Every staged operation ends with `ShuttingDown`.
+    /// 3. Executing operations may finish (commit or fail) until `timeout`.
+    /// 4. Then the rest are stopped: their bodies are dropped, nothing more is committed, and
+    ///    their callers get `ShuttingDown`.
+    ///
+    /// The runtime spawns no tasks of its own, so none is left running afterwards. Calling it
+    /// again returns a fresh report at once.
+    pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
+        let inner = &self.inner;
+        let started = tokio::time::Instant::now();
+        let first = inner
+            .lifecycle
+            .state
+            .compare_exchange(RUNNING, SHUTTING_DOWN, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        let staged_ended = if first { inner.staging.shut_down() } else { 0 };
+        let deadline = started + timeout;
+        let mut timed_out = false;
+        if !wait_drained(inner, Some(deadline)).await {
+            timed_out = true;
+            inner.lifecycle.abort.trigger();
+            // Stopped operations end as soon as their callers poll them; a caller that never
+            // polls again cannot be waited for, so this second wait is bounded too.
+            wait_drained(
+                inner,
+                Some(tokio::time::Instant::now() + timeout.max(Duration::from_millis(100))),
+            )
+            .await;
+        }
+        inner.lifecycle.state.store(STOPPED, Ordering::SeqCst);
+        let m = inner.metrics.snapshot();
+        ShutdownReport {
+            submitted: m.submitted,
+            outcomes: inner
+                .metrics
+                .outcomes()
+                .into_iter()
+                .map(|(k, v)| (k.as_str().to_string(), v))
+                .collect(),
+            staged_ended_by_shutdown: staged_ended,
+            timed_out,
+            still_running: inner.metrics.in_flight(),
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+/// Waits until no operation is in flight or the deadline passes; true if drained.
+async fn wait_drained(inner: &Inner, deadline: Option<tokio::time::Instant>) -> bool {
+    loop {
+        let notified = inner.lifecycle.drained.notified();
+        if inner.metrics.in_flight() == 0 {
+            return true;
+        }
+        match deadline {
+            Some(d) => {
+                if tokio::time::timeout_at(d, notified).await.is_err() {
+                    return inner.metrics.in_flight() == 0;
+                }
+            }
+            None => notified.await,
+        }
+    }
+}
+
+/// How every operation of a runtime ended, returned by [`Runtime::shutdown`].
+///
+/// `submitted = Σ outcomes + still_running`; `still_running` is 0 unless a caller stopped
+/// polling its call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShutdownReport {
+    /// Operations submitted over the runtime's life.
+    pub submitted: u64,
+    /// Ended operations by outcome label.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Staged operations that shutdown ended with `ShuttingDown`.
+    pub staged_ended_by_shutdown: u64,
+    /// Whether executing operations had to be stopped after the timeout.
+    pub timed_out: bool,
+    /// Operations that had not ended when shutdown returned.
+    pub still_running: u64,
+    /// How long shutdown took.
+    pub elapsed: Duration,
+}
+
+impl ShutdownReport {
+    /// The count of one outcome.
+    #[must_use]
+    pub fn outcome(&self, kind: OutcomeKind) -> u64 {
+        self.outcomes.get(kind.as_str()).copied().unwrap_or(0)
+    }
+
+    /// Σ outcomes.
+    #[must_use]
+    pub fn ended(&self) -> u64 {
+        self.outcomes.values().sum()
+    }
+}
+
+/// A typed reference to one stored entity: what annotated functions take in place of `&mut E`.
+///
+/// Cheap to clone (a runtime `Arc` and a key); `Send + Sync`.
+pub struct Handle<E> {
+    pub(crate) rt: Runtime,
+    pub(crate) key: EntityKey,
+    _entity: PhantomData<fn() -> E>,
+}
+
+impl<E> Clone for Handle<E> {
+    fn clone(&self) -> Self {
+        Self {
+            rt: self.rt.clone(),
+            key: self.key.clone(),
+            _entity: PhantomData,
+        }
+    }
+}
+
+impl<E> std::fmt::Debug for Handle<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Handle({})", self.key)
+    }
+}
+
+impl<E: Entity> Handle<E> {
+    /// The entity's id.
+    #[must_use]
+    pub fn id(&self) -> EntityId {
+        self.key.id
+    }
+
+    /// The entity's store key.
+    #[must_use]
+    pub fn key(&self) -> &EntityKey {
+        &self.key
+    }
+
+    /// The runtime this handle belongs to.
+    #[must_use]
+    pub fn runtime(&self) -> &Runtime {
+        &self.rt
+    }
+
+    /// Reads the current value and version.
+    pub async fn load(&self) -> Result<Versioned<E>, StoreError> {
+        let snap = self.snapshot().await?;
+        Ok(Versioned {
+            value: downcast::<E>(&self.key, &snap)?.clone(),
+            version: snap.version,
+            last_modified: snap.last_modified,
+        })
+    }
+
+    pub(crate) async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.rt
+            .inner
+            .backend
+            .load(&self.key, EntityCodec::of::<E>())
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                key: self.key.clone(),
+            })
+    }
+}
+
+/// The typed value inside a snapshot.
+pub(crate) fn downcast<'s, E: Entity>(
+    key: &EntityKey,
+    snap: &'s Snapshot,
+) -> Result<&'s E, StoreError> {
+    snap.value
+        .as_any()
+        .downcast_ref::<E>()
+        .ok_or_else(|| StoreError::Codec {
+            key: key.clone(),
+            message: format!(
+                "the store returned a value that is not a `{}`",
+                std::any::type_name::<E>()
+            ),
+        })
+}

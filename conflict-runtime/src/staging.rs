@@ -1,0 +1,591 @@
+//! Stage one: per-target staging areas that resolve competing operations by priority before any
+//! of them runs.
+//!
+//! Each target has a small state machine guarded by a short critical section (never held across
+//! an `.await`):
+//!
+//! * **idle**: an arriving operation with `staging_timeout_ms = 0` becomes the executing one at
+//!   once; with a window it opens a *collecting* group and waits in it.
+//! * **collecting**: arrivals join the group until the window closes; then the best member (see
+//!   [`conflict_core::policy`]) executes and the others are rejected (`on_lose = "reject"`) or
+//!   stay staged for the next round (`"requeue"`).
+//! * **executing**: arrivals are staged and form the next group, resolved the moment the
+//!   executing operation ends (commit, error, panic, cancellation, preemption). A staged
+//!   operation that outranks the executing one takes over when the executing one's grace
+//!   period has expired (preemption).
+//!
+//! Nothing here spawns a task: the staged operations' own futures wait for their decision (a
+//! oneshot) and for the next deadline (window end, grace end), and whichever wakes first drives
+//! the state machine. A dropped operation removes itself in `Drop`, so cancellation never leaks a
+//! staged slot, a capacity permit, or the executing slot.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use conflict_core::policy::{self, Candidate};
+use conflict_core::{EntityKey, OnLose, OpId, OperationPriority, OverloadScope, PreEcsConfig};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+use crate::metrics::{Counter, Metrics};
+use crate::runtime::AbortSignal;
+
+type CellMap = papaya::HashMap<EntityKey, Arc<TargetCell>, foldhash::fast::RandomState>;
+
+pub(crate) struct Staging {
+    cells: CellMap,
+    /// Operations waiting in staging areas, across targets.
+    total: AtomicUsize,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+}
+
+pub(crate) struct TargetCell {
+    state: Mutex<TargetState>,
+    /// Wakes the executing operation when it is preempted.
+    preempt: Notify,
+}
+
+#[derive(Default)]
+struct TargetState {
+    /// Set when the cell was evicted from the map; arrivals holding it look again.
+    dead: bool,
+    executing: Option<Executing>,
+    collecting_until: Option<Instant>,
+    staged: Vec<Staged>,
+    /// Operations preempted while executing, with who preempted them, until they notice.
+    preempted: Vec<(OpId, Candidate)>,
+}
+
+struct Executing {
+    cand: Candidate,
+    started: Instant,
+    grace: Duration,
+    committing: bool,
+}
+
+struct Staged {
+    cand: Candidate,
+    on_lose: OnLose,
+    /// The grace period this operation gets if it executes.
+    grace: Duration,
+    tx: oneshot::Sender<Decision>,
+}
+
+/// What a staged operation is told.
+pub(crate) enum Decision {
+    Run,
+    Rejected {
+        winner: Candidate,
+    },
+    Overloaded {
+        capacity: usize,
+        scope: OverloadScope,
+    },
+    ShuttingDown,
+}
+
+/// Why an operation did not get to execute.
+pub(crate) enum StageError {
+    Rejected {
+        winner: Candidate,
+    },
+    Overloaded {
+        capacity: usize,
+        scope: OverloadScope,
+    },
+    ShuttingDown,
+}
+
+impl TargetCell {
+    fn lock(&self) -> MutexGuard<'_, TargetState> {
+        // Critical sections below never panic halfway through a state change (no user code runs
+        // under the lock), so a poisoned lock still holds a consistent state.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Executing {
+    fn new(cand: Candidate, grace: Duration, now: Instant) -> Self {
+        Self {
+            cand,
+            started: now,
+            grace,
+            committing: false,
+        }
+    }
+}
+
+impl Staging {
+    pub(crate) fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            cells: CellMap::with_hasher(foldhash::fast::RandomState::default()),
+            total: AtomicUsize::new(0),
+            capacity,
+            metrics,
+        }
+    }
+
+    fn cell(&self, key: &EntityKey) -> Arc<TargetCell> {
+        let guard = self.cells.guard();
+        if let Some(c) = self.cells.get(key, &guard) {
+            return c.clone();
+        }
+        self.cells
+            .get_or_insert_with(
+                key.clone(),
+                || {
+                    Arc::new(TargetCell {
+                        state: Mutex::new(TargetState::default()),
+                        preempt: Notify::new(),
+                    })
+                },
+                &guard,
+            )
+            .clone()
+    }
+
+    /// Waits until `cand` may execute on `key`, or says why it may not.
+    pub(crate) async fn enter(
+        &self,
+        key: &EntityKey,
+        cand: Candidate,
+        cfg: &PreEcsConfig,
+        abort: &AbortSignal,
+    ) -> Result<ExecGuard<'_>, StageError> {
+        let grace = Duration::from_millis(cfg.grace_period_ms);
+        let (cell, rx) = loop {
+            let cell = self.cell(key);
+            let mut st = cell.lock();
+            if st.dead {
+                continue;
+            }
+            let now = Instant::now();
+            let idle =
+                st.executing.is_none() && st.collecting_until.is_none() && st.staged.is_empty();
+            if idle && cfg.staging_timeout_ms == 0 {
+                st.executing = Some(Executing::new(cand, grace, now));
+                self.metrics.add(Counter::StagingGroups, 1);
+                drop(st);
+                return Ok(ExecGuard {
+                    staging: self,
+                    cell,
+                    op_id: cand.op_id,
+                });
+            }
+            self.admit(&mut st, cand, cfg)?;
+            if idle {
+                st.collecting_until = Some(now + Duration::from_millis(cfg.staging_timeout_ms));
+            }
+            let (tx, rx) = oneshot::channel();
+            st.staged.push(Staged {
+                cand,
+                on_lose: cfg.on_lose,
+                grace,
+                tx,
+            });
+            self.metrics.add(Counter::Staged, 1);
+            // A newcomer that outranks an executing operation past its grace takes over now.
+            self.reconcile(&cell, &mut st, now);
+            drop(st);
+            break (cell, rx);
+        };
+        let mut waiter = Waiter {
+            staging: self,
+            cell,
+            op_id: cand.op_id,
+            rx: Some(rx),
+        };
+        waiter.wait(abort).await
+    }
+
+    /// Admission control: makes room for `cand` in this target's staging area or refuses it.
+    fn admit(
+        &self,
+        st: &mut TargetState,
+        cand: Candidate,
+        cfg: &PreEcsConfig,
+    ) -> Result<(), StageError> {
+        let per_target = cfg.max_staged_per_target as usize;
+        if st.staged.len() >= per_target {
+            return self.displace(st, cand, per_target, OverloadScope::Target);
+        }
+        if self.total.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return self.displace(st, cand, self.capacity, OverloadScope::Total);
+        }
+        Ok(())
+    }
+
+    /// Refuses `cand`, or, if it outranks the weakest operation staged on this target, refuses
+    /// that one instead and hands its slot (and capacity permit) to `cand`.
+    fn displace(
+        &self,
+        st: &mut TargetState,
+        cand: Candidate,
+        capacity: usize,
+        scope: OverloadScope,
+    ) -> Result<(), StageError> {
+        let cands: Vec<Candidate> = st.staged.iter().map(|s| s.cand).collect();
+        match policy::select_weakest(&cands) {
+            Some(i) if policy::beats(&cand, &cands[i]) => {
+                let victim = st.staged.swap_remove(i);
+                // The permit moves to the newcomer, so `total` is unchanged.
+                let _ = victim.tx.send(Decision::Overloaded { capacity, scope });
+                self.metrics.add(Counter::Displaced, 1);
+                Ok(())
+            }
+            _ => Err(StageError::Overloaded { capacity, scope }),
+        }
+    }
+
+    /// Removes a staged entry and releases its capacity permit.
+    fn take(&self, st: &mut TargetState, i: usize) -> Staged {
+        self.total.fetch_sub(1, Ordering::AcqRel);
+        st.staged.swap_remove(i)
+    }
+
+    /// Drives a target's state machine as far as it can go at `now`; returns when staged
+    /// operations should look again (window end or grace end), if ever.
+    fn reconcile(&self, cell: &TargetCell, st: &mut TargetState, now: Instant) -> Option<Instant> {
+        if let Some(until) = st.collecting_until {
+            if now < until {
+                return Some(until);
+            }
+            st.collecting_until = None;
+        }
+        loop {
+            if st.staged.is_empty() {
+                return None;
+            }
+            match &st.executing {
+                None => {
+                    self.resolve_group(st, now);
+                    if st.executing.is_none() {
+                        // Every candidate had gone; look at the rest (if any) again.
+                        continue;
+                    }
+                    return None;
+                }
+                Some(ex) => {
+                    let (committing, ex_priority, grace_end) = (
+                        ex.committing,
+                        ex.cand.effective_priority,
+                        ex.started + ex.grace,
+                    );
+                    let cands: Vec<Candidate> = st.staged.iter().map(|s| s.cand).collect();
+                    let best = policy::select_winner(&cands)?;
+                    if committing || cands[best].effective_priority <= ex_priority {
+                        return None;
+                    }
+                    if now < grace_end {
+                        return Some(grace_end);
+                    }
+                    // Preempt: the executing operation's commit will be refused and its body is
+                    // woken; the best staged operation executes in its place.
+                    let staged = self.take(st, best);
+                    let (by, by_grace) = (staged.cand, staged.grace);
+                    if staged.tx.send(Decision::Run).is_err() {
+                        // Its caller is gone (its waiter will not find itself staged and will
+                        // release nothing, since it never executed). Try the next best.
+                        continue;
+                    }
+                    if let Some(old) = st.executing.take() {
+                        st.preempted.push((old.cand.op_id, by));
+                    }
+                    st.executing = Some(Executing::new(by, by_grace, now));
+                    self.metrics.add(Counter::Preemptions, 1);
+                    cell.preempt.notify_waiters();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Picks the winner among the staged operations of an idle target and tells everyone.
+    fn resolve_group(&self, st: &mut TargetState, now: Instant) {
+        let group_size = st.staged.len();
+        let (winner, grace) = loop {
+            let cands: Vec<Candidate> = st.staged.iter().map(|s| s.cand).collect();
+            let Some(w) = policy::select_winner(&cands) else {
+                return;
+            };
+            let staged = self.take(st, w);
+            if staged.tx.send(Decision::Run).is_ok() {
+                break (staged.cand, staged.grace);
+            }
+        };
+        st.executing = Some(Executing::new(winner, grace, now));
+        self.metrics.add(Counter::StagingGroups, 1);
+        if group_size > 1 {
+            self.metrics.add(Counter::StagingContended, 1);
+        }
+        let mut i = 0;
+        while i < st.staged.len() {
+            if st.staged[i].on_lose == OnLose::Requeue {
+                self.metrics.add(Counter::StagingLosers, 1);
+                self.metrics.add(Counter::Requeued, 1);
+                i += 1;
+                continue;
+            }
+            let loser = self.take(st, i);
+            self.metrics.add(Counter::StagingLosers, 1);
+            let _ = loser.tx.send(Decision::Rejected { winner });
+        }
+    }
+
+    /// Ends every staged operation with `ShuttingDown` and closes open windows.
+    pub(crate) fn shut_down(&self) -> u64 {
+        let guard = self.cells.guard();
+        let mut n = 0;
+        for (_, cell) in self.cells.iter(&guard) {
+            let mut st = cell.lock();
+            st.collecting_until = None;
+            while !st.staged.is_empty() {
+                let last = st.staged.len() - 1;
+                let s = self.take(&mut st, last);
+                if s.tx.send(Decision::ShuttingDown).is_ok() {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Removes the state of targets with nothing staged or executing.
+    pub(crate) fn evict_idle(&self) -> usize {
+        let guard = self.cells.guard();
+        let mut evicted = 0;
+        for (key, cell) in self.cells.iter(&guard) {
+            let mut st = cell.lock();
+            if st.executing.is_none()
+                && st.staged.is_empty()
+                && st.collecting_until.is_none()
+                && st.preempted.is_empty()
+            {
+                // Marked dead under its lock, then removed: anyone who fetched this cell before
+                // the removal sees `dead` and fetches (or creates) the new one.
+                st.dead = true;
+                self.cells.remove(key, &guard);
+                evicted += 1;
+            }
+        }
+        evicted
+    }
+
+    /// Operations waiting in staging areas, across targets.
+    pub(crate) fn total_staged(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn status(&self) -> StagingStatus {
+        let guard = self.cells.guard();
+        let mut targets = Vec::new();
+        for (key, cell) in self.cells.iter(&guard) {
+            let st = cell.lock();
+            if st.staged.is_empty() && st.executing.is_none() && st.collecting_until.is_none() {
+                continue;
+            }
+            targets.push(TargetStatus {
+                target: key.clone(),
+                staged: st.staged.len(),
+                executing: st.executing.as_ref().map(|e| e.cand.op_id),
+                executing_priority: st.executing.as_ref().map(|e| e.cand.effective_priority),
+                collecting: st.collecting_until.is_some(),
+            });
+        }
+        targets.sort_by(|a, b| a.target.cmp(&b.target));
+        StagingStatus {
+            total_staged: self.total_staged(),
+            capacity: self.capacity,
+            executing: targets.iter().filter(|t| t.executing.is_some()).count(),
+            tracked_targets: self.cells.len(),
+            targets,
+        }
+    }
+}
+
+/// A staged operation waiting for its decision. Dropping it (cancellation) withdraws it.
+struct Waiter<'s> {
+    staging: &'s Staging,
+    cell: Arc<TargetCell>,
+    op_id: OpId,
+    rx: Option<oneshot::Receiver<Decision>>,
+}
+
+impl<'s> Waiter<'s> {
+    async fn wait(&mut self, abort: &AbortSignal) -> Result<ExecGuard<'s>, StageError> {
+        loop {
+            let next = {
+                let mut st = self.cell.lock();
+                self.staging.reconcile(&self.cell, &mut st, Instant::now())
+            };
+            let aborted = abort.notified(self.op_id.sequence());
+            if abort.is_set() {
+                return Err(StageError::ShuttingDown);
+            }
+            let Some(rx) = self.rx.as_mut() else {
+                return Err(StageError::ShuttingDown);
+            };
+            let decision = tokio::select! {
+                biased;
+                d = rx => d,
+                () = aborted => return Err(StageError::ShuttingDown),
+                () = sleep_until(next) => continue,
+            };
+            self.rx = None;
+            return match decision {
+                Ok(Decision::Run) => Ok(ExecGuard {
+                    staging: self.staging,
+                    cell: self.cell.clone(),
+                    op_id: self.op_id,
+                }),
+                Ok(Decision::Rejected { winner }) => Err(StageError::Rejected { winner }),
+                Ok(Decision::Overloaded { capacity, scope }) => {
+                    Err(StageError::Overloaded { capacity, scope })
+                }
+                // The sender is only dropped without a decision if the runtime itself is gone.
+                Ok(Decision::ShuttingDown) | Err(_) => Err(StageError::ShuttingDown),
+            };
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        let mut st = self.cell.lock();
+        if let Some(i) = st.staged.iter().position(|s| s.cand.op_id == self.op_id) {
+            self.staging.take(&mut st, i);
+            // Leaving may unblock nobody (decisions are made by rank, not position), so there is
+            // nothing to reconcile.
+            return;
+        }
+        drop(st);
+        // Not staged any more: a decision was sent under the lock. If it made this operation the
+        // executing one, hand the target on.
+        if let Ok(Decision::Run) = rx.try_recv() {
+            drop(ExecGuard {
+                staging: self.staging,
+                cell: self.cell.clone(),
+                op_id: self.op_id,
+            });
+        }
+    }
+}
+
+/// Held while an operation is the executing one on its target; dropping it hands the target to
+/// the next group.
+pub(crate) struct ExecGuard<'s> {
+    staging: &'s Staging,
+    cell: Arc<TargetCell>,
+    op_id: OpId,
+}
+
+impl ExecGuard<'_> {
+    /// Whether this operation was preempted, and by whom.
+    pub(crate) fn preempted_by(&self) -> Option<Candidate> {
+        let st = self.cell.lock();
+        match &st.executing {
+            Some(e) if e.cand.op_id == self.op_id => None,
+            _ => st
+                .preempted
+                .iter()
+                .find(|(id, _)| *id == self.op_id)
+                .map(|(_, by)| *by),
+        }
+    }
+
+    /// Enters the commit phase (no preemption from here on), unless already preempted; then it
+    /// returns who preempted it.
+    pub(crate) fn begin_commit(&self) -> Result<(), Candidate> {
+        let mut st = self.cell.lock();
+        if let Some(e) = st.executing.as_mut() {
+            if e.cand.op_id == self.op_id {
+                e.committing = true;
+                return Ok(());
+            }
+        }
+        // Only preemption takes the executing slot from a live guard, and it always records the
+        // preemptor before releasing the lock.
+        let by = st.preempted.iter().find(|(id, _)| *id == self.op_id);
+        Err(by.map_or(
+            Candidate {
+                op_id: self.op_id,
+                effective_priority: OperationPriority::MIN,
+                submitted_seq: 0,
+            },
+            |(_, by)| *by,
+        ))
+    }
+
+    /// Leaves the commit phase after a conflict; a waiting preemptor may take over now.
+    pub(crate) fn end_commit(&self) {
+        let mut st = self.cell.lock();
+        if let Some(e) = st.executing.as_mut() {
+            if e.cand.op_id == self.op_id {
+                e.committing = false;
+                self.staging.reconcile(&self.cell, &mut st, Instant::now());
+            }
+        }
+    }
+
+    /// A future that completes when this operation may have been preempted.
+    pub(crate) fn preempt_notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.cell.preempt.notified()
+    }
+}
+
+impl Drop for ExecGuard<'_> {
+    fn drop(&mut self) {
+        let mut st = self.cell.lock();
+        match &st.executing {
+            Some(e) if e.cand.op_id == self.op_id => {
+                st.executing = None;
+                self.staging.reconcile(&self.cell, &mut st, Instant::now());
+            }
+            _ => st.preempted.retain(|(id, _)| *id != self.op_id),
+        }
+    }
+}
+
+/// What [`Runtime::staging_status`](crate::Runtime::staging_status) reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagingStatus {
+    /// Operations waiting in staging areas, all targets.
+    pub total_staged: usize,
+    /// The runtime's total staging capacity.
+    pub capacity: usize,
+    /// Targets with an executing staged operation.
+    pub executing: usize,
+    /// Targets whose staging state is kept (busy or recently used).
+    pub tracked_targets: usize,
+    /// Busy targets (something staged, executing or collecting), by key.
+    pub targets: Vec<TargetStatus>,
+}
+
+/// One busy target in a [`StagingStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetStatus {
+    /// The target.
+    pub target: EntityKey,
+    /// Operations waiting on it.
+    pub staged: usize,
+    /// The operation executing on it.
+    pub executing: Option<OpId>,
+    /// That operation's effective priority.
+    pub executing_priority: Option<OperationPriority>,
+    /// Whether a staging window is open.
+    pub collecting: bool,
+}

@@ -1,0 +1,245 @@
+//! The embedded in-memory store: the default backend.
+//!
+//! A lock-free concurrent map ([`papaya`]) from key to slot; each slot guards its value and
+//! version with a short critical section that never spans an `.await`. Loads clone an `Arc`;
+//! commits compare the version and swap the `Arc`. Multi-write commits lock the slots they touch
+//! in key order, so they are atomic and cannot deadlock with each other.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use conflict_core::{EntityKey, StoreError};
+
+use super::{
+    Cas, Commit, CommitOutcome, EntityCodec, EntityStore, Snapshot, StoreFuture, StoredValue,
+};
+
+type Map = papaya::HashMap<EntityKey, Slot, foldhash::fast::RandomState>;
+
+/// The embedded store. Cheap to share (`Arc`), safe from any number of tasks.
+///
+/// ```
+/// use conflict_runtime::store::{MemoryStore, EntityStore};
+/// let store = MemoryStore::new();
+/// assert_eq!(store.name(), "memory");
+/// assert_eq!(store.len(), 0);
+/// ```
+pub struct MemoryStore {
+    map: Map,
+}
+
+struct Slot {
+    cell: Mutex<Snapshot>,
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, Snapshot> {
+        // A panic while holding the lock cannot leave the snapshot half-written: every critical
+        // section below assigns whole fields after all fallible work, so the poison flag carries
+        // no information and is ignored.
+        self.cell.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("entities", &self.len())
+            .finish()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            map: Map::with_hasher(foldhash::fast::RandomState::default()),
+        }
+    }
+
+    /// How many entities are stored.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the store is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub(crate) fn get(&self, key: &EntityKey) -> Option<Snapshot> {
+        let guard = self.map.guard();
+        self.map.get(key, &guard).map(|slot| slot.lock().clone())
+    }
+
+    pub(crate) fn put_new(
+        &self,
+        key: EntityKey,
+        value: StoredValue,
+    ) -> Result<Snapshot, StoreError> {
+        let snap = Snapshot {
+            value,
+            version: 1,
+            last_modified: SystemTime::now(),
+        };
+        let guard = self.map.guard();
+        let slot = Slot {
+            cell: Mutex::new(snap.clone()),
+        };
+        match self.map.try_insert(key.clone(), slot, &guard) {
+            Ok(_) => Ok(snap),
+            Err(_) => Err(StoreError::AlreadyExists { key }),
+        }
+    }
+
+    pub(crate) fn compare_and_set(
+        &self,
+        key: &EntityKey,
+        expected: u64,
+        value: StoredValue,
+    ) -> Cas {
+        match self.cas(key, expected, value) {
+            Ok((version, _)) => Cas::Committed(version),
+            Err(actual) => Cas::Conflict(actual),
+        }
+    }
+
+    /// The single-write commit: the new version and its time, or the version found.
+    fn cas(
+        &self,
+        key: &EntityKey,
+        expected: u64,
+        value: StoredValue,
+    ) -> Result<(u64, SystemTime), Option<u64>> {
+        let guard = self.map.guard();
+        let Some(slot) = self.map.get(key, &guard) else {
+            return Err(None);
+        };
+        let now = SystemTime::now();
+        let mut cell = slot.lock();
+        if cell.version != expected {
+            return Err(Some(cell.version));
+        }
+        let version = expected + 1;
+        let old = std::mem::replace(
+            &mut *cell,
+            Snapshot {
+                value,
+                version,
+                last_modified: now,
+            },
+        );
+        drop(cell);
+        // The previous value may be the last reference to a large entity: free it outside the
+        // critical section.
+        drop(old);
+        Ok((version, now))
+    }
+
+    fn commit_many(&self, commit: Commit) -> CommitOutcome {
+        let guard = self.map.guard();
+        let mut order: Vec<usize> = (0..commit.writes.len()).collect();
+        order.sort_by(|&a, &b| commit.writes[a].key.cmp(&commit.writes[b].key));
+        // Lock every slot in key order (a global order, so two multi-writes never deadlock).
+        if let Some(pair) = order
+            .windows(2)
+            .find(|p| commit.writes[p[0]].key == commit.writes[p[1]].key)
+        {
+            // The same key twice in one commit: the second write could not have read the first's
+            // result. Refuse it as a conflict on that key.
+            let w = &commit.writes[pair[1]];
+            return CommitOutcome::Conflict {
+                key: w.key.clone(),
+                expected: w.expected_version,
+                actual: None,
+            };
+        }
+        let mut locked = Vec::with_capacity(order.len());
+        for &i in &order {
+            let w = &commit.writes[i];
+            let Some(slot) = self.map.get(&w.key, &guard) else {
+                return CommitOutcome::Conflict {
+                    key: w.key.clone(),
+                    expected: w.expected_version,
+                    actual: None,
+                };
+            };
+            let cell = slot.lock();
+            if cell.version != w.expected_version {
+                return CommitOutcome::Conflict {
+                    key: w.key.clone(),
+                    expected: w.expected_version,
+                    actual: Some(cell.version),
+                };
+            }
+            locked.push((i, cell));
+        }
+        let now = SystemTime::now();
+        let mut versions = vec![0; commit.writes.len()];
+        for (i, cell) in &mut locked {
+            let w = &commit.writes[*i];
+            cell.version = w.expected_version + 1;
+            cell.value = w.value.clone();
+            cell.last_modified = now;
+            versions[*i] = cell.version;
+        }
+        CommitOutcome::Committed {
+            versions,
+            last_modified: now,
+        }
+    }
+}
+
+impl EntityStore for MemoryStore {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn load<'a>(
+        &'a self,
+        key: &'a EntityKey,
+        _codec: EntityCodec,
+    ) -> StoreFuture<'a, Option<Snapshot>> {
+        let r = self.get(key);
+        Box::pin(async move { Ok(r) })
+    }
+
+    fn insert<'a>(&'a self, key: EntityKey, value: StoredValue) -> StoreFuture<'a, Snapshot> {
+        let r = self.put_new(key, value);
+        Box::pin(async move { r })
+    }
+
+    fn commit<'a>(&'a self, mut commit: Commit) -> StoreFuture<'a, CommitOutcome> {
+        let r = if commit.writes.len() == 1 {
+            let w = commit.writes.swap_remove(0);
+            match self.cas(&w.key, w.expected_version, w.value) {
+                Ok((v, last_modified)) => CommitOutcome::Committed {
+                    versions: vec![v],
+                    last_modified,
+                },
+                Err(actual) => CommitOutcome::Conflict {
+                    key: w.key,
+                    expected: w.expected_version,
+                    actual,
+                },
+            }
+        } else if commit.writes.is_empty() {
+            CommitOutcome::Committed {
+                versions: Vec::new(),
+                last_modified: SystemTime::now(),
+            }
+        } else {
+            self.commit_many(commit)
+        };
+        Box::pin(async move { Ok(r) })
+    }
+}

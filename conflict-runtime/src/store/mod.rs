@@ -1,0 +1,248 @@
+//! Where entities live: the [`EntityStore`] contract and its backends.
+//!
+//! A store keeps, per [`EntityKey`], a value and its OCC metadata (version, last-modified), and
+//! offers one write primitive: an atomic compare-and-commit of one or more
+//! `(key, expected version, new value)` writes. A commit applies all of its writes or none, and
+//! only when every expected version is still current; each applied write bumps its entity's
+//! version by exactly one. There is no unconditional write.
+//!
+//! Values cross the trait type-erased ([`StoredValue`]): the in-memory store keeps them as they
+//! are (no serialization on the hot path); a database store serializes them with serde through
+//! [`ErasedEntity::to_json`] and decodes with the [`EntityCodec`] passed to `load`.
+
+pub mod memory;
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use conflict_core::{Entity, EntityKey, OpId, StoreError};
+
+pub use memory::MemoryStore;
+
+/// A boxed future returned by [`EntityStore`] methods.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// A type-erased entity value, shared between readers.
+pub type StoredValue = Arc<dyn ErasedEntity>;
+
+/// An entity with its type erased: what stores hold.
+pub trait ErasedEntity: Any + Send + Sync {
+    /// The value as JSON (for stores that persist).
+    fn to_json(&self) -> Result<serde_json::Value, serde_json::Error>;
+    /// The value as `Any`, to downcast back to its type.
+    fn as_any(&self) -> &dyn Any;
+    /// The entity's key.
+    fn entity_key(&self) -> EntityKey;
+}
+
+impl<E: Entity> ErasedEntity for E {
+    fn to_json(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::to_value(self)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn entity_key(&self) -> EntityKey {
+        self.key()
+    }
+}
+
+impl fmt::Debug for dyn ErasedEntity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ErasedEntity({})", self.entity_key())
+    }
+}
+
+/// How to turn stored JSON back into a typed value: passed to [`EntityStore::load`] so stores
+/// that serialize can decode without knowing the Rust type.
+#[derive(Copy, Clone)]
+pub struct EntityCodec {
+    /// The entity type name.
+    pub type_name: &'static str,
+    /// Decodes a value of this type.
+    pub decode: fn(serde_json::Value) -> Result<StoredValue, serde_json::Error>,
+}
+
+impl EntityCodec {
+    /// The codec of `E`.
+    #[must_use]
+    pub fn of<E: Entity>() -> Self {
+        fn decode<E: Entity>(v: serde_json::Value) -> Result<StoredValue, serde_json::Error> {
+            Ok(Arc::new(serde_json::from_value::<E>(v)?))
+        }
+        Self {
+            type_name: E::TYPE_NAME,
+            decode: decode::<E>,
+        }
+    }
+}
+
+impl fmt::Debug for EntityCodec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EntityCodec({})", self.type_name)
+    }
+}
+
+/// A stored value with its OCC metadata.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The value.
+    pub value: StoredValue,
+    /// Its version (1 after insert, +1 per commit).
+    pub version: u64,
+    /// When that version was written.
+    pub last_modified: SystemTime,
+}
+
+/// One write of a commit.
+#[derive(Debug, Clone)]
+pub struct Write {
+    /// The entity to write.
+    pub key: EntityKey,
+    /// The version the writer read; the write applies only if it is still current.
+    pub expected_version: u64,
+    /// The new value.
+    pub value: StoredValue,
+}
+
+/// An atomic compare-and-commit of one or more writes on behalf of one operation.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    /// The operation committing (stores with a ledger record it in the same transaction).
+    pub op_id: OpId,
+    /// The operation's type (its function name).
+    pub op_type: &'static str,
+    /// The writes, all or nothing.
+    pub writes: Vec<Write>,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Every write applied; the new versions, in the order of the writes.
+    Committed {
+        /// New version per write.
+        versions: Vec<u64>,
+        /// The commit time recorded as last-modified.
+        last_modified: SystemTime,
+    },
+    /// Nothing applied: this key was not at its expected version.
+    Conflict {
+        /// The first key found stale.
+        key: EntityKey,
+        /// The version the writer expected.
+        expected: u64,
+        /// The version found, if the store reports it.
+        actual: Option<u64>,
+    },
+}
+
+/// The contract every backend implements. See the [module docs](self) for the guarantees.
+///
+/// Implementations must be safe to call from many tasks at once and must never hold an entity
+/// in an intermediate state visible to `load`.
+pub trait EntityStore: Send + Sync + 'static {
+    /// A short name for diagnostics (`"memory"`, `"postgres"`).
+    fn name(&self) -> &'static str;
+
+    /// Reads the current value and metadata of `key`; `Ok(None)` if it does not exist.
+    fn load<'a>(
+        &'a self,
+        key: &'a EntityKey,
+        codec: EntityCodec,
+    ) -> StoreFuture<'a, Option<Snapshot>>;
+
+    /// Stores a new entity at version 1; [`StoreError::AlreadyExists`] if the key is taken.
+    fn insert<'a>(&'a self, key: EntityKey, value: StoredValue) -> StoreFuture<'a, Snapshot>;
+
+    /// Applies all writes atomically if every expected version is current.
+    fn commit<'a>(&'a self, commit: Commit) -> StoreFuture<'a, CommitOutcome>;
+}
+
+/// The store the runtime uses: the embedded store is called directly (no boxing on the hot
+/// path), any other through the trait.
+#[derive(Clone)]
+pub(crate) enum Backend {
+    Memory(Arc<MemoryStore>),
+    Dyn(Arc<dyn EntityStore>),
+}
+
+impl Backend {
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Self::Memory(m) => m.name(),
+            Self::Dyn(d) => d.name(),
+        }
+    }
+
+    pub(crate) async fn load(
+        &self,
+        key: &EntityKey,
+        codec: EntityCodec,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        match self {
+            Self::Memory(m) => Ok(m.get(key)),
+            Self::Dyn(d) => d.load(key, codec).await,
+        }
+    }
+
+    pub(crate) async fn insert(
+        &self,
+        key: EntityKey,
+        value: StoredValue,
+    ) -> Result<Snapshot, StoreError> {
+        match self {
+            Self::Memory(m) => m.put_new(key, value),
+            Self::Dyn(d) => d.insert(key, value).await,
+        }
+    }
+
+    /// Commits one write; the fast path of every single-entity operation.
+    pub(crate) async fn commit_one(
+        &self,
+        op_id: OpId,
+        op_type: &'static str,
+        write: Write,
+    ) -> Result<Cas, StoreError> {
+        match self {
+            Self::Memory(m) => {
+                Ok(m.compare_and_set(&write.key, write.expected_version, write.value))
+            }
+            Self::Dyn(d) => {
+                let outcome = d
+                    .commit(Commit {
+                        op_id,
+                        op_type,
+                        writes: vec![write],
+                    })
+                    .await?;
+                match outcome {
+                    CommitOutcome::Committed { versions, .. } => match versions.first() {
+                        Some(v) => Ok(Cas::Committed(*v)),
+                        None => Err(StoreError::Backend {
+                            message: format!(
+                                "store `{}` reported a commit without a version",
+                                d.name()
+                            ),
+                            source: None,
+                        }),
+                    },
+                    CommitOutcome::Conflict { actual, .. } => Ok(Cas::Conflict(actual)),
+                }
+            }
+        }
+    }
+}
+
+/// The outcome of a single-write commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cas {
+    /// Applied; the new version.
+    Committed(u64),
+    /// Not applied; the version found, if known.
+    Conflict(Option<u64>),
+}
