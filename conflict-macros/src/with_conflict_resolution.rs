@@ -11,7 +11,7 @@ use crate::args::{ConflictArgs, Errors, config_tokens};
 /// How the body's return type maps onto the generated one.
 enum Returns {
     /// `Result<T, E>` spelled out: `Committed<T>`, `ConflictError<E>`.
-    Result(Type, Type),
+    Result(Box<Type>, Box<Type>),
     /// A path ending in `Result` with other arguments (an alias): use its `BodyResult` types.
     ResultAlias(Type),
     /// Anything else: `Committed<T>`, `ConflictError<Infallible>`.
@@ -37,7 +37,10 @@ fn classify(output: &ReturnType) -> Returns {
                             })
                             .collect();
                         if types.len() == 2 && ab.args.len() == 2 {
-                            return Returns::Result(types[0].clone(), types[1].clone());
+                            return Returns::Result(
+                                Box::new(types[0].clone()),
+                                Box::new(types[1].clone()),
+                            );
                         }
                     }
                     return Returns::ResultAlias(ty);

@@ -118,9 +118,9 @@ pub fn current_operation() -> Option<OperationContext> {
 /// use conflict_runtime::prelude::*;
 ///
 /// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Entity)]
-/// # struct Account { #[entity(id)] id: EntityId, balance: i64 }
+/// # struct Wallet { #[entity(id)] id: EntityId, balance: i64 }
 /// #[with_conflict_resolution(occ(max_retries = 3))]
-/// async fn deposit(account: &mut Account, amount: i64) -> i64 {
+/// async fn deposit(account: &mut Wallet, amount: i64) -> i64 {
 ///     account.balance += amount;
 ///     account.balance
 /// }
@@ -128,16 +128,15 @@ pub fn current_operation() -> Option<OperationContext> {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// let rt = Runtime::in_memory();
-/// let acct = rt.insert(Account { id: EntityId::new(), balance: 0 }).await.unwrap();
+/// let wallet = rt.insert(Wallet { id: EntityId::new(), balance: 0 }).await.unwrap();
 /// let done = conflict_runtime::scope()
 ///     .priority(OperationPriority::CRITICAL)
-///     .run(deposit(&acct, 5))
+///     .run(deposit(&wallet, 5))
 ///     .await
 ///     .unwrap();
 /// assert_eq!(done.value, 5);
 /// # }
 /// ```
-#[must_use]
 pub fn scope() -> Scope {
     let inherited = inherited();
     Scope {

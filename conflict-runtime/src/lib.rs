@@ -116,3 +116,8 @@ pub use metrics::{HistogramSnapshot, MetricsSnapshot};
 pub use registry::{EntityRegistration, OperationSpec, linked_entities, linked_operations};
 pub use runtime::{Handle, Runtime, RuntimeBuilder, ShutdownReport};
 pub use staging::{StagingStatus, TargetStatus};
+
+/// The README's code blocks, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -135,11 +135,11 @@ impl Histogram {
         };
         HistogramSnapshot {
             count,
-            mean_ns: if count == 0 {
-                0
-            } else {
-                self.sum.load(Ordering::Relaxed) / count
-            },
+            mean_ns: self
+                .sum
+                .load(Ordering::Relaxed)
+                .checked_div(count)
+                .unwrap_or(0),
             p50_ns: q(0.50),
             p95_ns: q(0.95),
             p99_ns: q(0.99),

@@ -25,13 +25,13 @@ use crate::store::{Backend, EntityCodec, EntityStore, MemoryStore, Snapshot};
 /// use conflict_runtime::prelude::*;
 ///
 /// #[derive(Debug, Clone, Serialize, Deserialize, Entity)]
-/// struct Account { #[entity(id)] id: EntityId, balance: i64 }
+/// struct Savings { #[entity(id)] id: EntityId, balance: i64 }
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let rt = Runtime::in_memory();
-/// let acct = rt.insert(Account { id: EntityId::new(), balance: 10 }).await?;
-/// let again: Handle<Account> = rt.handle(acct.id());
+/// let acct = rt.insert(Savings { id: EntityId::new(), balance: 10 }).await?;
+/// let again: Handle<Savings> = rt.handle(acct.id());
 /// assert_eq!(again.load().await?.value.balance, 10);
 /// let report = rt.shutdown(std::time::Duration::from_secs(1)).await;
 /// assert_eq!(report.still_running, 0);

@@ -139,7 +139,6 @@ impl CleanupConfig {
     };
 
     /// A builder starting from the defaults.
-    #[must_use]
     pub fn builder() -> CleanupConfigBuilder {
         CleanupConfigBuilder(Self::DEFAULT)
     }
