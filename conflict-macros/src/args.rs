@@ -60,13 +60,9 @@ impl Value {
 impl Parse for Value {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         let la = input.lookahead1();
-        if la.peek(LitInt) {
-            let lit: LitInt = input.parse()?;
-            Ok(Self::Int(lit.base10_parse()?, lit.to_token_stream()))
-        } else if la.peek(LitFloat) {
-            let lit: LitFloat = input.parse()?;
-            Ok(Self::Float(lit.base10_parse()?, lit.to_token_stream()))
-        } else if la.peek(Token![-]) {
+        // `-` first: a negative literal is two tokens, and keeping both gives the error span
+        // `-1` rather than `-`.
+        if la.peek(Token![-]) {
             let minus: Token![-] = input.parse()?;
             let la = input.lookahead1();
             if la.peek(LitInt) {
@@ -80,6 +76,12 @@ impl Parse for Value {
             } else {
                 Err(la.error())
             }
+        } else if la.peek(LitInt) {
+            let lit: LitInt = input.parse()?;
+            Ok(Self::Int(lit.base10_parse()?, lit.to_token_stream()))
+        } else if la.peek(LitFloat) {
+            let lit: LitFloat = input.parse()?;
+            Ok(Self::Float(lit.base10_parse()?, lit.to_token_stream()))
         } else if la.peek(LitStr) {
             let lit: LitStr = input.parse()?;
             Ok(Self::Str(lit.value(), lit.to_token_stream()))
@@ -476,7 +478,7 @@ impl Parse for ConflictArgs {
         let mut out = Self::default();
         let mut priority_set = None;
         let mut op_class = None;
-        let mut mode: Option<(ResolutionMode, TokenStream)> = None;
+        let mut mode: Option<ResolutionMode> = None;
         let mut pre_ecs = None;
         let mut occ = None;
         let mut cleanup = None;
@@ -519,8 +521,7 @@ impl Parse for ConflictArgs {
                             &mut errors,
                             ResolutionMode::from_name,
                             &["none", "pre_ecs", "occ", "both"],
-                        )
-                        .map(|m| (m, v.tokens()));
+                        );
                     }
                 }
                 "pre_ecs" => pre_ecs = stage(arg, &mut errors),
@@ -553,7 +554,7 @@ impl Parse for ConflictArgs {
         let off = |s: &Option<(Stage, TokenStream)>| matches!(s, Some((Stage::Off, _)));
         let any_on = on(&pre_ecs) || on(&occ);
         cfg.mode = match &mode {
-            Some((m, m_tokens)) => {
+            Some(m) => {
                 for (name, s, enabled) in
                     [("pre_ecs", &pre_ecs, m.staging()), ("occ", &occ, m.occ())]
                 {
@@ -563,16 +564,19 @@ impl Parse for ConflictArgs {
                             Stage::Off => enabled,
                         };
                         if contradicts {
+                            let stages = match m {
+                                ResolutionMode::None => "neither stage",
+                                ResolutionMode::PreEcs => "pre_ecs only",
+                                ResolutionMode::Occ => "occ only",
+                                ResolutionMode::Both => "both stages",
+                            };
                             errors.spanned(
                                 tokens,
                                 format!(
-                                    "`{}` contradicts `mode = \"{}\"`: remove one of them",
-                                    quote!(#tokens),
+                                    "`{name}` contradicts `mode = \"{}\"`, which runs {stages}: remove one of them",
                                     m.name()
                                 ),
                             );
-                            errors
-                                .spanned(m_tokens, format!("`mode` set here; `{name}` disagrees"));
                         }
                     }
                 }

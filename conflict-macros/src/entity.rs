@@ -172,10 +172,7 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     let id_ty = &field.ty;
     // Spanned at the field's type, so a wrong type is reported there.
     let id_expr = quote_spanned! {id_ty.span()=>
-        {
-            let id: #p::EntityId = self.#id_ident;
-            id
-        }
+        { #p::entity_id_of(&self.#id_ident) }
     };
     Ok(quote! {
         #[automatically_derived]

@@ -172,9 +172,11 @@ pub(crate) fn expand(args: ConflictArgs, func: ItemFn) -> syn::Result<TokenStrea
         quote!(#id: #ty)
     });
     let ids: Vec<&Ident> = params.iter().map(|prm| &prm.outer).collect();
-    let clone_checks = params.iter().map(|prm| {
+    // Each attempt gets fresh clones; the helper's bound carries the "must be Clone" message,
+    // spanned at the argument's type.
+    let clones = params.iter().map(|prm| {
         let id = &prm.outer;
-        quote_spanned!(prm.ty.span()=> #p::assert_arg_clone(&#id);)
+        quote_spanned!(prm.ty.span()=> let #id = #p::clone_arg(&#id);)
     });
     let name_str = name.to_string();
 
@@ -198,14 +200,16 @@ pub(crate) fn expand(args: ConflictArgs, func: ItemFn) -> syn::Result<TokenStrea
                 #p::OperationRegistration(&__CONFLICT_SPEC)
             }
 
-            #(#clone_checks)*
             #p::execute(
                 &__CONFLICT_SPEC,
                 #entity_ident,
-                (#(#ids,)*),
-                |mut __conflict_entity, (#(#ids,)*)| async move {
-                    let __conflict_out = __conflict_body(&mut __conflict_entity, #(#ids),*).await;
-                    (__conflict_entity, #wrap)
+                move |mut __conflict_entity| {
+                    #(#clones)*
+                    async move {
+                        let __conflict_out =
+                            __conflict_body(&mut __conflict_entity, #(#ids),*).await;
+                        (__conflict_entity, #wrap)
+                    }
                 },
             )
             .await

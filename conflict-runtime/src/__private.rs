@@ -15,19 +15,17 @@ pub use crate::registry::{EntityRegistration, OperationRegistration, OperationSp
 pub use crate::runtime::Handle;
 
 /// Runs one call of an annotated function.
-pub async fn execute<E, A, F, Fut, T, Err>(
+pub async fn execute<E, F, Fut, T, Err>(
     spec: &'static OperationSpec,
     handle: &Handle<E>,
-    args: A,
     body: F,
 ) -> Result<Committed<T>, ConflictError<Err>>
 where
     E: Entity,
-    A: Clone,
-    F: FnMut(E, A) -> Fut,
+    F: FnMut(E) -> Fut,
     Fut: Future<Output = (E, Result<T, Err>)>,
 {
-    crate::occ::execute(spec, handle, args, body).await
+    crate::occ::execute(spec, handle, body).await
 }
 
 /// Wraps the value of a body that cannot fail.
@@ -60,9 +58,36 @@ pub trait ArgClone: Clone {}
 
 impl<T: Clone> ArgClone for T {}
 
-/// Fails to compile when an argument type is not `Clone`, with the message above.
+/// Clones an argument for one attempt; fails to compile with the message above when the
+/// argument is not `Clone`.
 #[inline(always)]
-pub fn assert_arg_clone<T: ArgClone>(_: &T) {}
+pub fn clone_arg<T: ArgClone>(value: &T) -> T {
+    value.clone()
+}
+
+/// The type an `#[entity(id)]` field must have.
+#[diagnostic::on_unimplemented(
+    message = "the `#[entity(id)]` field must have type `EntityId`, found `{Self}`",
+    label = "not an `EntityId`",
+    note = "an entity's identity is a framework `EntityId` (a UUID): `#[entity(id)] id: EntityId`"
+)]
+pub trait IdField {
+    /// The id.
+    fn entity_id(&self) -> EntityId;
+}
+
+impl IdField for EntityId {
+    #[inline]
+    fn entity_id(&self) -> EntityId {
+        *self
+    }
+}
+
+/// Reads an `#[entity(id)]` field.
+#[inline(always)]
+pub fn entity_id_of<T: IdField>(field: &T) -> EntityId {
+    field.entity_id()
+}
 
 /// A priority checked at compile time (the macro already validated the literal).
 #[must_use]

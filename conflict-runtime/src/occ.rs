@@ -149,16 +149,14 @@ impl std::fmt::Display for DisplayKind {
 }
 
 /// Runs one call of an annotated function to its outcome. See the crate docs for the semantics.
-pub(crate) async fn execute<E, A, F, Fut, T, Err>(
+pub(crate) async fn execute<E, F, Fut, T, Err>(
     spec: &'static OperationSpec,
     handle: &Handle<E>,
-    args: A,
     body: F,
 ) -> Result<Committed<T>, ConflictError<Err>>
 where
     E: Entity,
-    A: Clone,
-    F: FnMut(E, A) -> Fut,
+    F: FnMut(E) -> Fut,
     Fut: Future<Output = (E, Result<T, Err>)>,
 {
     let rt = &*handle.rt.inner;
@@ -170,7 +168,7 @@ where
         target = %handle.key,
         attempt = tracing::field::Empty,
     );
-    let result = run::<E, A, F, Fut, T, Err>(&mut op, args, body)
+    let result = run::<E, F, Fut, T, Err>(&mut op, body)
         .instrument(span)
         .await;
     op.finish(&result);
@@ -182,15 +180,13 @@ enum Interrupt {
     Preempted(Candidate),
 }
 
-async fn run<E, A, F, Fut, T, Err>(
+async fn run<E, F, Fut, T, Err>(
     op: &mut Operation<'_>,
-    args: A,
     mut body: F,
 ) -> Result<Committed<T>, ConflictError<Err>>
 where
     E: Entity,
-    A: Clone,
-    F: FnMut(E, A) -> Fut,
+    F: FnMut(E) -> Fut,
     Fut: Future<Output = (E, Result<T, Err>)>,
 {
     let rt = op.rt;
@@ -282,10 +278,7 @@ where
                     key: op.target.clone(),
                 })?;
         let entity = downcast::<E>(&op.target, &snap)?.clone();
-        let body_fut = context::run_as(
-            ctx.clone(),
-            AssertUnwindSafe(body(entity, args.clone())).catch_unwind(),
-        );
+        let body_fut = context::run_as(ctx.clone(), AssertUnwindSafe(body(entity)).catch_unwind());
         let (entity, out) = match interruptible(rt, exec.as_ref(), op.seq, body_fut).await {
             Ok(Ok(pair)) => pair,
             Ok(Err(payload)) => {

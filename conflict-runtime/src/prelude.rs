@@ -4,7 +4,7 @@
 //! requires.
 
 pub use crate::{
-    Committed, ConflictError, Entity, EntityId, Handle, OpClass, OperationPriority, Runtime,
+    Committed, ConflictError, Entity, EntityId, Handle, OpClass, OpId, OperationPriority, Runtime,
     Versioned, with_conflict_resolution,
 };
 pub use serde::{Deserialize, Serialize};

@@ -36,7 +36,7 @@ pub enum ConfigError {
         expected: &'static str,
     },
     /// Values that are fine alone but contradict each other.
-    #[error("`{field}`: {message}")]
+    #[error("{message}")]
     Inconsistent {
         /// The key to blame.
         field: &'static str,

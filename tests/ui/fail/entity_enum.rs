@@ -1,0 +1,9 @@
+use conflict_runtime::prelude::*;
+
+#[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+enum Account {
+    Open,
+    Closed,
+}
+
+fn main() {}

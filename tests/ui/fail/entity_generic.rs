@@ -1,0 +1,10 @@
+use conflict_runtime::prelude::*;
+
+#[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+struct Account<T> {
+    #[entity(id)]
+    id: EntityId,
+    data: T,
+}
+
+fn main() {}

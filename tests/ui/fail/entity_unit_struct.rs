@@ -1,0 +1,6 @@
+use conflict_runtime::prelude::*;
+
+#[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+struct Account;
+
+fn main() {}

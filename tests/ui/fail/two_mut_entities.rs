@@ -1,0 +1,14 @@
+use conflict_runtime::prelude::*;
+
+#[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+struct Account {
+    #[entity(id)]
+    id: EntityId,
+}
+
+#[with_conflict_resolution]
+async fn transfer(from: &mut Account, to: &mut Account) {
+    let _ = (from, to);
+}
+
+fn main() {}
