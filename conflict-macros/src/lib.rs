@@ -1,7 +1,7 @@
 //! Proc macros of the `conflict` framework. Use them through `conflict-runtime`, which
 //! re-exports them and provides the `__private` module their expansions call.
 //!
-//! Each macro parses its input into typed structs ([`args`]), validates literals with spanned
+//! Each macro parses its input into typed structs (module `args`), validates literals with spanned
 //! errors, and expands into calls of `::conflict_runtime::__private`. On a bad attribute the
 //! original item is still emitted after the error, so one mistake gives one message.
 
