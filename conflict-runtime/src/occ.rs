@@ -24,7 +24,7 @@ use crate::metrics::Counter;
 use crate::registry::OperationSpec;
 use crate::runtime::{Handle, Inner, downcast};
 use crate::staging::{ExecGuard, StageError};
-use crate::store::{Cas, EntityCodec, Write};
+use crate::store::{Cas, CommitInfo, EntityCodec, Write};
 
 /// One call of an annotated function, from submission to its single outcome.
 struct Operation<'rt> {
@@ -310,7 +310,13 @@ where
             expected_version: snap.version,
             value: Arc::new(entity),
         };
-        match rt.backend.commit_one(op.op_id, op.spec.name, write).await? {
+        let info = CommitInfo {
+            op_id: op.op_id,
+            op_type: op.spec.name,
+            priority: op.effective,
+            attempt,
+        };
+        match rt.backend.commit_one(info, write).await? {
             Cas::Committed(version) => {
                 return Ok(Committed {
                     value,

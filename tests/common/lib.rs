@@ -2,6 +2,8 @@
 
 use conflict_runtime::prelude::*;
 
+pub mod suite;
+
 /// A counter entity: `value` counts committed increments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Entity)]
 pub struct Counter {

@@ -11,6 +11,8 @@
 //! [`ErasedEntity::to_json`] and decodes with the [`EntityCodec`] passed to `load`.
 
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 
 use std::any::Any;
 use std::fmt;
@@ -19,9 +21,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use conflict_core::{Entity, EntityKey, OpId, StoreError};
+use conflict_core::{Entity, EntityKey, OpId, OperationPriority, StoreError};
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PgStore;
 
 /// A boxed future returned by [`EntityStore`] methods.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -116,6 +120,10 @@ pub struct Commit {
     pub op_id: OpId,
     /// The operation's type (its function name).
     pub op_type: &'static str,
+    /// The operation's effective priority (for ledgers).
+    pub priority: OperationPriority,
+    /// Which attempt of the operation this commit is (1 for the first).
+    pub attempt: u32,
     /// The writes, all or nothing.
     pub writes: Vec<Write>,
 }
@@ -204,8 +212,7 @@ impl Backend {
     /// Commits one write; the fast path of every single-entity operation.
     pub(crate) async fn commit_one(
         &self,
-        op_id: OpId,
-        op_type: &'static str,
+        op: CommitInfo,
         write: Write,
     ) -> Result<Cas, StoreError> {
         match self {
@@ -215,8 +222,10 @@ impl Backend {
             Self::Dyn(d) => {
                 let outcome = d
                     .commit(Commit {
-                        op_id,
-                        op_type,
+                        op_id: op.op_id,
+                        op_type: op.op_type,
+                        priority: op.priority,
+                        attempt: op.attempt,
                         writes: vec![write],
                     })
                     .await?;
@@ -236,6 +245,15 @@ impl Backend {
             }
         }
     }
+}
+
+/// Who is committing (what a ledger records beside the writes).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CommitInfo {
+    pub(crate) op_id: OpId,
+    pub(crate) op_type: &'static str,
+    pub(crate) priority: OperationPriority,
+    pub(crate) attempt: u32,
 }
 
 /// The outcome of a single-write commit.
