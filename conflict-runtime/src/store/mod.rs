@@ -24,8 +24,6 @@ use std::time::SystemTime;
 use conflict_core::{Entity, EntityKey, OpId, OperationPriority, StoreError};
 
 pub use memory::MemoryStore;
-#[cfg(feature = "postgres")]
-pub use postgres::PgStore;
 
 /// A boxed future returned by [`EntityStore`] methods.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -210,11 +208,7 @@ impl Backend {
     }
 
     /// Commits one write; the fast path of every single-entity operation.
-    pub(crate) async fn commit_one(
-        &self,
-        op: CommitInfo,
-        write: Write,
-    ) -> Result<Cas, StoreError> {
+    pub(crate) async fn commit_one(&self, op: CommitInfo, write: Write) -> Result<Cas, StoreError> {
         match self {
             Self::Memory(m) => {
                 Ok(m.compare_and_set(&write.key, write.expected_version, write.value))
