@@ -112,7 +112,9 @@ pub use conflict_macros::{Entity, with_conflict_resolution};
 
 pub use context::{OperationContext, Scope, current_operation, scope};
 pub use events::{EventSubscriber, Received};
-pub use metrics::{HistogramSnapshot, MetricsSnapshot};
+pub use metrics::{
+    GroupSizeSnapshot, HistogramSnapshot, MetricsSnapshot, OpTypeSnapshot, RetryStats,
+};
 pub use registry::{EntityRegistration, OperationSpec, linked_entities, linked_operations};
 pub use runtime::{Handle, Runtime, RuntimeBuilder, ShutdownReport};
 pub use staging::{StagingStatus, TargetStatus};

@@ -1,24 +1,32 @@
 //! Metrics that count every operation exactly once, without locks on the hot path.
 //!
-//! Counters are sharded: each thread adds to its own cache-line-aligned shard with a relaxed
-//! atomic add, and a snapshot sums the shards. Nothing is sampled or dropped: every submitted
-//! operation adds one to `submitted` when it starts and one to exactly one outcome counter when
-//! it ends (a dropped call counts as `cancelled`), so `submitted = Σ outcomes + in_flight` holds
-//! at every quiescent point.
+//! Counters and histograms are sharded: each thread adds to its own cache-line-aligned shard
+//! with relaxed atomic adds, and a snapshot sums the shards. Nothing is sampled or dropped:
+//! every submitted operation adds one to `submitted` when it starts and one to exactly one
+//! outcome counter when it ends (a dropped call counts as `cancelled`), so
+//! `submitted = Σ outcomes + in_flight` at every point where no operation is between the two.
 //!
-//! Latencies go into a lock-free log-linear histogram (16 sub-buckets per power of two, so any
-//! reported quantile is within 6.25% of the true value).
+//! Latencies go into lock-free log-linear buckets (16 sub-buckets per power of two, so each
+//! bucket spans at most 6.25% of its values); on read the buckets are loaded into an
+//! [`hdrhistogram`] histogram, which computes the quantiles.
+//!
+//! Export: [`MetricsSnapshot`] is a serde struct; [`MetricsSnapshot::to_prometheus`] renders the
+//! Prometheus text exposition format; the runtime's `tracing` spans and events carry the same
+//! facts per operation.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use conflict_core::OutcomeKind;
 use serde::{Deserialize, Serialize};
 
-const SHARDS: usize = 16;
+use crate::registry::OperationSpec;
 
-/// The counters, by index into a shard.
+const SHARDS: usize = 8;
+
+/// The global counters, by index into a shard.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 #[repr(usize)]
 pub(crate) enum Counter {
@@ -39,16 +47,8 @@ pub(crate) enum Counter {
 }
 
 const N_PLAIN: usize = Counter::EventsMissed as usize + 1;
-const N_COUNTERS: usize = N_PLAIN + OutcomeKind::ALL.len();
-
-#[repr(align(128))]
-struct Shard([AtomicU64; N_COUNTERS]);
-
-impl Shard {
-    fn new() -> Self {
-        Self(std::array::from_fn(|_| AtomicU64::new(0)))
-    }
-}
+const N_OUTCOMES: usize = OutcomeKind::ALL.len();
+const N_COUNTERS: usize = N_PLAIN + N_OUTCOMES;
 
 fn shard_index() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -58,23 +58,27 @@ fn shard_index() -> usize {
     INDEX.with(|i| *i)
 }
 
-/// Log-linear histogram of durations in nanoseconds, lock-free.
-pub(crate) struct Histogram {
-    buckets: Box<[AtomicU64]>,
-    max: AtomicU64,
-    sum: AtomicU64,
+fn zeroed<const N: usize>() -> [AtomicU64; N] {
+    std::array::from_fn(|_| AtomicU64::new(0))
 }
 
 const SUB_BITS: u32 = 4;
 const SUB: u64 = 1 << SUB_BITS;
 const N_BUCKETS: usize = ((64 - SUB_BITS as usize) + 1) * SUB as usize;
 
-impl Histogram {
-    pub(crate) fn new() -> Self {
+/// Lock-free log-linear histogram buckets.
+struct Buckets {
+    counts: Box<[AtomicU64]>,
+    sum: AtomicU64,
+    max: AtomicU64,
+}
+
+impl Buckets {
+    fn new() -> Self {
         Self {
-            buckets: (0..N_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            max: AtomicU64::new(0),
+            counts: (0..N_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             sum: AtomicU64::new(0),
+            max: AtomicU64::new(0),
         }
     }
 
@@ -85,7 +89,7 @@ impl Histogram {
         let msb = 63 - v.leading_zeros();
         let shift = msb - SUB_BITS;
         let sub = (v >> shift) & (SUB - 1);
-        ((shift + 1) as u64 * SUB + sub) as usize
+        ((u64::from(shift) + 1) * SUB + sub) as usize
     }
 
     /// The smallest value of bucket `i`.
@@ -99,103 +103,234 @@ impl Histogram {
         (SUB + sub) << shift
     }
 
-    pub(crate) fn record(&self, v: u64) {
-        self.buckets[Self::index(v)].fetch_add(1, Ordering::Relaxed);
-        self.max.fetch_max(v, Ordering::Relaxed);
-        self.sum.fetch_add(v, Ordering::Relaxed);
+    /// The largest value of bucket `i`.
+    fn upper(i: usize) -> u64 {
+        if i + 1 < N_BUCKETS {
+            Self::lower(i + 1) - 1
+        } else {
+            u64::MAX
+        }
     }
 
-    pub(crate) fn snapshot(&self) -> HistogramSnapshot {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        let count: u64 = counts.iter().sum();
-        let max = self.max.load(Ordering::Relaxed);
-        let q = |quantile: f64| -> u64 {
-            if count == 0 {
-                return 0;
-            }
-            let rank = ((quantile * count as f64).ceil() as u64).clamp(1, count);
-            let mut seen = 0;
-            for (i, c) in counts.iter().enumerate() {
-                seen += c;
-                if seen >= rank {
-                    // Report the bucket's upper edge (capped at the true max): never optimistic.
-                    let upper = if i + 1 < N_BUCKETS {
-                        Self::lower(i + 1).saturating_sub(1)
-                    } else {
-                        u64::MAX
-                    };
-                    return upper.min(max);
-                }
-            }
-            max
-        };
-        HistogramSnapshot {
+    #[inline]
+    fn record(&self, v: u64) {
+        self.counts[Self::index(v)].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(v, Ordering::Relaxed);
+        self.max.fetch_max(v, Ordering::Relaxed);
+    }
+}
+
+/// Merges bucket sets and summarises them through an HDR histogram.
+fn summarize<'a>(parts: impl IntoIterator<Item = &'a Buckets>) -> HistogramSnapshot {
+    let mut counts = vec![0u64; N_BUCKETS];
+    let (mut sum, mut max) = (0u64, 0u64);
+    for b in parts {
+        for (c, a) in counts.iter_mut().zip(b.counts.iter()) {
+            *c += a.load(Ordering::Relaxed);
+        }
+        sum = sum.wrapping_add(b.sum.load(Ordering::Relaxed));
+        max = max.max(b.max.load(Ordering::Relaxed));
+    }
+    let count: u64 = counts.iter().sum();
+    if count == 0 {
+        return HistogramSnapshot::default();
+    }
+    // Each bucket is recorded at its upper edge (capped at the exact max), so every reported
+    // quantile is an upper bound of the true one, within the bucket width.
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_max(max.max(2), 3)
+        .or_else(|_| hdrhistogram::Histogram::<u64>::new(3));
+    let Ok(h) = h.as_mut() else {
+        return HistogramSnapshot {
             count,
-            mean_ns: self
-                .sum
-                .load(Ordering::Relaxed)
-                .checked_div(count)
-                .unwrap_or(0),
-            p50_ns: q(0.50),
-            p95_ns: q(0.95),
-            p99_ns: q(0.99),
+            mean_ns: sum / count,
             max_ns: max,
+            ..HistogramSnapshot::default()
+        };
+    };
+    for (i, c) in counts.iter().enumerate() {
+        if *c > 0 {
+            let v = Buckets::upper(i).min(max).max(1);
+            // `saturating_record_n` clamps into the histogram's range instead of failing.
+            h.saturating_record_n(v, *c);
+        }
+    }
+    let q = |p: f64| h.value_at_quantile(p).min(max);
+    HistogramSnapshot {
+        count,
+        mean_ns: sum / count,
+        p50_ns: q(0.50),
+        p95_ns: q(0.95),
+        p99_ns: q(0.99),
+        max_ns: max,
+    }
+}
+
+#[repr(align(128))]
+struct Shard {
+    counters: [AtomicU64; N_COUNTERS],
+    latency: Buckets,
+}
+
+// Per-operation-type counters, by index.
+const OP_CONFLICTS: usize = N_OUTCOMES;
+const OP_RETRIES: usize = N_OUTCOMES + 1;
+const OP_ATTEMPTS: usize = N_OUTCOMES + 2;
+const OP_SUCCESS_RETRY_SUM: usize = N_OUTCOMES + 3;
+const OP_SUCCESS_RETRY_MAX: usize = N_OUTCOMES + 4;
+const OP_RETRY_HIST: usize = N_OUTCOMES + 5;
+/// Retries per success are counted exactly up to this many; more land in the last bucket.
+const RETRY_HIST_EXACT: usize = 32;
+const OP_N: usize = OP_RETRY_HIST + RETRY_HIST_EXACT + 1;
+
+#[repr(align(128))]
+struct OpShard([AtomicU64; OP_N]);
+
+/// What the runtime counts per annotated function.
+pub(crate) struct OpStats {
+    name: &'static str,
+    module: &'static str,
+    shards: Box<[OpShard]>,
+}
+
+impl OpStats {
+    fn new(spec: &OperationSpec) -> Self {
+        Self {
+            name: spec.name,
+            module: spec.module,
+            shards: (0..SHARDS).map(|_| OpShard(zeroed())).collect(),
+        }
+    }
+
+    fn sum(&self, i: usize) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.0[i].load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn snapshot(&self) -> OpTypeSnapshot {
+        let outcomes: BTreeMap<String, u64> = OutcomeKind::ALL
+            .iter()
+            .map(|k| (k.as_str().to_string(), self.sum(k.index())))
+            .collect();
+        let committed = self.sum(OutcomeKind::Committed.index());
+        let ended: u64 = outcomes.values().sum();
+        let distribution: BTreeMap<u32, u64> = (0..=RETRY_HIST_EXACT)
+            .filter_map(|r| {
+                let n = self.sum(OP_RETRY_HIST + r);
+                (n > 0).then_some((r as u32, n))
+            })
+            .collect();
+        OpTypeSnapshot {
+            name: self.name.to_string(),
+            module: self.module.to_string(),
+            ended,
+            committed,
+            failed: ended - committed,
+            outcomes,
+            attempts: self.sum(OP_ATTEMPTS),
+            conflicts: self.sum(OP_CONFLICTS),
+            retries: self.sum(OP_RETRIES),
+            retries_per_success: RetryStats {
+                avg: if committed == 0 {
+                    0.0
+                } else {
+                    self.sum(OP_SUCCESS_RETRY_SUM) as f64 / committed as f64
+                },
+                max: self
+                    .shards
+                    .iter()
+                    .map(|s| s.0[OP_SUCCESS_RETRY_MAX].load(Ordering::Relaxed))
+                    .max()
+                    .unwrap_or(0),
+                first_try: self.sum(OP_RETRY_HIST),
+                distribution,
+            },
         }
     }
 }
 
-/// Quantiles of a latency histogram, in nanoseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct HistogramSnapshot {
-    /// Samples recorded.
-    pub count: u64,
-    /// Mean.
-    pub mean_ns: u64,
-    /// Median (upper bound of its bucket).
-    pub p50_ns: u64,
-    /// 95th percentile (upper bound of its bucket).
-    pub p95_ns: u64,
-    /// 99th percentile (upper bound of its bucket).
-    pub p99_ns: u64,
-    /// Largest sample, exact.
-    pub max_ns: u64,
+/// How one operation ended, as the metrics record it.
+pub(crate) struct Ending {
+    pub(crate) kind: OutcomeKind,
+    pub(crate) latency: Duration,
+    pub(crate) attempts: u32,
+    pub(crate) conflicts: u32,
 }
 
 /// Per-runtime metrics.
 pub(crate) struct Metrics {
     shards: Box<[Shard]>,
-    latency: Histogram,
+    group_sizes: Buckets,
+    op_types: papaya::HashMap<usize, OpStats, foldhash::fast::RandomState>,
 }
 
 impl Metrics {
     pub(crate) fn new() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Shard::new()).collect(),
-            latency: Histogram::new(),
+            shards: (0..SHARDS)
+                .map(|_| Shard {
+                    counters: zeroed(),
+                    latency: Buckets::new(),
+                })
+                .collect(),
+            group_sizes: Buckets::new(),
+            op_types: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),
         }
     }
 
     #[inline]
     pub(crate) fn add(&self, c: Counter, n: u64) {
-        self.shards[shard_index()].0[c as usize].fetch_add(n, Ordering::Relaxed);
+        self.shards[shard_index()].counters[c as usize].fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts a new operation. Sequentially consistent so that shutdown, which flips its flag
     /// and then sums `submitted`, cannot miss an operation that saw the runtime running.
     #[inline]
     pub(crate) fn submitted(&self) {
-        self.shards[shard_index()].0[Counter::Submitted as usize].fetch_add(1, Ordering::SeqCst);
+        self.shards[shard_index()].counters[Counter::Submitted as usize]
+            .fetch_add(1, Ordering::SeqCst);
     }
 
-    #[inline]
-    pub(crate) fn outcome(&self, kind: OutcomeKind, latency: Duration) {
-        self.shards[shard_index()].0[N_PLAIN + kind.index()].fetch_add(1, Ordering::SeqCst);
-        self.latency
-            .record(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
+    /// Records how an operation ended: its outcome (exactly once), latency, and its
+    /// operation type's counters.
+    pub(crate) fn ended(&self, spec: &'static OperationSpec, e: &Ending) {
+        let i = shard_index();
+        let shard = &self.shards[i];
+        shard.counters[N_PLAIN + e.kind.index()].fetch_add(1, Ordering::SeqCst);
+        shard
+            .latency
+            .record(u64::try_from(e.latency.as_nanos()).unwrap_or(u64::MAX));
+
+        let guard = self.op_types.guard();
+        let key = std::ptr::from_ref(spec) as usize;
+        let stats = match self.op_types.get(&key, &guard) {
+            Some(s) => s,
+            None => self
+                .op_types
+                .get_or_insert_with(key, || OpStats::new(spec), &guard),
+        };
+        let c = &stats.shards[i].0;
+        c[e.kind.index()].fetch_add(1, Ordering::Relaxed);
+        let retries = e.attempts.saturating_sub(1);
+        if e.attempts > 0 {
+            c[OP_ATTEMPTS].fetch_add(u64::from(e.attempts), Ordering::Relaxed);
+            c[OP_RETRIES].fetch_add(u64::from(retries), Ordering::Relaxed);
+        }
+        if e.conflicts > 0 {
+            c[OP_CONFLICTS].fetch_add(u64::from(e.conflicts), Ordering::Relaxed);
+        }
+        if e.kind == OutcomeKind::Committed {
+            c[OP_SUCCESS_RETRY_SUM].fetch_add(u64::from(retries), Ordering::Relaxed);
+            c[OP_SUCCESS_RETRY_MAX].fetch_max(u64::from(retries), Ordering::Relaxed);
+            c[OP_RETRY_HIST + (retries as usize).min(RETRY_HIST_EXACT)]
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records the size of a resolved staging group.
+    pub(crate) fn group_size(&self, n: usize) {
+        self.group_sizes.record(n as u64);
     }
 
     pub(crate) fn get(&self, c: Counter) -> u64 {
@@ -205,7 +340,7 @@ impl Metrics {
     fn sum(&self, i: usize) -> u64 {
         self.shards
             .iter()
-            .map(|s| s.0[i].load(Ordering::SeqCst))
+            .map(|s| s.counters[i].load(Ordering::SeqCst))
             .sum()
     }
 
@@ -218,8 +353,8 @@ impl Metrics {
 
     /// Operations started and not yet ended.
     pub(crate) fn in_flight(&self) -> u64 {
-        // Read outcomes first: an operation that ends between the two reads is then counted as
-        // still in flight (never as negative).
+        // Outcomes are read first: an operation that ends between the two reads is then
+        // counted as still in flight, never as a negative.
         let ended: u64 = self.outcomes().values().sum();
         self.get(Counter::Submitted).saturating_sub(ended)
     }
@@ -228,6 +363,14 @@ impl Metrics {
         let outcomes = self.outcomes();
         let ended: u64 = outcomes.values().sum();
         let submitted = self.get(Counter::Submitted);
+        let guard = self.op_types.guard();
+        let mut op_types: Vec<OpTypeSnapshot> = self
+            .op_types
+            .iter(&guard)
+            .map(|(_, s)| s.snapshot())
+            .collect();
+        op_types.sort_by(|a, b| (&a.module, &a.name).cmp(&(&b.module, &b.name)));
+        let sizes = summarize([&self.group_sizes]);
         MetricsSnapshot {
             submitted,
             ended,
@@ -249,14 +392,98 @@ impl Metrics {
             events_published: self.get(Counter::EventsPublished),
             events_delivered: self.get(Counter::EventsDelivered),
             events_missed: self.get(Counter::EventsMissed),
-            latency: self.latency.snapshot(),
+            latency: summarize(self.shards.iter().map(|s| &s.latency)),
+            staging_group_size: GroupSizeSnapshot {
+                groups: sizes.count,
+                mean: sizes.mean_ns,
+                p50: sizes.p50_ns,
+                p99: sizes.p99_ns,
+                max: sizes.max_ns,
+            },
+            op_types,
         }
     }
 }
 
+/// Quantiles of a latency histogram, in nanoseconds.
+///
+/// Quantiles are upper bounds: each is the upper edge of the bucket the true value falls in
+/// (at most 6.25% above it), capped at the exact maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HistogramSnapshot {
+    /// Samples recorded.
+    pub count: u64,
+    /// Mean.
+    pub mean_ns: u64,
+    /// Median.
+    pub p50_ns: u64,
+    /// 95th percentile.
+    pub p95_ns: u64,
+    /// 99th percentile.
+    pub p99_ns: u64,
+    /// Largest sample, exact.
+    pub max_ns: u64,
+}
+
+/// Sizes of the staging groups resolved in a round (operations that competed for one target).
+/// A call that ran at once on an idle target is a group of one counted in
+/// `staging_groups` but not here, which keeps the uncontended path free of this histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct GroupSizeSnapshot {
+    /// Groups resolved.
+    pub groups: u64,
+    /// Mean size.
+    pub mean: u64,
+    /// Median size.
+    pub p50: u64,
+    /// 99th percentile size.
+    pub p99: u64,
+    /// Largest group.
+    pub max: u64,
+}
+
+/// Retries needed by the operations that committed.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct RetryStats {
+    /// Mean retries per committed operation.
+    pub avg: f64,
+    /// Most retries any committed operation needed.
+    pub max: u64,
+    /// Committed operations that needed no retry.
+    pub first_try: u64,
+    /// Committed operations by retries needed (32 means 32 or more); zero counts omitted.
+    pub distribution: BTreeMap<u32, u64>,
+}
+
+/// What one annotated function's operations did.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct OpTypeSnapshot {
+    /// The function's name.
+    pub name: String,
+    /// Its module.
+    pub module: String,
+    /// Operations of this type that ended.
+    pub ended: u64,
+    /// Of which committed.
+    pub committed: u64,
+    /// Of which did not commit (`ended - committed`).
+    pub failed: u64,
+    /// Ended operations by outcome label.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Body runs.
+    pub attempts: u64,
+    /// Compare-and-commits that met a newer version.
+    pub conflicts: u64,
+    /// Attempts after the first.
+    pub retries: u64,
+    /// Retries per committed operation.
+    pub retries_per_success: RetryStats,
+}
+
 /// A point-in-time copy of a runtime's metrics (from [`Runtime::metrics`](crate::Runtime::metrics)).
 ///
-/// `submitted == ended + in_flight`, and `ended` is the sum of `outcomes`.
+/// `submitted == ended + in_flight`, `ended` is the sum of `outcomes`, and the per-type
+/// `ended` counts add up to `ended`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsSnapshot {
     /// Operations started.
@@ -269,19 +496,20 @@ pub struct MetricsSnapshot {
     pub outcomes: BTreeMap<String, u64>,
     /// Body runs.
     pub attempts: u64,
-    /// Compare-and-commits that found a newer version.
+    /// Compare-and-commits that found a newer version (OCC conflicts).
     pub occ_conflicts: u64,
     /// Retries started after a conflict.
     pub occ_retries: u64,
     /// Operations that waited in a staging area.
     pub staged: u64,
-    /// Staging groups resolved.
+    /// Staging groups resolved (a call that ran at once on an idle target is a group of one).
     pub staging_groups: u64,
-    /// Staging groups with more than one member (a pre-ECS conflict).
+    /// Staging groups with more than one member: pre-ECS conflicts detected and resolved.
     pub staging_contended_groups: u64,
-    /// Members that lost a staging group (rejected or requeued).
+    /// Lost rounds: a member not chosen in a group resolution (rejected, or requeued for the
+    /// next round; a requeued operation can lose several rounds).
     pub staging_losers: u64,
-    /// Losers that stayed staged (`on_lose = "requeue"`).
+    /// Lost rounds after which the loser stayed staged (`on_lose = "requeue"`).
     pub requeued: u64,
     /// Executing operations preempted.
     pub preemptions: u64,
@@ -295,6 +523,10 @@ pub struct MetricsSnapshot {
     pub events_missed: u64,
     /// Submission-to-end latency of ended operations.
     pub latency: HistogramSnapshot,
+    /// Sizes of resolved staging groups.
+    pub staging_group_size: GroupSizeSnapshot,
+    /// Per annotated function, sorted by module and name.
+    pub op_types: Vec<OpTypeSnapshot>,
 }
 
 impl MetricsSnapshot {
@@ -303,6 +535,140 @@ impl MetricsSnapshot {
     pub fn outcome(&self, kind: OutcomeKind) -> u64 {
         self.outcomes.get(kind.as_str()).copied().unwrap_or(0)
     }
+
+    /// The metrics of one annotated function, by name.
+    #[must_use]
+    pub fn op_type(&self, name: &str) -> Option<&OpTypeSnapshot> {
+        self.op_types.iter().find(|o| o.name == name)
+    }
+
+    /// The snapshot in the Prometheus text exposition format (version 0.0.4).
+    ///
+    /// ```
+    /// let rt = conflict_runtime::Runtime::in_memory();
+    /// let text = rt.metrics().to_prometheus();
+    /// assert!(text.contains("conflict_operations_submitted_total 0"));
+    /// ```
+    #[must_use]
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        };
+        counter(
+            "conflict_operations_submitted_total",
+            "Operations started.",
+            self.submitted,
+        );
+        counter("conflict_attempts_total", "Body runs.", self.attempts);
+        counter(
+            "conflict_occ_conflicts_total",
+            "Compare-and-commits that found a newer version.",
+            self.occ_conflicts,
+        );
+        counter(
+            "conflict_occ_retries_total",
+            "Retries after a conflict.",
+            self.occ_retries,
+        );
+        counter(
+            "conflict_staging_groups_total",
+            "Staging groups resolved.",
+            self.staging_groups,
+        );
+        counter(
+            "conflict_staging_contended_groups_total",
+            "Staging groups with more than one member.",
+            self.staging_contended_groups,
+        );
+        counter(
+            "conflict_preemptions_total",
+            "Executing operations preempted.",
+            self.preemptions,
+        );
+        counter(
+            "conflict_displaced_total",
+            "Staged operations displaced by a higher-priority arrival.",
+            self.displaced,
+        );
+        counter(
+            "conflict_events_missed_total",
+            "Events subscribers missed.",
+            self.events_missed,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP conflict_operations_in_flight Operations started and not ended.\n# TYPE conflict_operations_in_flight gauge\nconflict_operations_in_flight {}",
+            self.in_flight
+        );
+        let _ = writeln!(
+            out,
+            "# HELP conflict_operations_total Ended operations by outcome.\n# TYPE conflict_operations_total counter"
+        );
+        for (k, v) in &self.outcomes {
+            let _ = writeln!(out, "conflict_operations_total{{outcome=\"{k}\"}} {v}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP conflict_op_type_total Ended operations by function and outcome.\n# TYPE conflict_op_type_total counter"
+        );
+        for t in &self.op_types {
+            for (k, v) in &t.outcomes {
+                let _ = writeln!(
+                    out,
+                    "conflict_op_type_total{{op=\"{}\",module=\"{}\",outcome=\"{k}\"}} {v}",
+                    escape(&t.name),
+                    escape(&t.module)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP conflict_op_type_conflicts_total OCC conflicts by function.\n# TYPE conflict_op_type_conflicts_total counter"
+        );
+        for t in &self.op_types {
+            let _ = writeln!(
+                out,
+                "conflict_op_type_conflicts_total{{op=\"{}\",module=\"{}\"}} {}",
+                escape(&t.name),
+                escape(&t.module),
+                t.conflicts
+            );
+        }
+        let l = &self.latency;
+        let _ = writeln!(
+            out,
+            "# HELP conflict_operation_latency_seconds Submission-to-end latency.\n# TYPE conflict_operation_latency_seconds summary"
+        );
+        for (q, v) in [
+            ("0.5", l.p50_ns),
+            ("0.95", l.p95_ns),
+            ("0.99", l.p99_ns),
+            ("1", l.max_ns),
+        ] {
+            let _ = writeln!(
+                out,
+                "conflict_operation_latency_seconds{{quantile=\"{q}\"}} {}",
+                v as f64 / 1e9
+            );
+        }
+        let _ = writeln!(
+            out,
+            "conflict_operation_latency_seconds_sum {}\nconflict_operation_latency_seconds_count {}",
+            (l.mean_ns as f64 * l.count as f64) / 1e9,
+            l.count
+        );
+        out
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -310,19 +676,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_buckets_are_contiguous_and_tight() {
+    fn buckets_are_contiguous_and_tight() {
         let mut prev = 0;
         for i in 1..N_BUCKETS {
-            let lo = Histogram::lower(i);
+            let lo = Buckets::lower(i);
             assert!(lo > prev, "bucket {i}");
-            assert_eq!(Histogram::index(lo), i);
-            assert_eq!(Histogram::index(lo - 1), i - 1);
+            assert_eq!(Buckets::index(lo), i);
+            assert_eq!(Buckets::index(lo - 1), i - 1);
+            assert_eq!(Buckets::upper(i - 1), lo - 1);
             prev = lo;
         }
         for v in [0, 1, 15, 16, 17, 1000, 123_456_789, u64::MAX] {
-            let i = Histogram::index(v);
-            let lo = Histogram::lower(i);
-            assert!(lo <= v);
+            let i = Buckets::index(v);
+            let lo = Buckets::lower(i);
+            assert!(lo <= v && v <= Buckets::upper(i));
             if v >= 16 {
                 assert!((v - lo) as f64 / v as f64 <= 1.0 / 16.0);
             }
@@ -330,34 +697,54 @@ mod tests {
     }
 
     #[test]
-    fn quantiles_bound_the_truth() {
-        let h = Histogram::new();
+    fn quantiles_bound_the_truth_within_the_bucket_width() {
+        let b = Buckets::new();
         for v in 1..=10_000u64 {
-            h.record(v * 1000);
+            b.record(v * 1000);
         }
-        let s = h.snapshot();
+        let s = summarize([&b]);
         assert_eq!(s.count, 10_000);
         assert_eq!(s.max_ns, 10_000_000);
+        assert_eq!(s.mean_ns, 5_000_500);
         for (q, got) in [(0.5, s.p50_ns), (0.95, s.p95_ns), (0.99, s.p99_ns)] {
             let truth = (q * 10_000.0) * 1000.0;
-            assert!(got as f64 >= truth, "q{q}: {got} < {truth}");
+            assert!(got as f64 >= truth * 0.999, "q{q}: {got} < {truth}");
             assert!(
                 got as f64 <= truth * 1.07,
                 "q{q}: {got} too far above {truth}"
             );
         }
+        assert_eq!(summarize([&Buckets::new()]), HistogramSnapshot::default());
     }
+
+    static SPEC: OperationSpec = OperationSpec {
+        name: "t",
+        module: "m",
+        config: conflict_core::OperationConfig::DEFAULT,
+    };
 
     #[test]
     fn sharded_counters_lose_nothing_across_threads() {
         let m = std::sync::Arc::new(Metrics::new());
         let threads: Vec<_> = (0..8)
-            .map(|_| {
+            .map(|t| {
                 let m = m.clone();
                 std::thread::spawn(move || {
-                    for _ in 0..10_000 {
+                    for i in 0..10_000u32 {
                         m.submitted();
-                        m.outcome(OutcomeKind::Committed, Duration::from_micros(3));
+                        m.ended(
+                            &SPEC,
+                            &Ending {
+                                kind: if (i + t) % 4 == 0 {
+                                    OutcomeKind::Rejected
+                                } else {
+                                    OutcomeKind::Committed
+                                },
+                                latency: Duration::from_micros(3),
+                                attempts: 1 + i % 3,
+                                conflicts: i % 3,
+                            },
+                        );
                     }
                 })
             })
@@ -367,8 +754,20 @@ mod tests {
         }
         let s = m.snapshot();
         assert_eq!(s.submitted, 80_000);
-        assert_eq!(s.outcome(OutcomeKind::Committed), 80_000);
+        assert_eq!(s.ended, 80_000);
+        assert_eq!(s.outcome(OutcomeKind::Committed), 60_000);
+        assert_eq!(s.outcome(OutcomeKind::Rejected), 20_000);
         assert_eq!(s.in_flight, 0);
         assert_eq!(s.latency.count, 80_000);
+        let t = s.op_type("t").unwrap();
+        assert_eq!((t.ended, t.committed, t.failed), (80_000, 60_000, 20_000));
+        let dist_total: u64 = t.retries_per_success.distribution.values().sum();
+        assert_eq!(dist_total, t.committed);
+        assert_eq!(t.retries_per_success.max, 2);
+        assert!(
+            s.to_prometheus().contains(
+                "conflict_op_type_total{op=\"t\",module=\"m\",outcome=\"committed\"} 60000"
+            )
+        );
     }
 }

@@ -20,7 +20,7 @@ use futures_util::FutureExt;
 use tracing::Instrument;
 
 use crate::context::{self, Link, OperationContext};
-use crate::metrics::Counter;
+use crate::metrics::{Counter, Ending};
 use crate::registry::OperationSpec;
 use crate::runtime::{Handle, Inner, downcast};
 use crate::staging::{ExecGuard, StageError};
@@ -38,6 +38,7 @@ struct Operation<'rt> {
     target: EntityKey,
     submitted: Instant,
     attempts: u32,
+    conflicts: u32,
     ended: bool,
 }
 
@@ -63,6 +64,7 @@ impl<'rt> Operation<'rt> {
             target: target.clone(),
             submitted: Instant::now(),
             attempts: 0,
+            conflicts: 0,
             ended: false,
         }
     }
@@ -94,7 +96,15 @@ impl<'rt> Operation<'rt> {
     fn end(&mut self, kind: OutcomeKind, version: Option<u64>) {
         self.ended = true;
         let duration = self.submitted.elapsed();
-        self.rt.metrics.outcome(kind, duration);
+        self.rt.metrics.ended(
+            self.spec,
+            &Ending {
+                kind,
+                latency: duration,
+                attempts: self.attempts,
+                conflicts: self.conflicts,
+            },
+        );
         self.emit(|| Event::OperationCompleted {
             op: self.info(),
             outcome: kind,
@@ -327,6 +337,7 @@ where
             }
             Cas::Conflict(actual) => {
                 rt.metrics.add(Counter::OccConflicts, 1);
+                op.conflicts += 1;
                 tracing::debug!(
                     expected_version = snap.version,
                     actual_version = ?actual,

@@ -319,6 +319,7 @@ impl Staging {
         };
         st.executing = Some(Executing::new(winner, grace, now));
         self.metrics.add(Counter::StagingGroups, 1);
+        self.metrics.group_size(group_size);
         if group_size > 1 {
             self.metrics.add(Counter::StagingContended, 1);
         }
