@@ -107,6 +107,47 @@ impl StoreError {
     }
 }
 
+/// What a custom cleanup handler asks for once it has run.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CleanupAction {
+    /// Remove the record (what a handler returning `Ok(())` means).
+    #[default]
+    Remove,
+    /// Keep the record (until a cap or forced cleanup removes it).
+    Keep,
+}
+
+impl From<()> for CleanupAction {
+    fn from((): ()) -> Self {
+        Self::Remove
+    }
+}
+
+/// A cleanup handler's failure. The runtime retries the handler a bounded number of times,
+/// then keeps the record and reports the handler as failed in the health check.
+///
+/// ```
+/// use conflict_core::CleanupError;
+/// let e = CleanupError::new("audit log unreachable");
+/// assert_eq!(e.to_string(), "audit log unreachable");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("{message}")]
+pub struct CleanupError {
+    /// What went wrong.
+    pub message: String,
+}
+
+impl CleanupError {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
 /// How an operation ended, without the payload: the label metrics and reports count by.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -33,11 +33,14 @@ mod record;
 mod status;
 
 pub use config::{
-    CleanupConfig, CleanupConfigBuilder, CleanupStrategy, ConfigError, OccConfig, OnLose,
-    OperationConfig, PreEcsConfig, ResolutionMode,
+    CleanupConfig, CleanupConfigBuilder, CleanupDecision, CleanupStrategy, CleanupTrigger,
+    ConfigError, OccConfig, OnLose, OperationConfig, PreEcsConfig, ResolutionMode,
 };
 pub use entity::{Committed, Entity, Versioned};
-pub use error::{ConflictError, OutcomeKind, OverloadScope, RejectReason, StoreError};
+pub use error::{
+    CleanupAction, CleanupError, ConflictError, OutcomeKind, OverloadScope, RejectReason,
+    StoreError,
+};
 pub use event::{Event, EventKind, OperationInfo};
 pub use ids::{EntityId, EntityKey, OpId, ParseIdError};
 pub use priority::{OpClass, OperationPriority, PriorityError, PrioritySet};

@@ -1,5 +1,6 @@
 //! The record of one operation, as the operation registry keeps it.
 
+use std::borrow::Cow;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,7 @@ pub struct OperationRecord {
     /// The operation's id; never changes.
     pub op_id: OpId,
     /// The annotated function's name.
-    pub op_type: String,
+    pub op_type: Cow<'static, str>,
     /// Its own priority.
     pub priority: OperationPriority,
     /// Its priority raised to the maximum of its parent chain.
@@ -57,7 +58,7 @@ impl OperationRecord {
     #[must_use]
     pub fn new(
         op_id: OpId,
-        op_type: impl Into<String>,
+        op_type: impl Into<Cow<'static, str>>,
         priority: OperationPriority,
         target_ids: Vec<EntityKey>,
         max_retries: u32,

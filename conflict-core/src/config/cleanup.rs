@@ -1,11 +1,37 @@
 //! Cleanup settings: what happens to the records of operations that lost ("zombies").
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 use crate::{OperationPriority, PrioritySet};
+
+/// Why a record is cleaned the way it is (see [`CleanupConfig::decide`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CleanupTrigger {
+    /// The configured strategy applies.
+    Configured,
+    /// The priority is in `immediate_cleanup_priorities`.
+    Priority,
+    /// Memory pressure is above the threshold and `aggressive_on_memory_pressure` is set.
+    MemoryPressure,
+    /// The total zombie count is above `force_cleanup_threshold`.
+    Force,
+}
+
+/// What happens to one zombie record: how, why, and how long it is kept first.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct CleanupDecision {
+    /// The strategy that applies.
+    pub strategy: CleanupStrategy,
+    /// Why.
+    pub trigger: CleanupTrigger,
+    /// How long the record is kept before the strategy may remove it (zero: at once).
+    pub keep_for: Duration,
+}
 
 /// How the records of rejected and failed operations are removed.
 ///
@@ -137,6 +163,68 @@ impl CleanupConfig {
         strategy: CleanupStrategy::None,
         ..Self::DEFAULT
     };
+
+    /// The retention window.
+    #[must_use]
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(u64::from(self.retention_minutes) * 60)
+    }
+
+    /// The design's rule for one record of an operation that did not succeed:
+    ///
+    /// 1. a priority in `immediate_cleanup_priorities` → immediate;
+    /// 2. memory pressure above the threshold with `aggressive_on_memory_pressure` → immediate;
+    /// 3. more than `force_cleanup_threshold` zombies in total → immediate;
+    /// 4. otherwise the configured strategy.
+    ///
+    /// A priority in `debug_retention_priorities` is still kept for the retention window when
+    /// rule 1 or 3 makes it immediate; only memory pressure (rule 2) overrides that.
+    ///
+    /// ```
+    /// use conflict_core::{CleanupConfig, CleanupStrategy, CleanupTrigger, OperationPriority as P};
+    /// let cfg = CleanupConfig::DEFAULT;
+    /// let d = cfg.decide(P::CRITICAL, 0.1, 0);
+    /// assert_eq!((d.strategy, d.trigger), (CleanupStrategy::Immediate, CleanupTrigger::Priority));
+    /// let d = cfg.decide(P::NORMAL, 0.95, 0);
+    /// assert_eq!(d.trigger, CleanupTrigger::MemoryPressure);
+    /// let d = cfg.decide(P::NORMAL, 0.1, 0);
+    /// assert_eq!((d.strategy, d.trigger), (CleanupStrategy::Deferred, CleanupTrigger::Configured));
+    /// ```
+    #[must_use]
+    pub fn decide(
+        &self,
+        priority: OperationPriority,
+        memory_pressure: f64,
+        total_zombies: u64,
+    ) -> CleanupDecision {
+        let pressured =
+            self.aggressive_on_memory_pressure && memory_pressure > self.memory_pressure_threshold;
+        let trigger = if self.immediate_cleanup_priorities.contains(priority) {
+            CleanupTrigger::Priority
+        } else if pressured {
+            CleanupTrigger::MemoryPressure
+        } else if total_zombies > u64::from(self.force_cleanup_threshold) {
+            CleanupTrigger::Force
+        } else {
+            CleanupTrigger::Configured
+        };
+        let strategy = match trigger {
+            CleanupTrigger::Configured => self.strategy,
+            _ => CleanupStrategy::Immediate,
+        };
+        let debug_kept = self.debug_retention_priorities.contains(priority) && !pressured;
+        let keep_for = match strategy {
+            CleanupStrategy::Immediate if debug_kept => self.retention(),
+            CleanupStrategy::Immediate | CleanupStrategy::Custom => Duration::ZERO,
+            CleanupStrategy::Deferred | CleanupStrategy::Lazy => self.retention(),
+            CleanupStrategy::None => Duration::MAX,
+        };
+        CleanupDecision {
+            strategy,
+            trigger,
+            keep_for,
+        }
+    }
 
     /// A builder starting from the defaults.
     pub fn builder() -> CleanupConfigBuilder {
@@ -295,6 +383,57 @@ impl CleanupConfigBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use OperationPriority as P;
+
+    #[test]
+    fn decision_follows_the_design_rules_in_order() {
+        let cfg = CleanupConfig::builder()
+            .strategy(CleanupStrategy::Lazy)
+            .retention_minutes(10)
+            .immediate_cleanup_priorities([P::CRITICAL])
+            .debug_retention_priorities([P::LOW])
+            .force_cleanup_threshold(100)
+            .memory_pressure_threshold(0.5)
+            .build()
+            .unwrap();
+        let ten = Duration::from_secs(600);
+        let d = |p, mem, z| {
+            let d = cfg.decide(p, mem, z);
+            (d.strategy, d.trigger, d.keep_for)
+        };
+        use CleanupStrategy as S;
+        use CleanupTrigger as T;
+        assert_eq!(d(P::NORMAL, 0.1, 0), (S::Lazy, T::Configured, ten));
+        assert_eq!(
+            d(P::CRITICAL, 0.1, 0),
+            (S::Immediate, T::Priority, Duration::ZERO)
+        );
+        assert_eq!(
+            d(P::NORMAL, 0.6, 0),
+            (S::Immediate, T::MemoryPressure, Duration::ZERO)
+        );
+        assert_eq!(
+            d(P::NORMAL, 0.1, 101),
+            (S::Immediate, T::Force, Duration::ZERO)
+        );
+        assert_eq!(d(P::NORMAL, 0.1, 100), (S::Lazy, T::Configured, ten));
+        // Debug retention keeps LOW records for the window under forced immediate cleanup...
+        assert_eq!(d(P::LOW, 0.1, 101), (S::Immediate, T::Force, ten));
+        // ...but not under memory pressure.
+        assert_eq!(
+            d(P::LOW, 0.6, 0),
+            (S::Immediate, T::MemoryPressure, Duration::ZERO)
+        );
+        // Priority beats pressure in the order of the rules.
+        assert_eq!(d(P::CRITICAL, 0.9, 1000).1, T::Priority);
+        let calm = CleanupConfig::builder()
+            .aggressive_on_memory_pressure(false)
+            .build()
+            .unwrap();
+        assert_eq!(calm.decide(P::NORMAL, 1.0, 0).trigger, T::Configured);
+        let none = CleanupConfig::DISABLED.decide(P::NORMAL, 0.0, 0);
+        assert_eq!((none.strategy, none.keep_for), (S::None, Duration::MAX));
+    }
 
     #[test]
     fn defaults_follow_the_design() {

@@ -12,7 +12,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use cleanup::{CleanupConfig, CleanupConfigBuilder, CleanupStrategy};
+pub use cleanup::{
+    CleanupConfig, CleanupConfigBuilder, CleanupDecision, CleanupStrategy, CleanupTrigger,
+};
 pub use occ::OccConfig;
 pub use pre_ecs::{OnLose, PreEcsConfig};
 
