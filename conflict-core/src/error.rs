@@ -409,6 +409,13 @@ impl<E> ConflictError<E> {
         )
     }
 
+    /// The same error with the body error replaced by [`BodyFailed`], so it can be displayed
+    /// (and stored) whatever the body's error type is.
+    #[must_use]
+    pub fn erase_body(&self) -> ConflictError<BodyFailed> {
+        self.clone_with_body(|_| BodyFailed)
+    }
+
     /// Converts the body error with `f`, keeping every other variant.
     pub fn map_body<F, E2>(self, f: F) -> ConflictError<E2>
     where
@@ -416,6 +423,16 @@ impl<E> ConflictError<E> {
     {
         match self {
             Self::Body(e) => ConflictError::Body(f(e)),
+            // Proven invariant: `Body` is matched above, so the closure is never called.
+            other => other.clone_with_body(|_| unreachable!("Body is handled by the arm above")),
+        }
+    }
+
+    /// A copy with the body error converted by `body`; every other field is cloned.
+    fn clone_with_body<E2>(&self, body: impl FnOnce(&E) -> E2) -> ConflictError<E2> {
+        match self {
+            Self::Body(e) => ConflictError::Body(body(e)),
+            Self::Store(e) => ConflictError::Store(e.clone()),
             Self::Rejected {
                 op_id,
                 winner_op_id,
@@ -423,11 +440,11 @@ impl<E> ConflictError<E> {
                 winner_priority,
                 reason,
             } => ConflictError::Rejected {
-                op_id,
-                winner_op_id,
-                priority,
-                winner_priority,
-                reason,
+                op_id: *op_id,
+                winner_op_id: *winner_op_id,
+                priority: *priority,
+                winner_priority: *winner_priority,
+                reason: *reason,
             },
             Self::Preempted {
                 op_id,
@@ -435,53 +452,60 @@ impl<E> ConflictError<E> {
                 priority,
                 by_priority,
             } => ConflictError::Preempted {
-                op_id,
-                by_op_id,
-                priority,
-                by_priority,
+                op_id: *op_id,
+                by_op_id: *by_op_id,
+                priority: *priority,
+                by_priority: *by_priority,
             },
             Self::RetriesExhausted {
                 op_id,
                 attempts,
                 target,
             } => ConflictError::RetriesExhausted {
-                op_id,
-                attempts,
-                target,
+                op_id: *op_id,
+                attempts: *attempts,
+                target: target.clone(),
             },
             Self::Overloaded {
                 op_id,
                 capacity,
                 scope,
             } => ConflictError::Overloaded {
-                op_id,
-                capacity,
-                scope,
+                op_id: *op_id,
+                capacity: *capacity,
+                scope: *scope,
             },
-            Self::ShuttingDown { op_id } => ConflictError::ShuttingDown { op_id },
-            Self::Panicked { op_id, message } => ConflictError::Panicked { op_id, message },
+            Self::ShuttingDown { op_id } => ConflictError::ShuttingDown { op_id: *op_id },
+            Self::Panicked { op_id, message } => ConflictError::Panicked {
+                op_id: *op_id,
+                message: message.clone(),
+            },
             Self::Reentrant {
                 op_id,
                 target,
                 ancestor_op_id,
             } => ConflictError::Reentrant {
-                op_id,
-                target,
-                ancestor_op_id,
+                op_id: *op_id,
+                target: target.clone(),
+                ancestor_op_id: *ancestor_op_id,
             },
             Self::IdentityChanged {
                 op_id,
                 expected,
                 found,
             } => ConflictError::IdentityChanged {
-                op_id,
-                expected,
-                found,
+                op_id: *op_id,
+                expected: *expected,
+                found: *found,
             },
-            Self::Store(e) => ConflictError::Store(e),
         }
     }
 }
+
+/// Stands for a body error in [`ConflictError::erase_body`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the body returned an error (nothing was committed)")]
+pub struct BodyFailed;
 
 #[cfg(test)]
 mod tests {

@@ -38,8 +38,8 @@ pub use config::{
 };
 pub use entity::{Committed, Entity, Versioned};
 pub use error::{
-    CleanupAction, CleanupError, ConflictError, OutcomeKind, OverloadScope, RejectReason,
-    StoreError,
+    BodyFailed, CleanupAction, CleanupError, ConflictError, OutcomeKind, OverloadScope,
+    RejectReason, StoreError,
 };
 pub use event::{Event, EventKind, OperationInfo};
 pub use ids::{EntityId, EntityKey, OpId, ParseIdError};

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{EntityKey, OpId, OperationPriority, OperationStatus};
+use crate::{EntityKey, OpId, OperationPriority, OperationStatus, OutcomeKind};
 
 /// Everything known about one operation: what it is, where it is in its life, how it ended.
 ///
@@ -43,6 +43,12 @@ pub struct OperationRecord {
     pub parent_op_id: Option<OpId>,
     /// Where it is.
     pub status: OperationStatus,
+    /// How it ended, once it has.
+    #[serde(default)]
+    pub outcome: Option<OutcomeKind>,
+    /// The version it wrote, if it committed.
+    #[serde(default)]
+    pub version: Option<u64>,
     /// Why it ended, when it did not succeed.
     pub error_message: Option<String>,
     /// When it was created.
@@ -74,6 +80,8 @@ impl OperationRecord {
             max_retries,
             parent_op_id,
             status: OperationStatus::Pending,
+            outcome: None,
+            version: None,
             error_message: None,
             submitted_at: SystemTime::now(),
             started_at: None,

@@ -6,6 +6,7 @@
 //! original item is still emitted after the error, so one mistake gives one message.
 
 mod args;
+mod cleanup_handler;
 mod entity;
 mod with_conflict_resolution;
 
@@ -50,4 +51,26 @@ fn with_fallback(err: syn::Error, item: proc_macro2::TokenStream) -> TokenStream
     let mut out = err.into_compile_error();
     out.extend(item);
     out.into()
+}
+
+/// Registers an `async fn(&OperationRecord) -> Result<(), CleanupError>` (or
+/// `Result<CleanupAction, CleanupError>`) as the cleanup handler named by the literal, at link
+/// time. Functions select it with
+/// `cleanup(strategy = "custom", custom_cleanup_handler = "name")`; `Runtime::build()` fails if
+/// a name is used twice or a function names a handler that does not exist.
+#[proc_macro_attribute]
+pub fn cleanup_handler(args: TokenStream, item: TokenStream) -> TokenStream {
+    let item2 = proc_macro2::TokenStream::from(item.clone());
+    let args = match syn::parse::<cleanup_handler::HandlerArgs>(args) {
+        Ok(a) => a,
+        Err(e) => return with_fallback(e, item2),
+    };
+    let func = match syn::parse::<syn::ItemFn>(item) {
+        Ok(f) => f,
+        Err(e) => return with_fallback(e, item2),
+    };
+    match cleanup_handler::expand(args, func) {
+        Ok(ts) => ts.into(),
+        Err(e) => with_fallback(e, item2),
+    }
 }

@@ -5,12 +5,14 @@ use std::convert::Infallible;
 use std::future::Future;
 
 pub use conflict_core::{
-    CleanupConfig, CleanupStrategy, Committed, ConflictError, Entity, EntityId, OccConfig, OnLose,
-    OpClass, OperationConfig, OperationPriority, PreEcsConfig, PrioritySet, ResolutionMode,
+    CleanupAction, CleanupConfig, CleanupError, CleanupStrategy, Committed, ConflictError, Entity,
+    EntityId, OccConfig, OnLose, OpClass, OperationConfig, OperationPriority, OperationRecord,
+    PreEcsConfig, PrioritySet, ResolutionMode,
 };
 pub use inventory;
 pub use std::borrow::Cow;
 
+pub use crate::cleanup::{CleanupHandlerRegistration, HandlerFuture};
 pub use crate::registry::{EntityRegistration, OperationRegistration, OperationSpec};
 pub use crate::runtime::Handle;
 
@@ -26,6 +28,13 @@ where
     Fut: Future<Output = (E, Result<T, Err>)>,
 {
     crate::occ::execute(spec, handle, body).await
+}
+
+/// Normalises what a cleanup handler returns.
+pub fn cleanup_result<T: Into<CleanupAction>>(
+    r: Result<T, CleanupError>,
+) -> Result<CleanupAction, CleanupError> {
+    r.map(Into::into)
 }
 
 /// Wraps the value of a body that cannot fail.

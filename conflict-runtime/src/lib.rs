@@ -91,6 +91,7 @@
 #![warn(missing_docs)]
 
 pub mod __private;
+pub mod cleanup;
 mod context;
 mod events;
 mod metrics;
@@ -101,19 +102,21 @@ mod runtime;
 mod staging;
 pub mod store;
 
+pub use cleanup::{HealthReport, HealthStatus, Operations, RegistryCounts};
 pub use conflict_core::{
-    CleanupConfig, CleanupConfigBuilder, CleanupStrategy, Committed, ConfigError, ConflictError,
-    Entity, EntityId, EntityKey, Event, EventKind, OccConfig, OnLose, OpClass, OpId,
-    OperationConfig, OperationInfo, OperationPriority, OperationRecord, OperationStatus,
-    OutcomeKind, OverloadScope, PreEcsConfig, PrioritySet, RejectReason, ResolutionMode,
-    StoreError, Versioned, policy,
+    CleanupAction, CleanupConfig, CleanupConfigBuilder, CleanupDecision, CleanupError,
+    CleanupStrategy, CleanupTrigger, Committed, ConfigError, ConflictError, Entity, EntityId,
+    EntityKey, Event, EventKind, OccConfig, OnLose, OpClass, OpId, OperationConfig, OperationInfo,
+    OperationPriority, OperationRecord, OperationStatus, OutcomeKind, OverloadScope, PreEcsConfig,
+    PrioritySet, RejectReason, ResolutionMode, StoreError, Versioned, policy,
 };
-pub use conflict_macros::{Entity, with_conflict_resolution};
+pub use conflict_macros::{Entity, cleanup_handler, with_conflict_resolution};
 
 pub use context::{OperationContext, Scope, current_operation, scope};
 pub use events::{EventSubscriber, Received};
 pub use metrics::{
-    GroupSizeSnapshot, HistogramSnapshot, MetricsSnapshot, OpTypeSnapshot, RetryStats,
+    CleanupMetrics, GroupSizeSnapshot, HistogramSnapshot, MetricsSnapshot, OpTypeSnapshot,
+    RetryStats,
 };
 pub use registry::{EntityRegistration, OperationSpec, linked_entities, linked_operations};
 pub use runtime::{Handle, Runtime, RuntimeBuilder, ShutdownReport};

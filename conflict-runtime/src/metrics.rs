@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use conflict_core::OutcomeKind;
+use conflict_core::{CleanupStrategy, OutcomeKind};
 use serde::{Deserialize, Serialize};
 
 use crate::registry::OperationSpec;
@@ -44,9 +44,19 @@ pub(crate) enum Counter {
     EventsPublished,
     EventsDelivered,
     EventsMissed,
+    CleanupMemoryPressure,
+    CleanupForced,
+    CleanupFailures,
+    CleanedByCap,
+    HandlerRuns,
+    CleanedNone,
+    CleanedImmediate,
+    CleanedDeferred,
+    CleanedLazy,
+    CleanedCustom,
 }
 
-const N_PLAIN: usize = Counter::EventsMissed as usize + 1;
+const N_PLAIN: usize = Counter::CleanedCustom as usize + 1;
 const N_OUTCOMES: usize = OutcomeKind::ALL.len();
 const N_COUNTERS: usize = N_PLAIN + N_OUTCOMES;
 
@@ -262,6 +272,7 @@ pub(crate) struct Ending {
 pub(crate) struct Metrics {
     shards: Box<[Shard]>,
     group_sizes: Buckets,
+    handler_latency: Buckets,
     op_types: papaya::HashMap<usize, OpStats, foldhash::fast::RandomState>,
 }
 
@@ -275,6 +286,7 @@ impl Metrics {
                 })
                 .collect(),
             group_sizes: Buckets::new(),
+            handler_latency: Buckets::new(),
             op_types: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),
         }
     }
@@ -326,6 +338,25 @@ impl Metrics {
             c[OP_RETRY_HIST + (retries as usize).min(RETRY_HIST_EXACT)]
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts records removed by a cleanup strategy.
+    pub(crate) fn cleaned(&self, strategy: CleanupStrategy, n: u64) {
+        let c = match strategy {
+            CleanupStrategy::None => Counter::CleanedNone,
+            CleanupStrategy::Immediate => Counter::CleanedImmediate,
+            CleanupStrategy::Deferred => Counter::CleanedDeferred,
+            CleanupStrategy::Lazy => Counter::CleanedLazy,
+            CleanupStrategy::Custom => Counter::CleanedCustom,
+        };
+        self.add(c, n);
+    }
+
+    /// Records one cleanup handler run (all its attempts).
+    pub(crate) fn handler_ran(&self, took: Duration) {
+        self.add(Counter::HandlerRuns, 1);
+        self.handler_latency
+            .record(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
     }
 
     /// Records the size of a resolved staging group.
@@ -401,8 +432,44 @@ impl Metrics {
                 max: sizes.max_ns,
             },
             op_types,
+            cleanup: CleanupMetrics {
+                cleaned: [
+                    ("none", Counter::CleanedNone),
+                    ("immediate", Counter::CleanedImmediate),
+                    ("deferred", Counter::CleanedDeferred),
+                    ("lazy", Counter::CleanedLazy),
+                    ("custom", Counter::CleanedCustom),
+                    ("per_target_cap", Counter::CleanedByCap),
+                ]
+                .into_iter()
+                .map(|(k, c)| (k.to_string(), self.get(c)))
+                .collect(),
+                failures: self.get(Counter::CleanupFailures),
+                memory_pressure_triggered: self.get(Counter::CleanupMemoryPressure),
+                force_triggered: self.get(Counter::CleanupForced),
+                handler_runs: self.get(Counter::HandlerRuns),
+                handler_latency: summarize([&self.handler_latency]),
+            },
         }
     }
+}
+
+/// What cleanup did (part of [`MetricsSnapshot`]).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct CleanupMetrics {
+    /// Zombie records removed, by strategy (`none`, `immediate`, `deferred`, `lazy`, `custom`)
+    /// and by the per-target cap (`per_target_cap`).
+    pub cleaned: BTreeMap<String, u64>,
+    /// Handler runs that failed for good (the record was kept).
+    pub failures: u64,
+    /// Records cleaned at once because memory pressure was above the threshold.
+    pub memory_pressure_triggered: u64,
+    /// Records cleaned at once because there were more zombies than `force_cleanup_threshold`.
+    pub force_triggered: u64,
+    /// Custom handler runs (each including its retries).
+    pub handler_runs: u64,
+    /// How long handler runs took.
+    pub handler_latency: HistogramSnapshot,
 }
 
 /// Quantiles of a latency histogram, in nanoseconds.
@@ -527,6 +594,8 @@ pub struct MetricsSnapshot {
     pub staging_group_size: GroupSizeSnapshot,
     /// Per annotated function, sorted by module and name.
     pub op_types: Vec<OpTypeSnapshot>,
+    /// What cleanup did.
+    pub cleanup: CleanupMetrics,
 }
 
 impl MetricsSnapshot {
@@ -638,6 +707,26 @@ impl MetricsSnapshot {
                 t.conflicts
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP conflict_cleanup_cleaned_total Zombie records removed, by strategy.\n# TYPE conflict_cleanup_cleaned_total counter"
+        );
+        for (k, v) in &self.cleanup.cleaned {
+            let _ = writeln!(
+                out,
+                "conflict_cleanup_cleaned_total{{strategy=\"{k}\"}} {v}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP conflict_cleanup_failures_total Cleanup handler runs that failed for good.\n# TYPE conflict_cleanup_failures_total counter\nconflict_cleanup_failures_total {}",
+            self.cleanup.failures
+        );
+        let _ = writeln!(
+            out,
+            "# HELP conflict_cleanup_triggered_total Immediate cleanups forced by memory pressure or the zombie threshold.\n# TYPE conflict_cleanup_triggered_total counter\nconflict_cleanup_triggered_total{{trigger=\"memory_pressure\"}} {}\nconflict_cleanup_triggered_total{{trigger=\"force_threshold\"}} {}",
+            self.cleanup.memory_pressure_triggered, self.cleanup.force_triggered
+        );
         let l = &self.latency;
         let _ = writeln!(
             out,

@@ -19,6 +19,7 @@ use conflict_core::{
 use futures_util::FutureExt;
 use tracing::Instrument;
 
+use crate::cleanup::Finished;
 use crate::context::{self, Link, OperationContext};
 use crate::metrics::{Counter, Ending};
 use crate::registry::OperationSpec;
@@ -37,6 +38,7 @@ struct Operation<'rt> {
     parent: Option<OperationContext>,
     target: EntityKey,
     submitted: Instant,
+    started: Option<Instant>,
     attempts: u32,
     conflicts: u32,
     ended: bool,
@@ -53,6 +55,7 @@ impl<'rt> Operation<'rt> {
             parent.as_ref().map(OperationContext::effective_priority),
         );
         rt.metrics.submitted();
+        rt.cleanup.operation_started(target);
         Self {
             rt,
             spec,
@@ -63,6 +66,7 @@ impl<'rt> Operation<'rt> {
             parent,
             target: target.clone(),
             submitted: Instant::now(),
+            started: None,
             attempts: 0,
             conflicts: 0,
             ended: false,
@@ -93,9 +97,23 @@ impl<'rt> Operation<'rt> {
     }
 
     /// Records the outcome; called exactly once (by `finish` or, for a dropped call, by `Drop`).
-    fn end(&mut self, kind: OutcomeKind, version: Option<u64>) {
+    fn end(&mut self, kind: OutcomeKind, version: Option<u64>, error: Option<String>) {
         self.ended = true;
         let duration = self.submitted.elapsed();
+        self.rt.cleanup.finished(&Finished {
+            spec: self.spec,
+            op_id: self.op_id,
+            target: &self.target,
+            priority: self.priority,
+            effective: self.effective,
+            parent: self.parent.as_ref().map(OperationContext::op_id),
+            attempts: self.attempts,
+            kind,
+            version,
+            error,
+            submitted_ago: duration,
+            started_ago: self.started.map(|s| s.elapsed()),
+        });
         self.rt.metrics.ended(
             self.spec,
             &Ending {
@@ -119,10 +137,10 @@ impl<'rt> Operation<'rt> {
 
     fn finish<T, E>(mut self, result: &Result<Committed<T>, ConflictError<E>>) {
         match result {
-            Ok(c) => self.end(OutcomeKind::Committed, Some(c.version)),
+            Ok(c) => self.end(OutcomeKind::Committed, Some(c.version), None),
             Err(e) => {
                 tracing::debug!(op_id = %self.op_id, error = %DisplayKind(e.kind()), "operation failed");
-                self.end(e.kind(), None);
+                self.end(e.kind(), None, Some(e.erase_body().to_string()));
             }
         }
     }
@@ -145,7 +163,11 @@ impl<'rt> Operation<'rt> {
 impl Drop for Operation<'_> {
     fn drop(&mut self) {
         if !self.ended {
-            self.end(OutcomeKind::Cancelled, None);
+            self.end(
+                OutcomeKind::Cancelled,
+                None,
+                Some("cancelled: the caller dropped the call before it ended".into()),
+            );
         }
     }
 }
@@ -273,6 +295,9 @@ where
     loop {
         attempt += 1;
         op.attempts = attempt;
+        if op.started.is_none() {
+            op.started = Some(Instant::now());
+        }
         tracing::Span::current().record("attempt", attempt);
         rt.metrics.add(Counter::Attempts, 1);
         op.emit(|| Event::OperationStarted {

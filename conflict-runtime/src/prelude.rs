@@ -5,6 +5,6 @@
 
 pub use crate::{
     Committed, ConflictError, Entity, EntityId, Handle, OpClass, OpId, OperationPriority, Runtime,
-    Versioned, with_conflict_resolution,
+    Versioned, cleanup_handler, with_conflict_resolution,
 };
 pub use serde::{Deserialize, Serialize};

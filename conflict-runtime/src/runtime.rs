@@ -6,13 +6,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
-use conflict_core::{ConfigError, Entity, EntityId, EntityKey, OutcomeKind, StoreError, Versioned};
+use conflict_core::{
+    CleanupError, ConfigError, Entity, EntityId, EntityKey, OperationRecord, OutcomeKind,
+    StoreError, Versioned,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use crate::cleanup::{
+    Handler, Handlers, HealthReport, MemoryPressure, Operations, Registry, SystemMemory,
+};
 use crate::events::{EventBus, EventSubscriber};
 use crate::metrics::{Metrics, MetricsSnapshot};
-use crate::registry;
+use crate::registry::{self, OperationSpec};
 use crate::staging::{Staging, StagingStatus};
 use crate::store::{Backend, EntityCodec, EntityStore, MemoryStore, Snapshot};
 
@@ -51,6 +57,7 @@ pub(crate) struct Inner {
     pub(crate) events: EventBus,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) lifecycle: Lifecycle,
+    pub(crate) cleanup: Arc<Registry>,
 }
 
 impl Inner {
@@ -133,6 +140,10 @@ pub struct RuntimeBuilder {
     store: Option<Arc<dyn EntityStore>>,
     max_staged_total: usize,
     event_capacity: usize,
+    handlers: Vec<Handler>,
+    memory_pressure: Option<Arc<dyn MemoryPressure>>,
+    keep_succeeded: usize,
+    succeeded_max_age: Duration,
 }
 
 impl RuntimeBuilder {
@@ -148,6 +159,28 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Uses a [`PgStore`](crate::store::PgStore) on `url` (feature `postgres`): connects and
+    /// creates or migrates its schema ([`PgStore::connect`](crate::store::PgStore::connect)).
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let rt = conflict_runtime::Runtime::builder()
+    ///     .postgres("postgres://app@127.0.0.1:5432/app")
+    ///     .await?
+    ///     .build()?;
+    /// assert_eq!(rt.store_name(), "postgres");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// A [`StoreError`] if the database cannot be reached or its schema cannot be set up.
+    #[cfg(feature = "postgres")]
+    pub async fn postgres(self, url: &str) -> Result<Self, StoreError> {
+        let store = crate::store::PgStore::connect(url).await?;
+        Ok(self.store(store))
+    }
+
     /// The most operations that may wait in staging areas at once, all targets together
     /// (default 65536, at least 1). Beyond it arrivals are refused with `Overloaded` unless they
     /// outrank a staged operation on their target.
@@ -159,6 +192,51 @@ impl RuntimeBuilder {
     /// How many events a subscriber may fall behind before it misses some (default 1024).
     pub fn event_capacity(mut self, n: usize) -> Self {
         self.event_capacity = n;
+        self
+    }
+
+    /// Registers a cleanup handler in code, as `#[cleanup_handler(name)]` does at link time.
+    /// Functions with `cleanup(strategy = "custom", custom_cleanup_handler = name)` use it.
+    /// The handler returns `Ok(())` (remove the record) or `Ok(CleanupAction::Keep)`; an error
+    /// or a panic is retried, then the record is kept and the handler reported as failed.
+    ///
+    /// ```
+    /// use conflict_runtime::{CleanupError, OperationRecord, Runtime};
+    /// let rt = Runtime::builder()
+    ///     .cleanup_handler("log", |rec: OperationRecord| async move {
+    ///         println!("cleaning {}", rec.op_id);
+    ///         Ok::<(), CleanupError>(())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(rt.cleanup_handlers().contains(&"log".to_string()));
+    /// ```
+    pub fn cleanup_handler<F, Fut, T>(mut self, name: &str, handler: F) -> Self
+    where
+        F: Fn(OperationRecord) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<T, CleanupError>> + Send + 'static,
+        T: Into<conflict_core::CleanupAction>,
+    {
+        self.handlers.push(Handler::new(
+            name,
+            "RuntimeBuilder::cleanup_handler",
+            handler,
+        ));
+        self
+    }
+
+    /// Where memory pressure comes from (default: [`SystemMemory`], the cgroup limit or
+    /// `/proc/meminfo`). Tests pass a fixed value.
+    pub fn memory_pressure(mut self, source: impl MemoryPressure) -> Self {
+        self.memory_pressure = Some(Arc::new(source));
+        self
+    }
+
+    /// How many succeeded records the registry keeps, and for how long (default 1024 records,
+    /// 10 minutes). `0` keeps none.
+    pub fn keep_succeeded(mut self, records: usize, max_age: Duration) -> Self {
+        self.keep_succeeded = records;
+        self.succeeded_max_age = max_age;
         self
     }
 
@@ -180,11 +258,20 @@ impl RuntimeBuilder {
             });
         }
         registry::validate_linked()?;
+        let handlers = Handlers::collect(self.handlers)?;
         let backend = match self.store {
             Some(s) => Backend::Dyn(s),
             None => Backend::Memory(Arc::new(MemoryStore::new())),
         };
         let metrics = Arc::new(Metrics::new());
+        let cleanup = Registry::new(
+            metrics.clone(),
+            self.memory_pressure
+                .unwrap_or_else(|| Arc::new(SystemMemory::new())),
+            handlers,
+            self.keep_succeeded,
+            self.succeeded_max_age,
+        );
         Ok(Runtime {
             inner: Arc::new(Inner {
                 id: fastrand::u64(..),
@@ -198,6 +285,7 @@ impl RuntimeBuilder {
                     drained: Notify::new(),
                     abort: AbortSignal::new(),
                 },
+                cleanup,
             }),
         })
     }
@@ -223,6 +311,10 @@ impl Runtime {
             store: None,
             max_staged_total: 65_536,
             event_capacity: 1024,
+            handlers: Vec::new(),
+            memory_pressure: None,
+            keep_succeeded: 1024,
+            succeeded_max_age: Duration::from_secs(600),
         }
     }
 
@@ -264,6 +356,73 @@ impl Runtime {
     #[must_use]
     pub fn staging_status(&self) -> StagingStatus {
         self.inner.staging.status()
+    }
+
+    /// The registry of ended operations: query records by id, target or status.
+    ///
+    /// ```
+    /// # use conflict_runtime::prelude::*;
+    /// # #[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+    /// # struct Tally { #[entity(id)] id: EntityId, n: u64 }
+    /// #[with_conflict_resolution]
+    /// async fn tally(t: &mut Tally) -> u64 { t.n += 1; t.n }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let rt = Runtime::in_memory();
+    /// let t = rt.insert(Tally { id: EntityId::new(), n: 0 }).await.unwrap();
+    /// let done = tally(&t).await.unwrap();
+    /// let rec = rt.operations().get(done.op_id).unwrap();
+    /// assert_eq!(rec.status, conflict_runtime::OperationStatus::Succeeded);
+    /// assert_eq!(rec.version, Some(2));
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn operations(&self) -> Operations<'_> {
+        Operations {
+            registry: &self.inner.cleanup,
+        }
+    }
+
+    /// The health check: zombies, memory pressure, cleanup tasks and failed handlers.
+    #[must_use]
+    pub fn health(&self) -> HealthReport {
+        let reg = &self.inner.cleanup;
+        HealthReport::assess(
+            reg.zombie_count(),
+            reg.zombies_by_target(),
+            reg.memory_pressure(),
+            reg.active_tasks(),
+            reg.failed_handlers(),
+        )
+    }
+
+    /// Every annotated function linked into the program, with its configuration (the design's
+    /// callable registry).
+    #[must_use]
+    pub fn registered_operations(&self) -> Vec<&'static OperationSpec> {
+        let mut ops: Vec<_> = registry::linked_operations().collect();
+        ops.sort_by(|a, b| (a.module, a.name).cmp(&(b.module, b.name)));
+        ops
+    }
+
+    /// The names of the cleanup handlers this runtime knows.
+    #[must_use]
+    pub fn cleanup_handlers(&self) -> Vec<String> {
+        self.inner.cleanup.handlers.names()
+    }
+
+    /// Waits until no cleanup handler is running, or `timeout` passes; true when idle.
+    pub async fn cleanup_idle(&self, timeout: Duration) -> bool {
+        self.inner
+            .cleanup
+            .wait_idle(Some(tokio::time::Instant::now() + timeout))
+            .await
+    }
+
+    /// Runs the deferred-cleanup sweep now (the background sweeper runs it at the check
+    /// interval); returns how many records it removed.
+    pub fn sweep_expired(&self) -> u64 {
+        self.inner.cleanup.sweep()
     }
 
     /// The name of the store backend (`"memory"`, `"postgres"`, ...).
@@ -316,6 +475,12 @@ impl Runtime {
             )
             .await;
         }
+        // Cleanup handlers get what is left of the timeout; then they and the sweeper stop.
+        inner
+            .cleanup
+            .wait_idle(Some(deadline.max(tokio::time::Instant::now())))
+            .await;
+        inner.cleanup.stop_tasks();
         inner.lifecycle.state.store(STOPPED, Ordering::SeqCst);
         let m = inner.metrics.snapshot();
         ShutdownReport {

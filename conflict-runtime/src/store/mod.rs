@@ -24,6 +24,8 @@ use std::time::SystemTime;
 use conflict_core::{Entity, EntityKey, OpId, OperationPriority, StoreError};
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PgStore;
 
 /// A boxed future returned by [`EntityStore`] methods.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;

@@ -1,0 +1,9 @@
+use conflict_runtime::prelude::*;
+use conflict_runtime::{CleanupError, OperationRecord};
+
+#[cleanup_handler("audit")]
+async fn audit(_op: &OperationRecord, _extra: u32) -> Result<(), CleanupError> {
+    Ok(())
+}
+
+fn main() {}

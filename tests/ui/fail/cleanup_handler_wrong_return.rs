@@ -1,0 +1,9 @@
+use conflict_runtime::prelude::*;
+use conflict_runtime::OperationRecord;
+
+#[cleanup_handler("audit")]
+async fn audit(_op: &OperationRecord) -> bool {
+    true
+}
+
+fn main() {}
