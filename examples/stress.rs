@@ -297,6 +297,8 @@ struct Report {
     outcomes: BTreeMap<String, u64>,
     targets: Vec<TargetReport>,
     peak_rss_bytes: Option<u64>,
+    zombies_after_cleanup: u64,
+    health: conflict_runtime::HealthReport,
     metrics: MetricsSnapshot,
     verdict: Verdict,
 }
@@ -581,6 +583,30 @@ fn print_text(r: &Report) {
         None => println!("  peak RSS:    unavailable"),
     }
     println!();
+    println!("CLEANUP");
+    let cleaned: Vec<String> = m
+        .cleanup
+        .cleaned
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    println!(
+        "  cleaned:     {}",
+        if cleaned.is_empty() {
+            "none".to_string()
+        } else {
+            cleaned.join(", ")
+        }
+    );
+    println!(
+        "  zombies after cleanup: {} (forced {}, memory-pressure {}); health: {:?}",
+        r.zombies_after_cleanup,
+        m.cleanup.force_triggered,
+        m.cleanup.memory_pressure_triggered,
+        r.health.status
+    );
+    println!();
     let v = &r.verdict;
     println!("VERIFICATION");
     println!(
@@ -640,6 +666,10 @@ fn main() -> ExitCode {
         for h in &handles {
             finals.push(h.load().await.expect("load a target"));
         }
+        // Run what cleanup is due now (the sweeper would at its next interval).
+        rt.sweep_expired();
+        let zombies_after_cleanup = rt.operations().zombie_count();
+        let health = rt.health();
         let m = rt.metrics();
         let verdict = verify(&args, &outcomes, &finals, &initial, &m);
         let committed = m.outcome(OutcomeKind::Committed);
@@ -673,6 +703,8 @@ fn main() -> ExitCode {
                 })
                 .collect(),
             peak_rss_bytes: peak_rss_bytes(),
+            zombies_after_cleanup,
+            health,
             metrics: m,
             verdict,
             args: args.clone(),
