@@ -2,6 +2,7 @@
 
 use conflict_runtime::prelude::*;
 
+pub mod pg;
 pub mod suite;
 
 /// A counter entity: `value` counts committed increments.

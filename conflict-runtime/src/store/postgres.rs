@@ -1,1 +1,1288 @@
-//! PostgreSQL backend (feature `postgres`).
+//! PostgreSQL backend (feature `postgres`): [`PgStore`], the [`EntityStore`] to use when several
+//! processes or machines change the same entities.
+//!
+//! The database does the compare-and-commit, so correctness across processes comes from
+//! PostgreSQL and nothing else: a single-write commit is one statement,
+//!
+//! ```sql
+//! UPDATE entities SET value = $v, version = version + 1, ...
+//!  WHERE entity_type = $t AND id = $id AND version = $expected
+//! RETURNING version
+//! ```
+//!
+//! joined (in the same statement, so the same implicit transaction) with the insert of the
+//! operation's row in the ledger. Zero rows updated is a conflict, retried by the runtime exactly
+//! like a conflict in memory. A multi-write commit is one transaction: every update, then the
+//! ledger row, then `COMMIT`; any stale write rolls all of it back.
+//!
+//! Staging (priorities, admission) stays per process: two processes do not see each other's
+//! staged operations, and priorities never order operations of different processes. What one
+//! process commits, another sees as a newer version at its own commit.
+//!
+//! # Failures
+//!
+//! | what happened | what the caller gets |
+//! |---|---|
+//! | a stale version, or SQLSTATE `40001`/`40P01` (serialization failure, deadlock) | [`CommitOutcome::Conflict`]: retried with backoff |
+//! | any other database error before the commit applied (or a lost connection before `COMMIT` was sent) | [`StoreError::Backend`]: nothing was applied |
+//! | the connection lost while the commit was in flight | the store looks the op id up in the ledger at once (fencing it, see [`PgStore::resolve`]) and returns the definite answer: `Committed`, or `Backend` (nothing applied) |
+//! | ... and that look-up failed too (database down) | [`StoreError::OutcomeUnknown`] with the op id: call [`PgStore::resolve`] later |
+//!
+//! A commit whose outcome is unknown is never retried blindly. The schema, the SQL and the
+//! error mapping are documented in `docs/postgres.md`.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use conflict_core::{EntityId, EntityKey, OpId, OperationPriority, StoreError};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::NoTls;
+use tokio_postgres::error::{Severity, SqlState};
+
+pub use deadpool_postgres;
+pub use tokio_postgres;
+
+use super::{Commit, CommitOutcome, EntityCodec, EntityStore, Snapshot, StoreFuture, StoredValue};
+
+/// The schema [`PgStore::connect`] uses.
+///
+/// ```
+/// use conflict_runtime::store::postgres::{DEFAULT_MAX_CONNECTIONS, DEFAULT_SCHEMA, SCHEMA_VERSION};
+/// assert_eq!((DEFAULT_SCHEMA, DEFAULT_MAX_CONNECTIONS, SCHEMA_VERSION), ("conflict", 16, 1));
+/// ```
+pub const DEFAULT_SCHEMA: &str = "conflict";
+
+/// The schema version this build creates and understands (recorded in `schema_version`).
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Connections per store unless [`PgStoreBuilder::max_connections`] says otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
+
+/// Connect timeout used when the connection string sets none.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often settling an unknown outcome is tried before giving up with `OutcomeUnknown`, and
+/// the first pause between tries (doubled each time).
+const FENCE_TRIES: u32 = 3;
+const FENCE_FIRST_DELAY: Duration = Duration::from_millis(50);
+
+/// Key of the advisory lock that serializes migrations of every schema in a database, so two
+/// processes starting at once do not race on `CREATE ... IF NOT EXISTS` (which is not atomic
+/// in PostgreSQL). The bytes spell `conflict`.
+const MIGRATION_LOCK: i64 = 0x636f_6e66_6c69_6374;
+
+/// An [`EntityStore`] on PostgreSQL: entities as `jsonb` rows with a version, every commit a
+/// compare-and-set in the database, recorded in an operation ledger in the same transaction.
+///
+/// Cheap to clone (a connection pool and the SQL texts, both shared); safe from any number of
+/// tasks. See the [module docs](self) for what a commit does and how failures are reported.
+///
+/// ```no_run
+/// use conflict_runtime::Runtime;
+/// use conflict_runtime::store::PgStore;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // Creates (or migrates) the schema `conflict` if needed, idempotently.
+/// let store = PgStore::connect("postgres://app@127.0.0.1:5432/app").await?;
+/// let rt = Runtime::builder().store(store.clone()).build()?;
+/// assert_eq!(rt.store_name(), "postgres");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    sql: Arc<Sql>,
+}
+
+impl fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = self.pool.status();
+        f.debug_struct("PgStore")
+            .field("schema", &self.sql.schema)
+            .field("connections", &status.size)
+            .field("max_connections", &status.max_size)
+            .finish()
+    }
+}
+
+/// Configures and opens a [`PgStore`]; made by [`PgStore::builder`].
+///
+/// ```no_run
+/// use conflict_runtime::store::PgStore;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), conflict_runtime::StoreError> {
+/// let store = PgStore::builder("host=127.0.0.1 user=app dbname=app")
+///     .schema("billing")
+///     .max_connections(32)
+///     .connect()
+///     .await?;
+/// assert_eq!(store.schema(), "billing");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct PgStoreBuilder {
+    url: String,
+    schema: String,
+    max_connections: usize,
+}
+
+impl PgStoreBuilder {
+    /// The schema holding the store's tables (default [`DEFAULT_SCHEMA`]): lower-case ASCII
+    /// letters, digits and `_`, not starting with a digit, at most 63 bytes. Stores on different
+    /// schemas of one database are independent.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The most connections the store opens (default [`DEFAULT_MAX_CONNECTIONS`], at least 1).
+    /// An operation holds one only while a statement or a commit transaction runs.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Connects and creates or migrates the schema (idempotent, safe from several processes at
+    /// once).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] if the connection string or the schema name is invalid, the
+    /// database cannot be reached, or the schema was created by a newer version of this crate.
+    pub async fn connect(self) -> Result<PgStore, StoreError> {
+        validate_schema(&self.schema)?;
+        if self.max_connections == 0 {
+            return Err(config_error("max_connections must be at least 1"));
+        }
+        let mut config = tokio_postgres::Config::from_str(&self.url)
+            .map_err(|e| StoreError::backend("invalid PostgreSQL connection string", e))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("conflict-runtime");
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                // A closed connection is dropped at checkout; one that broke unnoticed fails its
+                // next statement, which is reported like any other connection loss.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(self.max_connections)
+            .build()
+            .map_err(|e| StoreError::backend("could not build the connection pool", e))?;
+        let store = PgStore {
+            pool,
+            sql: Arc::new(Sql::new(&self.schema)),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+}
+
+/// Whether a ledger entry records a commit or a fenced (never-applied) operation.
+///
+/// ```
+/// use conflict_runtime::store::postgres::LedgerStatus;
+/// assert_eq!(LedgerStatus::Committed.as_str(), "committed");
+/// assert_eq!(LedgerStatus::Aborted.as_str(), "aborted");
+/// ```
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerStatus {
+    /// The operation's writes were applied, in the same transaction as this entry.
+    Committed,
+    /// The operation did not commit and never will: the entry was written by
+    /// [`PgStore::resolve`] (or by the store itself after a lost connection), and any commit of
+    /// the same op id still in flight fails on it.
+    Aborted,
+}
+
+impl LedgerStatus {
+    /// The value stored in the `status` column.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Committed => "committed",
+            Self::Aborted => "aborted",
+        }
+    }
+}
+
+/// One entity written by a committed operation.
+///
+/// ```
+/// use conflict_runtime::store::postgres::LedgerTarget;
+/// use conflict_runtime::{EntityId, EntityKey};
+///
+/// let t = LedgerTarget { key: EntityKey::new("Account", EntityId::new()), version: 2 };
+/// assert_eq!(t.version, 2);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerTarget {
+    /// The entity.
+    pub key: EntityKey,
+    /// The version the commit wrote.
+    pub version: u64,
+}
+
+/// A row of the operation ledger: at most one per op id.
+///
+/// ```
+/// use conflict_runtime::store::postgres::{LedgerEntry, LedgerStatus};
+///
+/// fn applied(entry: &LedgerEntry) -> bool {
+///     entry.status == LedgerStatus::Committed
+/// }
+/// # let _ = applied;
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerEntry {
+    /// The operation.
+    pub op_id: OpId,
+    /// Committed or aborted.
+    pub status: LedgerStatus,
+    /// The operation's type (function name); `None` for aborted entries.
+    pub op_type: Option<String>,
+    /// The entities written and their new versions, in lock order; empty for aborted entries.
+    pub targets: Vec<LedgerTarget>,
+    /// The operation's effective priority; `None` for aborted entries.
+    pub priority: Option<OperationPriority>,
+    /// Which attempt committed (1 for the first); `None` for aborted entries.
+    pub attempt: Option<u32>,
+    /// Why an aborted entry was written; `None` for commits.
+    pub reason: Option<String>,
+    /// A number from a database sequence, unique and increasing per allocation (gaps are
+    /// possible); orders the commits of one entity like their versions. `None` for aborted
+    /// entries.
+    pub commit_seq: Option<i64>,
+    /// When the entry was written (for commits: the commit's last-modified time).
+    pub recorded_at: SystemTime,
+}
+
+impl PgStore {
+    /// Connects to `url` (a `postgres://` URL or `key=value` string), with the schema
+    /// [`DEFAULT_SCHEMA`] and [`DEFAULT_MAX_CONNECTIONS`], creating or migrating the schema.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), conflict_runtime::StoreError> {
+    /// let store = conflict_runtime::store::PgStore::connect("postgres://app@db/app").await?;
+    /// assert_eq!(store.schema(), "conflict");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// See [`PgStoreBuilder::connect`].
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::builder(url).connect().await
+    }
+
+    /// A builder to choose the schema and the pool size.
+    ///
+    /// ```
+    /// let b = conflict_runtime::store::PgStore::builder("host=db user=app").schema("app_a");
+    /// # let _ = b;
+    /// ```
+    pub fn builder(url: impl Into<String>) -> PgStoreBuilder {
+        PgStoreBuilder {
+            url: url.into(),
+            schema: DEFAULT_SCHEMA.to_string(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+
+    /// The schema holding this store's tables.
+    ///
+    /// ```no_run
+    /// # async fn f(store: conflict_runtime::store::PgStore) {
+    /// println!("entities in {}.entities", store.schema());
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn schema(&self) -> &str {
+        &self.sql.schema
+    }
+
+    /// The connection pool, for reading the ledger or maintenance. Writing to the store's tables
+    /// behind its back bypasses the version check: don't.
+    ///
+    /// ```no_run
+    /// # async fn f(store: conflict_runtime::store::PgStore) -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = store.pool().get().await?;
+    /// let sql = format!("SELECT count(*) FROM \"{}\".ledger", store.schema());
+    /// let n: i64 = client.query_one(sql.as_str(), &[]).await?.get(0);
+    /// # let _ = n; Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The ledger entry of `op_id`, if there is one. Read-only: `None` means "no entry yet",
+    /// which for a commit still in flight elsewhere may change; use [`resolve`](Self::resolve)
+    /// for a definite answer.
+    ///
+    /// ```no_run
+    /// # async fn f(store: conflict_runtime::store::PgStore, op: conflict_runtime::OpId) -> Result<(), conflict_runtime::StoreError> {
+    /// if let Some(entry) = store.lookup(op).await? {
+    ///     println!("{op}: {:?} at seq {:?}", entry.status, entry.commit_seq);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] if the database cannot be reached or the row cannot be read.
+    pub async fn lookup(&self, op_id: OpId) -> Result<Option<LedgerEntry>, StoreError> {
+        let conn = self.client().await?;
+        let row = conn
+            .query_opt(self.sql.ledger_get.as_str(), &[op_id.as_uuid()])
+            .await
+            .map_err(|e| backend_error("could not read the ledger", conn.fail(e)))?;
+        row.map(|r| ledger_entry(&r)).transpose()
+    }
+
+    /// Settles the outcome of `op_id` for good: if the ledger has no entry for it, writes an
+    /// [`Aborted`](LedgerStatus::Aborted) one first, so a commit of that op id still in flight
+    /// can no longer apply (its ledger insert would fail, rolling its writes back). Returns the
+    /// entry: `Committed` means its writes were applied, `Aborted` that they never will be.
+    ///
+    /// Use it on the op id of a [`StoreError::OutcomeUnknown`].
+    ///
+    /// ```no_run
+    /// use conflict_runtime::StoreError;
+    /// use conflict_runtime::store::postgres::LedgerStatus;
+    /// # async fn f(store: conflict_runtime::store::PgStore, err: StoreError) -> Result<(), StoreError> {
+    /// if let StoreError::OutcomeUnknown { op_id, .. } = err {
+    ///     let applied = store.resolve(op_id).await?.status == LedgerStatus::Committed;
+    ///     println!("{op_id} applied: {applied}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] if the database cannot be reached; the outcome stays unknown.
+    pub async fn resolve(&self, op_id: OpId) -> Result<LedgerEntry, StoreError> {
+        self.fence(
+            op_id,
+            "resolved by PgStore::resolve: no commit was recorded",
+        )
+        .await
+    }
+
+    /// The committed ledger entries that wrote `key`, in commit order. Their count is the
+    /// number of commits of the entity, and their versions are `2..=current version`.
+    ///
+    /// ```no_run
+    /// # async fn f(store: conflict_runtime::store::PgStore, key: conflict_runtime::EntityKey) -> Result<(), conflict_runtime::StoreError> {
+    /// for entry in store.ledger_for(&key).await? {
+    ///     println!("{} by {:?}", entry.op_id, entry.op_type);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] if the database cannot be reached or a row cannot be read.
+    pub async fn ledger_for(&self, key: &EntityKey) -> Result<Vec<LedgerEntry>, StoreError> {
+        let probe = serde_json::json!([{ "type": key.entity_type, "id": key.id }]);
+        let conn = self.client().await?;
+        let rows = conn
+            .query(self.sql.ledger_for.as_str(), &[&probe])
+            .await
+            .map_err(|e| backend_error("could not read the ledger", conn.fail(e)))?;
+        rows.iter().map(ledger_entry).collect()
+    }
+
+    /// A pooled connection (see [`Conn`]).
+    async fn client(&self) -> Result<Conn, StoreError> {
+        let obj = self.pool.get().await.map_err(|e| {
+            StoreError::backend(
+                format!(
+                    "could not get a PostgreSQL connection ({e}); nothing was sent to the database"
+                ),
+                e,
+            )
+        })?;
+        Ok(Conn {
+            obj: Some(obj),
+            broken: AtomicBool::new(false),
+        })
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.client().await?;
+        match self.migrate_on(&mut conn).await {
+            Ok(done) => done,
+            Err(e) => Err(backend_error(
+                "could not create or migrate the schema",
+                conn.fail(e),
+            )),
+        }
+    }
+
+    async fn migrate_on(
+        &self,
+        conn: &mut Conn,
+    ) -> Result<Result<(), StoreError>, tokio_postgres::Error> {
+        let tx = conn.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        tx.batch_execute(&self.sql.ddl).await?;
+        let found: Option<i32> = tx
+            .query_one(self.sql.schema_version.as_str(), &[])
+            .await?
+            .try_get(0)?;
+        match found {
+            None => {
+                tx.execute(self.sql.schema_version_insert.as_str(), &[&SCHEMA_VERSION])
+                    .await?;
+            }
+            Some(v) if v > SCHEMA_VERSION => {
+                return Ok(Err(config_error(&format!(
+                    "schema `{}` is at version {v}, newer than this build's {SCHEMA_VERSION}: \
+                     upgrade conflict-runtime or use another schema",
+                    self.sql.schema
+                ))));
+            }
+            // Version 1 is the first: nothing to migrate yet.
+            Some(_) => {}
+        }
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Writes an aborted entry for `op_id` unless it has one, then reads its entry. Idempotent,
+    /// so a failed try (a pooled connection that broke with the server, a server that is still
+    /// starting) is simply tried again, a few times.
+    async fn fence(&self, op_id: OpId, reason: &str) -> Result<LedgerEntry, StoreError> {
+        let mut delay = FENCE_FIRST_DELAY;
+        let mut tries = 1;
+        loop {
+            match self.fence_once(op_id, reason).await {
+                Ok(entry) => return Ok(entry),
+                Err(e) if tries >= FENCE_TRIES => return Err(e),
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    tries += 1;
+                }
+            }
+        }
+    }
+
+    /// Two statements on purpose: the second, in a new snapshot, sees a commit that the first
+    /// waited for.
+    async fn fence_once(&self, op_id: OpId, reason: &str) -> Result<LedgerEntry, StoreError> {
+        let conn = self.client().await?;
+        let fail = |e| backend_error("could not settle the operation in the ledger", conn.fail(e));
+        conn.execute(self.sql.ledger_fence.as_str(), &[op_id.as_uuid(), &reason])
+            .await
+            .map_err(fail)?;
+        let row = conn
+            .query_one(self.sql.ledger_get.as_str(), &[op_id.as_uuid()])
+            .await
+            .map_err(fail)?;
+        ledger_entry(&row)
+    }
+
+    async fn load_row(
+        &self,
+        key: &EntityKey,
+        codec: EntityCodec,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        let conn = self.client().await?;
+        let fail = |e| backend_error(&format!("could not load {key}"), conn.fail(e));
+        let stmt = conn.prepare_cached(&self.sql.load).await.map_err(fail)?;
+        let Some(row) = conn
+            .query_opt(&stmt, &[&key.entity_type.as_ref(), key.id.as_uuid()])
+            .await
+            .map_err(fail)?
+        else {
+            return Ok(None);
+        };
+        drop(conn);
+        let read = |e| backend_error(&format!("could not read {key}"), e);
+        let version: i64 = row.try_get(0).map_err(read)?;
+        let last_modified: SystemTime = row.try_get(1).map_err(read)?;
+        let json: serde_json::Value = row.try_get(2).map_err(read)?;
+        let value = (codec.decode)(json).map_err(|e| codec_error(key, &e))?;
+        Ok(Some(Snapshot {
+            value,
+            version: from_db_version(version)?,
+            last_modified,
+        }))
+    }
+
+    async fn insert_row(&self, key: EntityKey, value: StoredValue) -> Result<Snapshot, StoreError> {
+        let json = value.to_json().map_err(|e| codec_error(&key, &e))?;
+        let conn = self.client().await?;
+        let stmt = conn
+            .prepare_cached(&self.sql.insert)
+            .await
+            .map_err(|e| backend_error(&format!("could not insert {key}"), conn.fail(e)))?;
+        let row = conn
+            .query_opt(&stmt, &[&key.entity_type.as_ref(), key.id.as_uuid(), &json])
+            .await
+            .map_err(|e| {
+                let what = if is_definite(&e) {
+                    format!("could not insert {key}; nothing was stored")
+                } else {
+                    format!(
+                        "lost the connection while inserting {key}; it may have been stored: \
+                         load it to find out"
+                    )
+                };
+                backend_error(&what, conn.fail(e))
+            })?;
+        match row {
+            None => Err(StoreError::AlreadyExists { key }),
+            Some(row) => Ok(Snapshot {
+                value,
+                version: 1,
+                last_modified: row
+                    .try_get(0)
+                    .map_err(|e| backend_error(&format!("could not read back {key}"), e))?,
+            }),
+        }
+    }
+
+    /// One write: one statement (so one implicit transaction) that updates the row if its
+    /// version is the expected one and, only then, inserts the ledger entry.
+    async fn commit_single(&self, commit: &Commit) -> Result<CommitOutcome, StoreError> {
+        let w = &commit.writes[0];
+        let json = w.value.to_json().map_err(|e| codec_error(&w.key, &e))?;
+        let expected = to_db_version(w.expected_version)?;
+        let priority = i16::from(commit.priority.get());
+        let attempt = attempt_to_db(commit.attempt)?;
+        let conn = self.client().await?;
+        let stmt = conn
+            .prepare_cached(&self.sql.commit_single)
+            .await
+            .map_err(|e| not_applied(commit.op_id, conn.fail(e)))?;
+        let rows = match conn
+            .query(
+                &stmt,
+                &[
+                    &w.key.entity_type.as_ref(),
+                    w.key.id.as_uuid(),
+                    &json,
+                    &expected,
+                    commit.op_id.as_uuid(),
+                    &commit.op_type,
+                    &priority,
+                    &attempt,
+                ],
+            )
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                let e = conn.fail(e);
+                // Release it before settling, which needs a connection of its own.
+                drop(conn);
+                return self
+                    .commit_failed(commit, Some((&w.key, w.expected_version)), e)
+                    .await;
+            }
+        };
+        drop(conn);
+        // The statement always returns exactly one row (see `Sql::new`).
+        let Some(row) = rows.first() else {
+            return Err(StoreError::Backend {
+                message: format!(
+                    "the commit statement of operation {} returned no row",
+                    commit.op_id
+                ),
+                source: None,
+            });
+        };
+        let read = |e| backend_error("could not read the commit's result", e);
+        let new_version: Option<i64> = row.try_get(0).map_err(read)?;
+        match new_version {
+            Some(v) => Ok(CommitOutcome::Committed {
+                versions: vec![from_db_version(v)?],
+                last_modified: row.try_get(1).map_err(read)?,
+            }),
+            None => {
+                let found: Option<i64> = row.try_get(2).map_err(read)?;
+                Ok(CommitOutcome::Conflict {
+                    key: w.key.clone(),
+                    expected: w.expected_version,
+                    actual: reported_actual(found, w.expected_version),
+                })
+            }
+        }
+    }
+
+    /// Several writes (or none): one transaction, updates in key order (so two multi-writes
+    /// never deadlock each other), then the ledger entry, then `COMMIT`.
+    async fn commit_multi(&self, commit: &Commit) -> Result<CommitOutcome, StoreError> {
+        let writes = &commit.writes;
+        let mut order: Vec<usize> = (0..writes.len()).collect();
+        order.sort_by(|&a, &b| writes[a].key.cmp(&writes[b].key));
+        if let Some(pair) = order
+            .windows(2)
+            .find(|p| writes[p[0]].key == writes[p[1]].key)
+        {
+            // As in memory: the second write could not have read the first's result.
+            let w = &writes[pair[1]];
+            return Ok(CommitOutcome::Conflict {
+                key: w.key.clone(),
+                expected: w.expected_version,
+                actual: None,
+            });
+        }
+        let mut encoded = Vec::with_capacity(writes.len());
+        for &i in &order {
+            let w = &writes[i];
+            encoded.push(Encoded {
+                index: i,
+                json: w.value.to_json().map_err(|e| codec_error(&w.key, &e))?,
+                expected: to_db_version(w.expected_version)?,
+            });
+        }
+        let first = order
+            .first()
+            .map(|&i| (&writes[i].key, writes[i].expected_version));
+        let mut conn = self.client().await?;
+        let result = self.multi_transaction(&mut conn, commit, &encoded).await;
+        match result {
+            Ok(outcome) => Ok(outcome),
+            Err(TxFailure::Store(e)) => Err(e),
+            Err(TxFailure::Conflict(outcome)) => Ok(outcome),
+            Err(TxFailure::BeforeCommit(e)) => {
+                let e = conn.fail(e);
+                match first {
+                    Some((key, expected)) if is_conflict(&e) => Ok(CommitOutcome::Conflict {
+                        key: key.clone(),
+                        expected,
+                        actual: None,
+                    }),
+                    // Before COMMIT nothing can apply, whatever the error.
+                    _ => Err(not_applied(commit.op_id, e)),
+                }
+            }
+            Err(TxFailure::AtCommit(e)) => {
+                let e = conn.fail(e);
+                drop(conn);
+                self.commit_failed(commit, first, e).await
+            }
+        }
+    }
+
+    async fn multi_transaction(
+        &self,
+        conn: &mut Conn,
+        commit: &Commit,
+        encoded: &[Encoded],
+    ) -> Result<CommitOutcome, TxFailure> {
+        let writes = &commit.writes;
+        let priority = i16::from(commit.priority.get());
+        let attempt = attempt_to_db(commit.attempt).map_err(TxFailure::Store)?;
+        let tx = conn.transaction().await.map_err(TxFailure::BeforeCommit)?;
+        let update = tx
+            .prepare_cached(&self.sql.update)
+            .await
+            .map_err(TxFailure::BeforeCommit)?;
+        let mut versions = vec![0u64; writes.len()];
+        let mut targets = Vec::with_capacity(writes.len());
+        let mut last_modified = SystemTime::UNIX_EPOCH;
+        for e in encoded {
+            let w = &writes[e.index];
+            let row = tx
+                .query_opt(
+                    &update,
+                    &[
+                        &w.key.entity_type.as_ref(),
+                        w.key.id.as_uuid(),
+                        &e.json,
+                        &e.expected,
+                    ],
+                )
+                .await
+                .map_err(|err| {
+                    if is_conflict(&err) {
+                        // Reported on the write that met it.
+                        TxFailure::Conflict(CommitOutcome::Conflict {
+                            key: w.key.clone(),
+                            expected: w.expected_version,
+                            actual: None,
+                        })
+                    } else {
+                        TxFailure::BeforeCommit(err)
+                    }
+                })?;
+            let Some(row) = row else {
+                let found: Option<i64> = tx
+                    .query_opt(
+                        self.sql.version_of.as_str(),
+                        &[&w.key.entity_type.as_ref(), w.key.id.as_uuid()],
+                    )
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.try_get(0).ok());
+                // Rolling back explicitly returns a clean connection to the pool; if it fails,
+                // dropping the transaction rolls back too.
+                let _ = tx.rollback().await;
+                return Ok(CommitOutcome::Conflict {
+                    key: w.key.clone(),
+                    expected: w.expected_version,
+                    actual: reported_actual(found, w.expected_version),
+                });
+            };
+            let version: i64 = row.try_get(0).map_err(TxFailure::BeforeCommit)?;
+            let version = from_db_version(version).map_err(TxFailure::Store)?;
+            let modified: SystemTime = row.try_get(1).map_err(TxFailure::BeforeCommit)?;
+            last_modified = last_modified.max(modified);
+            versions[e.index] = version;
+            targets.push(TargetJson {
+                entity_type: w.key.entity_type.to_string(),
+                id: *w.key.id.as_uuid(),
+                version,
+            });
+        }
+        if targets.is_empty() {
+            last_modified = SystemTime::now();
+        }
+        let targets = serde_json::to_value(&targets).map_err(|e| {
+            TxFailure::Store(StoreError::Backend {
+                message: format!(
+                    "could not encode the ledger targets of operation {}: {e}",
+                    commit.op_id
+                ),
+                source: None,
+            })
+        })?;
+        tx.execute(
+            self.sql.ledger_commit.as_str(),
+            &[
+                commit.op_id.as_uuid(),
+                &commit.op_type,
+                &targets,
+                &priority,
+                &attempt,
+                &last_modified,
+            ],
+        )
+        .await
+        .map_err(TxFailure::BeforeCommit)?;
+        tx.commit().await.map_err(TxFailure::AtCommit)?;
+        Ok(CommitOutcome::Committed {
+            versions,
+            last_modified,
+        })
+    }
+
+    /// The commit statement (or `COMMIT`) failed: a conflict, a definite failure, or a lost
+    /// connection with an unknown outcome, which is settled through the ledger. `first` is the
+    /// first write in lock order (`None` for an empty commit).
+    async fn commit_failed(
+        &self,
+        commit: &Commit,
+        first: Option<(&EntityKey, u64)>,
+        e: tokio_postgres::Error,
+    ) -> Result<CommitOutcome, StoreError> {
+        if is_conflict(&e) {
+            if let Some((key, expected)) = first {
+                return Ok(CommitOutcome::Conflict {
+                    key: key.clone(),
+                    expected,
+                    actual: None,
+                });
+            }
+        }
+        if is_conflict(&e) || is_definite(&e) {
+            return Err(not_applied(commit.op_id, e));
+        }
+        self.settle(commit, e).await
+    }
+
+    /// The outcome of `commit` is unknown: fence its op id and report what the ledger says.
+    async fn settle(
+        &self,
+        commit: &Commit,
+        cause: tokio_postgres::Error,
+    ) -> Result<CommitOutcome, StoreError> {
+        let op_id = commit.op_id;
+        let why = describe(&cause);
+        tracing::warn!(%op_id, error = %why, "commit outcome unknown; settling it in the ledger");
+        let reason = format!("the committing connection failed ({why}); settled as not applied");
+        let entry = match self.fence(op_id, &reason).await {
+            Ok(entry) => entry,
+            Err(settle) => {
+                return Err(StoreError::OutcomeUnknown {
+                    op_id,
+                    message: format!(
+                        "{why}; settling it failed too ({settle}), call PgStore::resolve later"
+                    ),
+                });
+            }
+        };
+        match entry.status {
+            LedgerStatus::Aborted => Err(StoreError::Backend {
+                message: format!(
+                    "lost the connection while committing operation {op_id} ({why}); the ledger \
+                     now records it as aborted, so nothing was applied"
+                ),
+                source: Some(Arc::new(cause)),
+            }),
+            LedgerStatus::Committed => {
+                let mut versions = Vec::with_capacity(commit.writes.len());
+                for w in &commit.writes {
+                    let Some(t) = entry.targets.iter().find(|t| t.key == w.key) else {
+                        return Err(StoreError::OutcomeUnknown {
+                            op_id,
+                            message: format!(
+                                "the ledger records a commit of operation {op_id} that does not \
+                                 list {}",
+                                w.key
+                            ),
+                        });
+                    };
+                    versions.push(t.version);
+                }
+                Ok(CommitOutcome::Committed {
+                    versions,
+                    last_modified: entry.recorded_at,
+                })
+            }
+        }
+    }
+}
+
+/// A pooled connection that leaves the pool, instead of going back to it, once it has failed
+/// in a way that may have broken it: the next caller then gets a sound connection rather than
+/// one whose loss the driver has not noticed yet.
+struct Conn {
+    /// `Some` from construction until `drop`.
+    obj: Option<deadpool_postgres::Object>,
+    broken: AtomicBool,
+}
+
+impl Conn {
+    /// Notes `e`: anything but an `ERROR`-level response (after which the session goes on)
+    /// marks the connection broken. Returns `e` for chaining.
+    fn fail(&self, e: tokio_postgres::Error) -> tokio_postgres::Error {
+        if !is_definite(&e) {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+        e
+    }
+}
+
+impl std::ops::Deref for Conn {
+    type Target = deadpool_postgres::Object;
+    fn deref(&self) -> &Self::Target {
+        // Invariant: `obj` is only taken in `drop`.
+        self.obj.as_ref().expect("connection used after drop")
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        // Invariant: `obj` is only taken in `drop`.
+        self.obj.as_mut().expect("connection used after drop")
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(obj) = self.obj.take() {
+            if *self.broken.get_mut() {
+                // Detached from the pool: closing it here frees its slot for a new connection.
+                drop(deadpool_postgres::Object::take(obj));
+            }
+        }
+    }
+}
+
+/// A write of a multi-write commit, encoded before the transaction starts.
+struct Encoded {
+    index: usize,
+    json: serde_json::Value,
+    expected: i64,
+}
+
+/// How a multi-write transaction failed.
+enum TxFailure {
+    /// Before `COMMIT` was sent: nothing was applied.
+    BeforeCommit(tokio_postgres::Error),
+    /// `COMMIT` failed: settled unless the error says it did not apply.
+    AtCommit(tokio_postgres::Error),
+    /// A conflict met by an `UPDATE` (SQLSTATE 40001/40P01).
+    Conflict(CommitOutcome),
+    /// Not a database failure.
+    Store(StoreError),
+}
+
+impl EntityStore for PgStore {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn load<'a>(
+        &'a self,
+        key: &'a EntityKey,
+        codec: EntityCodec,
+    ) -> StoreFuture<'a, Option<Snapshot>> {
+        Box::pin(self.load_row(key, codec))
+    }
+
+    fn insert<'a>(&'a self, key: EntityKey, value: StoredValue) -> StoreFuture<'a, Snapshot> {
+        Box::pin(self.insert_row(key, value))
+    }
+
+    fn commit<'a>(&'a self, commit: Commit) -> StoreFuture<'a, CommitOutcome> {
+        Box::pin(async move {
+            if commit.writes.len() == 1 {
+                self.commit_single(&commit).await
+            } else {
+                self.commit_multi(&commit).await
+            }
+        })
+    }
+}
+
+/// How a ledger target is stored in the `targets` jsonb array.
+#[derive(Serialize, Deserialize)]
+struct TargetJson {
+    #[serde(rename = "type")]
+    entity_type: String,
+    id: uuid::Uuid,
+    version: u64,
+}
+
+/// The SQL texts, with the schema name spliced in once.
+struct Sql {
+    schema: String,
+    ddl: String,
+    schema_version: String,
+    schema_version_insert: String,
+    load: String,
+    insert: String,
+    commit_single: String,
+    update: String,
+    version_of: String,
+    ledger_commit: String,
+    ledger_fence: String,
+    ledger_get: String,
+    ledger_for: String,
+}
+
+impl Sql {
+    fn new(schema: &str) -> Self {
+        // `schema` was validated (lower-case identifier characters only), so quoting it is
+        // enough to splice it in.
+        let s = format!("\"{schema}\"");
+        let ledger_columns =
+            "op_id, status, op_type, targets, priority, attempt, reason, commit_seq, recorded_at";
+        Self {
+            schema: schema.to_string(),
+            ddl: format!(
+                "CREATE SCHEMA IF NOT EXISTS {s};
+                 CREATE TABLE IF NOT EXISTS {s}.schema_version (
+                     version     integer     NOT NULL,
+                     migrated_at timestamptz NOT NULL DEFAULT clock_timestamp()
+                 );
+                 CREATE TABLE IF NOT EXISTS {s}.entities (
+                     entity_type   text        NOT NULL,
+                     id            uuid        NOT NULL,
+                     version       bigint      NOT NULL CHECK (version >= 1),
+                     last_modified timestamptz NOT NULL,
+                     value         jsonb       NOT NULL,
+                     PRIMARY KEY (entity_type, id)
+                 ) WITH (fillfactor = 80);
+                 CREATE SEQUENCE IF NOT EXISTS {s}.commit_seq;
+                 CREATE TABLE IF NOT EXISTS {s}.ledger (
+                     op_id       uuid        PRIMARY KEY,
+                     status      text        NOT NULL CHECK (status IN ('committed', 'aborted')),
+                     op_type     text,
+                     targets     jsonb       NOT NULL DEFAULT '[]',
+                     priority    smallint,
+                     attempt     integer,
+                     reason      text,
+                     commit_seq  bigint      UNIQUE,
+                     recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                     CHECK ((status = 'committed') = (commit_seq IS NOT NULL))
+                 );"
+            ),
+            schema_version: format!("SELECT max(version) FROM {s}.schema_version"),
+            schema_version_insert: format!("INSERT INTO {s}.schema_version (version) VALUES ($1)"),
+            load: format!(
+                "SELECT version, last_modified, value FROM {s}.entities \
+                 WHERE entity_type = $1 AND id = $2"
+            ),
+            insert: format!(
+                "INSERT INTO {s}.entities (entity_type, id, version, last_modified, value) \
+                 VALUES ($1, $2, 1, clock_timestamp(), $3) \
+                 ON CONFLICT (entity_type, id) DO NOTHING RETURNING last_modified"
+            ),
+            // Exactly one row: (new version, last modified, version found). The new version is
+            // NULL when the compare failed. `found` is read from the statement's snapshot, so
+            // it may predate a commit the UPDATE waited for; it is only a hint.
+            // `greatest(...)` keeps last-modified monotonic per entity even if the clock steps
+            // back; `clock_timestamp()` is read after the row lock, unlike `now()`.
+            commit_single: format!(
+                "WITH upd AS (
+                     UPDATE {s}.entities
+                        SET value = $3::jsonb, version = version + 1,
+                            last_modified = greatest(clock_timestamp(), last_modified)
+                      WHERE entity_type = $1::text AND id = $2::uuid AND version = $4::bigint
+                  RETURNING version, last_modified
+                 ), led AS (
+                     INSERT INTO {s}.ledger
+                            (op_id, status, op_type, targets, priority, attempt, commit_seq, recorded_at)
+                     SELECT $5::uuid, 'committed', $6::text,
+                            jsonb_build_array(jsonb_build_object(
+                                'type', $1::text, 'id', $2::uuid, 'version', upd.version)),
+                            $7::smallint, $8::integer, nextval('{s}.commit_seq'), upd.last_modified
+                       FROM upd
+                 )
+                 SELECT upd.version, upd.last_modified, cur.version
+                   FROM (SELECT 1) AS one
+                   LEFT JOIN upd ON true
+                   LEFT JOIN {s}.entities AS cur
+                          ON cur.entity_type = $1::text AND cur.id = $2::uuid"
+            ),
+            update: format!(
+                "UPDATE {s}.entities
+                    SET value = $3::jsonb, version = version + 1,
+                        last_modified = greatest(clock_timestamp(), last_modified)
+                  WHERE entity_type = $1::text AND id = $2::uuid AND version = $4::bigint
+              RETURNING version, last_modified"
+            ),
+            version_of: format!(
+                "SELECT version FROM {s}.entities WHERE entity_type = $1 AND id = $2"
+            ),
+            ledger_commit: format!(
+                "INSERT INTO {s}.ledger
+                        (op_id, status, op_type, targets, priority, attempt, commit_seq, recorded_at)
+                 VALUES ($1, 'committed', $2, $3, $4, $5, nextval('{s}.commit_seq'), $6)"
+            ),
+            ledger_fence: format!(
+                "INSERT INTO {s}.ledger (op_id, status, reason) VALUES ($1, 'aborted', $2) \
+                 ON CONFLICT (op_id) DO NOTHING"
+            ),
+            ledger_get: format!("SELECT {ledger_columns} FROM {s}.ledger WHERE op_id = $1"),
+            ledger_for: format!(
+                "SELECT {ledger_columns} FROM {s}.ledger \
+                 WHERE status = 'committed' AND targets @> $1::jsonb ORDER BY commit_seq"
+            ),
+        }
+    }
+}
+
+fn ledger_entry(row: &tokio_postgres::Row) -> Result<LedgerEntry, StoreError> {
+    let read = |e| backend_error("could not read a ledger entry", e);
+    let op_id = OpId::from_uuid(row.try_get(0).map_err(read)?);
+    let status: &str = row.try_get(1).map_err(read)?;
+    let status = match status {
+        "committed" => LedgerStatus::Committed,
+        "aborted" => LedgerStatus::Aborted,
+        other => {
+            return Err(StoreError::Backend {
+                message: format!("ledger entry {op_id} has an unknown status `{other}`"),
+                source: None,
+            });
+        }
+    };
+    let targets: serde_json::Value = row.try_get(3).map_err(read)?;
+    let targets: Vec<TargetJson> =
+        serde_json::from_value(targets).map_err(|e| StoreError::Backend {
+            message: format!("ledger entry {op_id} has unreadable targets: {e}"),
+            source: None,
+        })?;
+    let priority: Option<i16> = row.try_get(4).map_err(read)?;
+    let priority = priority
+        .map(|p| {
+            u8::try_from(p)
+                .ok()
+                .and_then(|p| OperationPriority::new(p).ok())
+                .ok_or_else(|| StoreError::Backend {
+                    message: format!("ledger entry {op_id} has an invalid priority {p}"),
+                    source: None,
+                })
+        })
+        .transpose()?;
+    let attempt: Option<i32> = row.try_get(5).map_err(read)?;
+    Ok(LedgerEntry {
+        op_id,
+        status,
+        op_type: row.try_get(2).map_err(read)?,
+        targets: targets
+            .into_iter()
+            .map(|t| LedgerTarget {
+                key: EntityKey {
+                    entity_type: Cow::Owned(t.entity_type),
+                    id: EntityId::from_uuid(t.id),
+                },
+                version: t.version,
+            })
+            .collect(),
+        priority,
+        attempt: attempt.and_then(|a| u32::try_from(a).ok()),
+        reason: row.try_get(6).map_err(read)?,
+        commit_seq: row.try_get(7).map_err(read)?,
+        recorded_at: row.try_get(8).map_err(read)?,
+    })
+}
+
+/// SQLSTATE 40001 (serialization failure) or 40P01 (deadlock detected): the transaction was
+/// rolled back because of concurrent ones — a conflict, retried like a stale version.
+fn is_conflict(e: &tokio_postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+    )
+}
+
+/// An `ERROR`-level response: the statement (and its transaction) failed and the session goes
+/// on, so nothing was applied. `FATAL`/`PANIC` (the server ending the session, e.g. at
+/// shutdown) and I/O errors leave the outcome unknown.
+fn is_definite(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|db| db.parsed_severity() == Some(Severity::Error))
+}
+
+/// A failure that certainly applied nothing.
+fn not_applied(op_id: OpId, e: tokio_postgres::Error) -> StoreError {
+    let message = match e.as_db_error() {
+        Some(db) if *db.code() == SqlState::UNIQUE_VIOLATION && db.table() == Some("ledger") => {
+            format!(
+                "operation {op_id} already has a ledger entry (it was settled or committed \
+                 before); nothing was applied"
+            )
+        }
+        _ => format!(
+            "commit of operation {op_id} failed ({}); nothing was applied",
+            describe(&e)
+        ),
+    };
+    StoreError::backend(message, e)
+}
+
+fn backend_error(what: &str, e: tokio_postgres::Error) -> StoreError {
+    StoreError::backend(format!("{what}: {}", describe(&e)), e)
+}
+
+/// The error with what the driver's `Display` leaves out: SQLSTATE, severity and message of a
+/// database error, the cause of an I/O error.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+fn codec_error(key: &EntityKey, e: &serde_json::Error) -> StoreError {
+    StoreError::Codec {
+        key: key.clone(),
+        message: e.to_string(),
+    }
+}
+
+fn config_error(message: &str) -> StoreError {
+    StoreError::Backend {
+        message: message.to_string(),
+        source: None,
+    }
+}
+
+fn validate_schema(schema: &str) -> Result<(), StoreError> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && !schema.starts_with(|c: char| c.is_ascii_digit())
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(config_error(&format!(
+            "invalid schema name `{schema}`: use 1 to 63 lower-case ASCII letters, digits or `_`, \
+             not starting with a digit"
+        )))
+    }
+}
+
+fn to_db_version(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| config_error(&format!("version {v} does not fit a bigint")))
+}
+
+fn from_db_version(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v)
+        .map_err(|_| config_error(&format!("the database holds a negative version {v}")))
+}
+
+fn attempt_to_db(a: u32) -> Result<i32, StoreError> {
+    i32::try_from(a).map_err(|_| config_error(&format!("attempt {a} does not fit an integer")))
+}
+
+/// The version a failed compare found, as a hint: a snapshot that still shows the expected
+/// version predates the commit the update waited for, so it says nothing.
+fn reported_actual(found: Option<i64>, expected: u64) -> Option<u64> {
+    found
+        .and_then(|v| u64::try_from(v).ok())
+        .filter(|&v| v != expected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_lower_case_identifiers() {
+        for ok in ["conflict", "t_1", "_x", &"a".repeat(63)] {
+            assert!(validate_schema(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "1x", "Caps", "a-b", "a\"b", "a b", &"a".repeat(64)] {
+            assert!(validate_schema(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn versions_round_trip_through_bigint_and_refuse_what_does_not_fit() {
+        assert_eq!(from_db_version(to_db_version(42).unwrap()).unwrap(), 42);
+        assert!(to_db_version(u64::MAX).is_err());
+        assert!(from_db_version(-1).is_err());
+    }
+
+    #[test]
+    fn a_stale_snapshot_showing_the_expected_version_is_not_reported_as_actual() {
+        assert_eq!(reported_actual(Some(5), 4), Some(5));
+        assert_eq!(reported_actual(Some(4), 4), None);
+        assert_eq!(reported_actual(None, 4), None);
+    }
+
+    #[test]
+    fn every_statement_names_the_schema() {
+        let sql = Sql::new("sch");
+        for text in [
+            &sql.load,
+            &sql.insert,
+            &sql.commit_single,
+            &sql.update,
+            &sql.ledger_commit,
+            &sql.ledger_fence,
+            &sql.ledger_get,
+            &sql.ledger_for,
+        ] {
+            assert!(text.contains("\"sch\"."), "{text}");
+        }
+    }
+}

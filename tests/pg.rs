@@ -1,0 +1,1039 @@
+//! `PgStore` against a real PostgreSQL: the generic OCC suite (`conflict_tests::suite`) unchanged,
+//! then what only a database store has to guarantee — the ledger, all-or-nothing multi-writes,
+//! conflicts from SQLSTATE 40P01, settled unknown outcomes, several OS processes, a killed
+//! process, a database restart.
+//!
+//! The tests share one throwaway cluster (`conflict_tests::pg`, started on first use and removed
+//! when this binary exits); each uses its own schema. The restart test starts a private cluster
+//! so that it does not disturb the others. Without PostgreSQL's server binaries every test here
+//! fails with a message naming the Debian package `postgresql`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use conflict_runtime::prelude::*;
+use conflict_runtime::store::postgres::{LedgerEntry, LedgerStatus};
+use conflict_runtime::store::{
+    Commit, CommitOutcome, EntityCodec, EntityStore, PgStore, StoredValue, Write,
+};
+use conflict_runtime::{EntityKey, StoreError};
+use conflict_tests::suite::{self, Scale};
+use conflict_tests::{Counter, multi_thread, pg};
+
+/// The contention tests' size on PostgreSQL: every attempt is two round trips.
+const PG_SCALE: Scale = Scale {
+    tasks: 16,
+    calls: 25,
+};
+
+// ---------------------------------------------------------------------------------------------
+// The OCC suite, unchanged.
+
+/// Invariant (suite): OCC alone on one entity loses no update; value = version - 1 = commits.
+#[test]
+fn no_lost_update_one_entity() {
+    multi_thread(2, async {
+        let (rt, _) = pg::runtime("lost_update_one").await;
+        suite::no_lost_update_one_entity(rt, PG_SCALE).await;
+    });
+}
+
+/// Invariant (suite): 3 entities, mixed priorities, both stages: per entity value = version - 1
+/// = commits, outcomes add up to submissions.
+#[test]
+fn no_lost_update_three_entities_mixed_priorities() {
+    multi_thread(2, async {
+        let (rt, _) = pg::runtime("lost_update_three").await;
+        suite::no_lost_update_three_entities_mixed_priorities(rt, PG_SCALE).await;
+    });
+}
+
+/// Invariant (suite): a body error commits nothing and is not retried.
+#[test]
+fn a_body_error_commits_nothing_and_is_not_retried() {
+    multi_thread(2, async {
+        let (rt, _) = pg::runtime("body_error").await;
+        suite::a_body_error_commits_nothing_and_is_not_retried(rt).await;
+    });
+}
+
+/// Invariant (suite): every attempt conflicting ends in `RetriesExhausted` after
+/// `max_retries + 1` attempts, with the version found reported.
+#[test]
+fn retries_exhausted_after_max_retries_plus_one_attempts() {
+    multi_thread(2, async {
+        let (rt, _) = pg::runtime("exhausted").await;
+        suite::retries_exhausted_after_max_retries_plus_one_attempts(rt).await;
+    });
+}
+
+/// Invariant (suite): retry delays stay within their ceiling. On the real clock here (the paused
+/// clock would fire the driver's timeouts while it waits for the network); the delays are
+/// capped at 16 ms, so this costs well under a second.
+#[test]
+fn backoff_delays_stay_within_their_ceiling() {
+    multi_thread(2, async {
+        let (rt, _) = pg::runtime("backoff").await;
+        suite::backoff_delays_stay_within_their_ceiling(rt).await;
+    });
+}
+
+/// Invariant (suite): the id is immutable.
+#[test]
+fn a_body_that_changes_the_id_is_refused() {
+    multi_thread(2, async {
+        let (rt, _) = pg::runtime("identity").await;
+        suite::a_body_that_changes_the_id_is_refused(rt).await;
+    });
+}
+
+/// Invariant (suite): missing and duplicate entities are typed store errors.
+#[test]
+fn a_missing_entity_is_a_store_error() {
+    multi_thread(2, async {
+        let (rt, _) = pg::runtime("missing").await;
+        suite::a_missing_entity_is_a_store_error(rt).await;
+    });
+}
+
+/// Invariant (suite): versions start at 1 and grow by 1 per commit; last-modified never goes
+/// back.
+#[test]
+fn versions_start_at_one_and_grow_by_one() {
+    multi_thread(2, async {
+        let (rt, _) = pg::runtime("versions").await;
+        suite::versions_start_at_one_and_grow_by_one(rt).await;
+    });
+}
+
+/// Invariant (suite): `mode = "none"` compares but does not retry.
+#[test]
+fn mode_none_compares_but_does_not_retry() {
+    multi_thread(2, async {
+        let (rt, _) = pg::runtime("mode_none").await;
+        suite::mode_none_compares_but_does_not_retry(rt).await;
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+fn key_of(id: EntityId) -> EntityKey {
+    EntityKey::new(Counter::TYPE_NAME, id)
+}
+
+fn counter_with(id: EntityId, value: u64) -> StoredValue {
+    Arc::new(Counter {
+        id,
+        value,
+        log: Vec::new(),
+    })
+}
+
+fn commit_of(op_id: OpId, writes: Vec<Write>) -> Commit {
+    Commit {
+        op_id,
+        op_type: "test_commit",
+        priority: OperationPriority::HIGH,
+        attempt: 1,
+        writes,
+    }
+}
+
+fn fresh_op() -> OpId {
+    OpId::from_parts(fastrand::u64(..), fastrand::u64(..))
+}
+
+async fn load(store: &PgStore, id: EntityId) -> (Counter, u64) {
+    let snap = store
+        .load(&key_of(id), EntityCodec::of::<Counter>())
+        .await
+        .unwrap()
+        .expect("entity exists");
+    let c = snap
+        .value
+        .as_any()
+        .downcast_ref::<Counter>()
+        .unwrap()
+        .clone();
+    (c, snap.version)
+}
+
+/// Checks that the ledger and the entity agree: one committed entry per commit of `key`, their
+/// versions exactly `2..=version` in commit order, each op id once. Returns the entries.
+async fn ledger_agrees(
+    store: &PgStore,
+    key: &EntityKey,
+    commits: u64,
+    version: u64,
+) -> Vec<LedgerEntry> {
+    let entries = store.ledger_for(key).await.unwrap();
+    assert_eq!(
+        entries.len() as u64,
+        commits,
+        "one ledger entry per commit of {key}"
+    );
+    let versions: Vec<u64> = entries
+        .iter()
+        .map(|e| {
+            assert_eq!(e.status, LedgerStatus::Committed);
+            e.targets.iter().find(|t| &t.key == key).unwrap().version
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        (2..=version).collect::<Vec<_>>(),
+        "the ledger's versions of {key} are gap-free and in commit order"
+    );
+    let ops: HashSet<OpId> = entries.iter().map(|e| e.op_id).collect();
+    assert_eq!(
+        ops.len(),
+        entries.len(),
+        "each op id at most once in the ledger"
+    );
+    entries
+}
+
+/// The pid of a backend of `store`'s schema waiting for a row lock (polls up to 10 s).
+async fn waiting_backend(store: &PgStore) -> i32 {
+    let client = store.pool().get().await.unwrap();
+    let pattern = format!("%\"{}\".entities%", store.schema());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = client
+            .query(
+                "SELECT pid FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE $1 AND pid <> pg_backend_pid()",
+                &[&pattern],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = rows.first() {
+            return row.get(0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no backend started waiting for the row lock"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store's own contract on PostgreSQL.
+
+#[with_conflict_resolution(
+    mode = "occ",
+    occ(
+        max_retries = 1000,
+        base_delay_ms = 0,
+        backoff_factor = 1.5,
+        max_delay_ms = 2
+    )
+)]
+async fn tally(c: &mut Counter, tag: u64) -> u64 {
+    c.value += 1;
+    c.log.push(tag);
+    c.value
+}
+
+/// Invariant: every commit made through the runtime is in the ledger exactly once, with the op
+/// id, type, priority and attempt the caller saw and the version it got; versions gap-free.
+#[test]
+fn every_commit_is_in_the_ledger_exactly_once() {
+    multi_thread(2, async {
+        let (rt, store) = pg::runtime("ledger_once").await;
+        let h = rt.insert(Counter::new()).await.unwrap();
+        let mut tasks = Vec::new();
+        for t in 0..8u64 {
+            let h = h.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut done = Vec::new();
+                for i in 0..20 {
+                    if let Ok(c) = tally(&h, t * 100 + i).await {
+                        done.push((c.op_id, c.version, c.attempts));
+                    }
+                }
+                done
+            }));
+        }
+        let mut seen = HashMap::new();
+        for t in tasks {
+            for (op, version, attempts) in t.await.unwrap() {
+                assert!(seen.insert(op, (version, attempts)).is_none());
+            }
+        }
+        let now = h.load().await.unwrap();
+        assert_eq!(now.value.value, seen.len() as u64);
+        let entries = ledger_agrees(&store, h.key(), seen.len() as u64, now.version).await;
+        for e in &entries {
+            let (version, attempts) = seen[&e.op_id];
+            assert_eq!(e.targets.len(), 1);
+            assert_eq!(e.targets[0].version, version);
+            assert_eq!(e.attempt, Some(attempts));
+            assert_eq!(e.op_type.as_deref(), Some("tally"));
+            assert_eq!(e.priority, Some(OperationPriority::NORMAL));
+            assert!(e.commit_seq.is_some());
+        }
+        let lookup = store.lookup(entries[0].op_id).await.unwrap();
+        assert_eq!(lookup.as_ref(), Some(&entries[0]));
+    });
+}
+
+/// Invariant: a multi-write commit applies all of its writes or none: one stale write leaves
+/// every entity as it was and writes no ledger entry; a current one bumps every version once
+/// and records one entry listing all targets. The same key twice is refused as a conflict.
+#[test]
+fn a_multi_write_commit_is_all_or_nothing() {
+    multi_thread(2, async {
+        let store = pg::store("multi_write").await;
+        let (a, b) = (EntityId::new(), EntityId::new());
+        store.insert(key_of(a), counter_with(a, 0)).await.unwrap();
+        store.insert(key_of(b), counter_with(b, 0)).await.unwrap();
+        let write = |id, v, value| Write {
+            key: key_of(id),
+            expected_version: v,
+            value: counter_with(id, value),
+        };
+
+        let ok = fresh_op();
+        let out = store
+            .commit(commit_of(ok, vec![write(b, 1, 10), write(a, 1, 10)]))
+            .await
+            .unwrap();
+        assert!(
+            matches!(&out, CommitOutcome::Committed { versions, .. } if versions == &vec![2, 2]),
+            "{out:?}"
+        );
+        let entry = store.lookup(ok).await.unwrap().expect("ledger entry");
+        assert_eq!(entry.status, LedgerStatus::Committed);
+        let targets: HashSet<_> = entry
+            .targets
+            .iter()
+            .map(|t| (t.key.clone(), t.version))
+            .collect();
+        assert_eq!(targets, HashSet::from([(key_of(a), 2), (key_of(b), 2)]));
+
+        // `b` is stale: nothing applies, not even the write to `a`.
+        let stale = fresh_op();
+        let out = store
+            .commit(commit_of(stale, vec![write(a, 2, 99), write(b, 1, 99)]))
+            .await
+            .unwrap();
+        match out {
+            CommitOutcome::Conflict {
+                key,
+                expected,
+                actual,
+            } => {
+                assert_eq!((key, expected, actual), (key_of(b), 1, Some(2)));
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        assert_eq!(
+            load(&store, a).await,
+            (
+                Counter {
+                    id: a,
+                    value: 10,
+                    log: vec![]
+                },
+                2
+            )
+        );
+        assert_eq!(load(&store, b).await.1, 2);
+        assert_eq!(store.lookup(stale).await.unwrap(), None, "no ledger entry");
+
+        let twice = store
+            .commit(commit_of(fresh_op(), vec![write(a, 2, 1), write(a, 2, 2)]))
+            .await
+            .unwrap();
+        assert!(matches!(twice, CommitOutcome::Conflict { .. }));
+        assert_eq!(load(&store, a).await.1, 2);
+
+        let empty = fresh_op();
+        let out = store.commit(commit_of(empty, vec![])).await.unwrap();
+        assert!(matches!(out, CommitOutcome::Committed { versions, .. } if versions.is_empty()));
+        assert_eq!(
+            store.lookup(empty).await.unwrap().unwrap().status,
+            LedgerStatus::Committed
+        );
+    });
+}
+
+/// Invariant: a deadlock (SQLSTATE 40P01) rolling back a commit is reported as a conflict —
+/// retried like any other — never as an error, and applies nothing.
+#[test]
+fn a_deadlock_is_a_conflict_not_an_error() {
+    multi_thread(2, async {
+        let store = pg::store("deadlock").await;
+        let (a, b) = (EntityId::new(), EntityId::new());
+        store.insert(key_of(a), counter_with(a, 0)).await.unwrap();
+        store.insert(key_of(b), counter_with(b, 0)).await.unwrap();
+        // The store locks in key order: `first`, then `second`.
+        let (first, second) = if key_of(a) < key_of(b) {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        let s = store.schema().to_string();
+        let blocker = store.pool().get().await.unwrap();
+        // The blocker waits long before checking for deadlocks, so the store's backend (1 s,
+        // the default) is the one that detects the cycle and is rolled back.
+        blocker
+            .batch_execute(&format!(
+                "SET deadlock_timeout = '20s'; BEGIN; \
+                 SELECT 1 FROM \"{s}\".entities WHERE id = '{second}' FOR UPDATE"
+            ))
+            .await
+            .unwrap();
+        let op = fresh_op();
+        let committing = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let writes = vec![
+                    Write {
+                        key: key_of(a),
+                        expected_version: 1,
+                        value: counter_with(a, 1),
+                    },
+                    Write {
+                        key: key_of(b),
+                        expected_version: 1,
+                        value: counter_with(b, 1),
+                    },
+                ];
+                store.commit(commit_of(op, writes)).await
+            })
+        };
+        waiting_backend(&store).await;
+        let closing = tokio::spawn(async move {
+            blocker
+                .batch_execute(&format!(
+                    "SELECT 1 FROM \"{s}\".entities WHERE id = '{first}' FOR UPDATE; ROLLBACK"
+                ))
+                .await
+        });
+        let out = committing.await.unwrap();
+        assert!(
+            matches!(out, Ok(CommitOutcome::Conflict { .. })),
+            "a deadlock must be a conflict, got {out:?}"
+        );
+        closing.await.unwrap().unwrap();
+        assert_eq!(load(&store, a).await.1, 1, "nothing applied");
+        assert_eq!(load(&store, b).await.1, 1, "nothing applied");
+        assert_eq!(store.lookup(op).await.unwrap(), None);
+    });
+}
+
+/// Invariant: under `SERIALIZABLE` (a database whose default isolation is stricter than the
+/// store's `READ COMMITTED`), concurrent commits fail with SQLSTATE 40001; the store reports
+/// them as conflicts, which the runtime retries — none surfaces as an error, none is lost.
+#[test]
+fn serialization_failures_are_retried_conflicts() {
+    multi_thread(2, async {
+        let url = format!(
+            "{} options='-c default_transaction_isolation=serializable'",
+            pg::shared().url()
+        );
+        let store = PgStore::builder(url)
+            .schema(pg::unique_schema("serializable"))
+            .max_connections(8)
+            .connect()
+            .await
+            .unwrap();
+        let client = store.pool().get().await.unwrap();
+        let isolation: String = client
+            .query_one("SHOW transaction_isolation", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(isolation, "serializable");
+        drop(client);
+        let rt = Runtime::builder().store(store).build().unwrap();
+        // Panics on any error but `RetriesExhausted`, so a raw 40001 would fail it.
+        suite::no_lost_update_one_entity(
+            rt.clone(),
+            Scale {
+                tasks: 8,
+                calls: 25,
+            },
+        )
+        .await;
+        assert!(
+            rt.metrics().occ_conflicts > 0,
+            "the contention produced conflicts"
+        );
+    });
+}
+
+/// Invariant: when the committing connection dies mid-commit, the caller gets a typed store
+/// error — never a panic, never a silent retry — and the store has settled the op id in the
+/// ledger: here `Aborted`, and indeed nothing was applied.
+#[test]
+fn a_connection_killed_mid_commit_is_settled_through_the_ledger() {
+    multi_thread(2, async {
+        let store = pg::store("killed_conn").await;
+        let e = EntityId::new();
+        store.insert(key_of(e), counter_with(e, 0)).await.unwrap();
+        let s = store.schema().to_string();
+        let blocker = store.pool().get().await.unwrap();
+        blocker
+            .batch_execute(&format!(
+                "BEGIN; SELECT 1 FROM \"{s}\".entities WHERE id = '{e}' FOR UPDATE"
+            ))
+            .await
+            .unwrap();
+        let op = fresh_op();
+        let committing = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let write = Write {
+                    key: key_of(e),
+                    expected_version: 1,
+                    value: counter_with(e, 1),
+                };
+                store.commit(commit_of(op, vec![write])).await
+            })
+        };
+        let pid = waiting_backend(&store).await;
+        let killer = store.pool().get().await.unwrap();
+        killer
+            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .unwrap();
+        match committing.await.unwrap() {
+            Err(StoreError::Backend { message, .. }) => {
+                assert!(message.contains("aborted"), "{message}");
+            }
+            other => panic!("expected a settled Backend error, got {other:?}"),
+        }
+        let entry = store
+            .lookup(op)
+            .await
+            .unwrap()
+            .expect("settled in the ledger");
+        assert_eq!(entry.status, LedgerStatus::Aborted);
+        assert!(entry.reason.is_some());
+        blocker.batch_execute("ROLLBACK").await.unwrap();
+        assert_eq!(load(&store, e).await.1, 1, "nothing applied");
+    });
+}
+
+/// Invariant: `resolve` gives a definite answer and makes it final: a committed op reads as
+/// committed; an op with no entry is fenced as aborted, and a late commit under that op id
+/// fails without applying anything.
+#[test]
+fn resolve_settles_an_op_id_for_good() {
+    multi_thread(2, async {
+        let store = pg::store("resolve").await;
+        let e = EntityId::new();
+        store.insert(key_of(e), counter_with(e, 0)).await.unwrap();
+        let write = |v| Write {
+            key: key_of(e),
+            expected_version: v,
+            value: counter_with(e, v),
+        };
+        let done = fresh_op();
+        store.commit(commit_of(done, vec![write(1)])).await.unwrap();
+        let entry = store.resolve(done).await.unwrap();
+        assert_eq!(entry.status, LedgerStatus::Committed);
+        assert_eq!(entry.targets[0].version, 2);
+
+        let late = fresh_op();
+        let entry = store.resolve(late).await.unwrap();
+        assert_eq!(entry.status, LedgerStatus::Aborted);
+        assert_eq!(store.resolve(late).await.unwrap(), entry, "idempotent");
+        let f = EntityId::new();
+        store.insert(key_of(f), counter_with(f, 0)).await.unwrap();
+        let also_f = Write {
+            key: key_of(f),
+            expected_version: 1,
+            value: counter_with(f, 1),
+        };
+        // Both commit paths: the single statement and the multi-write transaction.
+        for writes in [vec![write(2)], vec![write(2), also_f]] {
+            match store.commit(commit_of(late, writes)).await {
+                Err(StoreError::Backend { message, .. }) => {
+                    assert!(message.contains("ledger"), "{message}");
+                }
+                other => panic!("a fenced op must not commit, got {other:?}"),
+            }
+        }
+        assert_eq!(
+            load(&store, f).await.1,
+            1,
+            "the fenced commit applied nothing"
+        );
+        assert_eq!(
+            load(&store, e).await.1,
+            2,
+            "the fenced commit applied nothing"
+        );
+    });
+}
+
+/// Invariant: creating the schema is idempotent and safe from concurrent starts; existing data
+/// survives a reconnect; a schema from a newer version is refused with a clear error.
+#[test]
+fn the_schema_migration_is_idempotent_and_concurrency_safe() {
+    multi_thread(2, async {
+        let url = pg::shared().url();
+        let schema = pg::unique_schema("migrate");
+        let open = || {
+            PgStore::builder(url.clone())
+                .schema(schema.clone())
+                .max_connections(2)
+                .connect()
+        };
+        let (x, y, z) = tokio::join!(open(), open(), open());
+        let store = x.unwrap();
+        y.unwrap();
+        z.unwrap();
+        let e = EntityId::new();
+        store.insert(key_of(e), counter_with(e, 7)).await.unwrap();
+        let again = open().await.unwrap();
+        assert_eq!(load(&again, e).await.0.value, 7);
+        let client = again.pool().get().await.unwrap();
+        let n: i64 = client
+            .query_one(
+                &format!("SELECT count(*) FROM \"{schema}\".schema_version"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "the version is recorded once");
+        client
+            .execute(
+                &format!("INSERT INTO \"{schema}\".schema_version (version) VALUES (999)"),
+                &[],
+            )
+            .await
+            .unwrap();
+        match open().await {
+            Err(StoreError::Backend { message, .. }) => {
+                assert!(message.contains("newer"), "{message}")
+            }
+            other => panic!("a newer schema must be refused, got {other:?}"),
+        }
+        assert!(
+            PgStore::builder(url.clone())
+                .schema("Bad-Name")
+                .connect()
+                .await
+                .is_err()
+        );
+    });
+}
+
+/// Invariant: `Runtime::builder().postgres(url)` gives a runtime on PostgreSQL (default schema)
+/// whose commits land in the database.
+#[test]
+fn runtime_builder_postgres_connects_with_the_default_schema() {
+    multi_thread(2, async {
+        let url = pg::shared().url();
+        let rt = Runtime::builder()
+            .postgres(&url)
+            .await
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(rt.store_name(), "postgres");
+        let h = rt.insert(Counter::new()).await.unwrap();
+        assert_eq!(tally(&h, 1).await.unwrap().version, 2);
+        let store = PgStore::connect(&url).await.unwrap();
+        assert_eq!(
+            store.schema(),
+            conflict_runtime::store::postgres::DEFAULT_SCHEMA
+        );
+        assert_eq!(load(&store, h.id()).await.0.value, 1);
+    });
+}
+
+/// Invariant: the fixture's message for a missing PostgreSQL names the Debian package.
+#[test]
+fn missing_postgres_binaries_name_the_debian_package() {
+    let err = pg::find_bin_in(std::path::Path::new("/nonexistent/postgresql")).unwrap_err();
+    assert!(
+        err.contains("`postgresql`") && err.contains("apt-get"),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several OS processes.
+
+/// A running `pg_worker`; its stdout lines are collected as they come.
+struct Worker {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Worker {
+    fn spawn(args: &[String]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pg_worker"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn pg_worker");
+        let out = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let reader = {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    lines.lock().unwrap().push(line);
+                }
+            })
+        };
+        Self {
+            child,
+            lines,
+            reader,
+        }
+    }
+
+    fn committed_so_far(&self) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("committed "))
+            .count()
+    }
+
+    fn wait(mut self) -> (ExitStatus, Vec<String>) {
+        let status = self.child.wait().unwrap();
+        self.reader.join().unwrap();
+        let lines = std::mem::take(&mut *self.lines.lock().unwrap());
+        (status, lines)
+    }
+}
+
+/// What a worker printed: its op-id prefix and its commits (op id → versions).
+fn parse(lines: &[String]) -> (u64, BTreeMap<OpId, Vec<u64>>, Vec<String>) {
+    let mut prefix = 0;
+    let mut commits = BTreeMap::new();
+    let mut errors = Vec::new();
+    for line in lines {
+        let mut words = line.split(' ');
+        match words.next() {
+            Some("prefix") => prefix = words.next().unwrap().parse().unwrap(),
+            Some("committed") => {
+                let op: OpId = words.next().unwrap().parse().unwrap();
+                let versions = words.map(|w| w.parse().unwrap()).collect();
+                assert!(
+                    commits.insert(op, versions).is_none(),
+                    "op {op} reported twice"
+                );
+            }
+            Some("error") => errors.push(line.clone()),
+            _ => {}
+        }
+    }
+    (prefix, commits, errors)
+}
+
+/// Invariant: two OS processes incrementing one entity through PostgreSQL concurrently lose
+/// nothing: final value = commits reported by both; versions gap-free; the ledger holds every
+/// reported commit exactly once, with the version its process saw, and nothing else.
+#[test]
+fn two_processes_increment_one_entity_without_losing_an_update() {
+    multi_thread(2, async {
+        let store = pg::store("two_procs").await;
+        let h = {
+            let rt = Runtime::builder().store(store.clone()).build().unwrap();
+            rt.insert(Counter::new()).await.unwrap()
+        };
+        let args = |_: usize| {
+            vec![
+                "increment".to_string(),
+                pg::shared().url(),
+                store.schema().to_string(),
+                h.id().to_string(),
+                "8".into(),
+                "50".into(),
+            ]
+        };
+        let started = Instant::now();
+        let workers = [Worker::spawn(&args(0)), Worker::spawn(&args(1))];
+        let mut reported = BTreeMap::new();
+        for w in workers {
+            let (status, lines) = tokio::task::spawn_blocking(move || w.wait()).await.unwrap();
+            assert!(status.success(), "worker failed: {status}");
+            let (_, commits, errors) = parse(&lines);
+            assert!(errors.is_empty(), "store errors: {errors:?}");
+            assert!(lines.last().is_some_and(|l| l.starts_with("done ")));
+            reported.extend(commits);
+        }
+        let elapsed = started.elapsed();
+        let key = h.key().clone();
+        let (now, version) = load(&store, h.id()).await;
+        let n = reported.len() as u64;
+        assert!(n > 0);
+        assert_eq!(now.value, n, "value = commits reported by both processes");
+        assert_eq!(version, n + 1, "version = 1 + commits");
+        let mut tags = now.log.clone();
+        tags.sort_unstable();
+        tags.dedup();
+        assert_eq!(tags.len() as u64, n, "each commit applied once");
+        let entries = ledger_agrees(&store, &key, n, version).await;
+        let in_ledger: BTreeMap<OpId, Vec<u64>> = entries
+            .iter()
+            .map(|e| (e.op_id, vec![e.targets[0].version]))
+            .collect();
+        assert_eq!(
+            in_ledger, reported,
+            "ledger = what the processes saw committed"
+        );
+        eprintln!(
+            "two processes: {n} commits on one entity in {elapsed:?} ({:.0} commits/s)",
+            n as f64 / elapsed.as_secs_f64()
+        );
+    });
+}
+
+/// Invariant: SIGKILL of one process mid-run leaves no half-applied multi-write commit: the
+/// other process goes on to its end; both entities show the same number of commits, equal to
+/// the ledger's entries, each listing both at the same version; every commit a process saw
+/// acknowledged is in the ledger, and the only unreported ones are the killed process's.
+#[test]
+fn a_process_killed_mid_run_leaves_no_half_applied_commit() {
+    multi_thread(2, async {
+        let store = pg::store("sigkill").await;
+        let (a, b) = (EntityId::new(), EntityId::new());
+        store.insert(key_of(a), counter_with(a, 0)).await.unwrap();
+        store.insert(key_of(b), counter_with(b, 0)).await.unwrap();
+        let args = |commits: u64| {
+            vec![
+                "transfer".to_string(),
+                pg::shared().url(),
+                store.schema().to_string(),
+                a.to_string(),
+                b.to_string(),
+                "4".into(),
+                commits.to_string(),
+            ]
+        };
+        const SURVIVOR_COMMITS: usize = 300;
+        let victim = Worker::spawn(&args(0));
+        let survivor = Worker::spawn(&args(SURVIVOR_COMMITS as u64));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while victim.committed_so_far() < 20 {
+            assert!(Instant::now() < deadline, "the victim made no progress");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut victim = victim;
+        victim.child.kill().unwrap(); // SIGKILL
+        let survivor_at_kill = survivor.committed_so_far();
+        let (victim_status, victim_lines) = tokio::task::spawn_blocking(move || victim.wait())
+            .await
+            .unwrap();
+        assert!(!victim_status.success());
+        let (survivor_status, survivor_lines) =
+            tokio::task::spawn_blocking(move || survivor.wait())
+                .await
+                .unwrap();
+        assert!(
+            survivor_status.success(),
+            "the survivor failed: {survivor_status}"
+        );
+        let (victim_prefix, victim_commits, _) = parse(&victim_lines);
+        let (_, survivor_commits, errors) = parse(&survivor_lines);
+        assert!(errors.is_empty(), "survivor store errors: {errors:?}");
+        assert!(
+            survivor_commits.len() >= SURVIVOR_COMMITS,
+            "the survivor went on to its end"
+        );
+        assert!(
+            survivor_at_kill < SURVIVOR_COMMITS,
+            "the kill happened while the survivor was still running ({survivor_at_kill})"
+        );
+
+        let (ca, va) = load(&store, a).await;
+        let (cb, vb) = load(&store, b).await;
+        assert_eq!(ca.value, cb.value, "both entities saw every commit");
+        assert_eq!(ca.log, cb.log, "in the same order");
+        assert_eq!((va, vb), (ca.value + 1, cb.value + 1));
+        let entries = ledger_agrees(&store, &key_of(a), ca.value, va).await;
+        ledger_agrees(&store, &key_of(b), cb.value, vb).await;
+        for e in &entries {
+            let versions: HashSet<u64> = e.targets.iter().map(|t| t.version).collect();
+            assert_eq!(e.targets.len(), 2, "each commit wrote both");
+            assert_eq!(versions.len(), 1, "at the same version");
+        }
+        let ledger: HashSet<OpId> = entries.iter().map(|e| e.op_id).collect();
+        for op in victim_commits.keys().chain(survivor_commits.keys()) {
+            assert!(
+                ledger.contains(op),
+                "acknowledged commit {op} is in the ledger"
+            );
+        }
+        let unreported: Vec<&OpId> = ledger
+            .iter()
+            .filter(|op| !victim_commits.contains_key(op) && !survivor_commits.contains_key(op))
+            .collect();
+        assert!(
+            unreported.len() <= 4,
+            "at most one in-flight commit per victim task"
+        );
+        for op in unreported {
+            assert_eq!(op.as_uuid().as_u64_pair().0, victim_prefix);
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// A database restart.
+
+/// How one call ended, for the restart test.
+#[derive(Debug)]
+enum Ended {
+    Committed { op: OpId, version: u64 },
+    NotApplied,
+    Unknown { op: OpId },
+}
+
+/// Invariant: across a database crash and restart in the middle of a run, every call ends with
+/// a commit or a typed store error (`Backend`: not applied; `OutcomeUnknown`: settled later by
+/// op id), and nothing is lost or doubled: the entity's log is exactly the committed calls (acknowledged,
+/// plus the unknown ones the ledger settles as committed), value = version - 1 = ledger entries.
+#[test]
+fn a_database_restart_loses_and_doubles_no_commit() {
+    let cluster = Arc::new(pg::Cluster::start().unwrap_or_else(|e| panic!("{e}")));
+    multi_thread(2, async {
+        let store = pg::store_on(&cluster, "restart").await;
+        let rt = Runtime::builder().store(store.clone()).build().unwrap();
+        let h = rt.insert(Counter::new()).await.unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let commits = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for t in 0..6u64 {
+            let (h, stop, commits) = (h.clone(), stop.clone(), commits.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut ended = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let tag = t * 1_000_000 + i;
+                    i += 1;
+                    let end = match tally(&h, tag).await {
+                        Ok(c) => {
+                            commits.fetch_add(1, Ordering::SeqCst);
+                            Ended::Committed {
+                                op: c.op_id,
+                                version: c.version,
+                            }
+                        }
+                        Err(ConflictError::RetriesExhausted { .. }) => Ended::NotApplied,
+                        Err(ConflictError::Store(StoreError::Backend { .. })) => Ended::NotApplied,
+                        Err(ConflictError::Store(StoreError::OutcomeUnknown { op_id, .. })) => {
+                            Ended::Unknown { op: op_id }
+                        }
+                        Err(e) => panic!("unexpected error: {e:?}"),
+                    };
+                    if !matches!(end, Ended::Committed { .. }) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    ended.push((tag, end));
+                }
+                ended
+            }));
+        }
+        let wait_for = |n: u64| {
+            let commits = commits.clone();
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while commits.load(Ordering::SeqCst) < n {
+                    assert!(Instant::now() < deadline, "no progress");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        wait_for(50).await;
+        let c = cluster.clone();
+        tokio::task::spawn_blocking(move || c.stop("immediate"))
+            .await
+            .unwrap()
+            .unwrap();
+        let before = commits.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let c = cluster.clone();
+        tokio::task::spawn_blocking(move || c.start_again())
+            .await
+            .unwrap()
+            .unwrap();
+        wait_for(before + 50).await;
+        stop.store(true, Ordering::SeqCst);
+
+        let mut acknowledged = HashMap::new();
+        let mut not_applied = HashSet::new();
+        let mut unknown = Vec::new();
+        for t in tasks {
+            for (tag, end) in t.await.unwrap() {
+                match end {
+                    Ended::Committed { op, version } => {
+                        acknowledged.insert(tag, (op, version));
+                    }
+                    Ended::NotApplied => {
+                        not_applied.insert(tag);
+                    }
+                    Ended::Unknown { op } => unknown.push((tag, op)),
+                }
+            }
+        }
+        assert!(
+            !not_applied.is_empty() || !unknown.is_empty(),
+            "the restart was noticed by some call"
+        );
+        let mut committed: HashSet<u64> = acknowledged.keys().copied().collect();
+        let mut settled = 0;
+        for (tag, op) in &unknown {
+            if store.resolve(*op).await.unwrap().status == LedgerStatus::Committed {
+                committed.insert(*tag);
+                settled += 1;
+            }
+        }
+        let (now, version) = load(&store, h.id()).await;
+        let mut log = now.log.clone();
+        log.sort_unstable();
+        let logged: HashSet<u64> = log.iter().copied().collect();
+        assert_eq!(logged.len(), log.len(), "no commit applied twice");
+        assert_eq!(
+            logged, committed,
+            "applied = acknowledged + settled as committed"
+        );
+        assert!(
+            not_applied.is_disjoint(&logged),
+            "a Backend error applied nothing"
+        );
+        assert_eq!(now.value, log.len() as u64);
+        let entries = ledger_agrees(&store, h.key(), now.value, version).await;
+        let ledger: HashMap<OpId, u64> = entries
+            .iter()
+            .map(|e| (e.op_id, e.targets[0].version))
+            .collect();
+        for (op, v) in acknowledged.values() {
+            assert_eq!(
+                ledger.get(op),
+                Some(v),
+                "acknowledged commit {op} in the ledger"
+            );
+        }
+        eprintln!(
+            "restart: {} acknowledged, {} not applied, {} unknown ({settled} settled as committed)",
+            acknowledged.len(),
+            not_applied.len(),
+            unknown.len()
+        );
+    });
+    drop(cluster);
+}
