@@ -6,6 +6,7 @@
 //! count them (`events_missed`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use conflict_core::Event;
 use tokio::sync::broadcast;
@@ -14,18 +15,24 @@ use crate::metrics::{Counter, Metrics};
 
 pub(crate) struct EventBus {
     tx: broadcast::Sender<Event>,
+    /// Live subscribers. Kept here because `broadcast::Sender::receiver_count` takes the
+    /// channel's lock, and this is read twice per operation.
+    subscribers: Arc<AtomicUsize>,
 }
 
 impl EventBus {
     pub(crate) fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        Self { tx }
+        Self {
+            tx,
+            subscribers: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     /// Whether anyone listens; callers skip building events when not.
     #[inline]
     pub(crate) fn active(&self) -> bool {
-        self.tx.receiver_count() > 0
+        self.subscribers.load(Ordering::Relaxed) > 0
     }
 
     /// Publishes the event built by `f`, if anyone listens.
@@ -37,9 +44,11 @@ impl EventBus {
     }
 
     pub(crate) fn subscribe(&self, metrics: Arc<Metrics>) -> EventSubscriber {
+        self.subscribers.fetch_add(1, Ordering::Relaxed);
         EventSubscriber {
             rx: self.tx.subscribe(),
             metrics,
+            subscribers: self.subscribers.clone(),
         }
     }
 }
@@ -80,6 +89,13 @@ pub enum Received {
 pub struct EventSubscriber {
     rx: broadcast::Receiver<Event>,
     metrics: Arc<Metrics>,
+    subscribers: Arc<AtomicUsize>,
+}
+
+impl Drop for EventSubscriber {
+    fn drop(&mut self) {
+        self.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl EventSubscriber {
@@ -116,5 +132,43 @@ impl EventSubscriber {
     fn missed(&self, n: u64) -> Received {
         self.metrics.add(Counter::EventsMissed, n);
         Received::Missed(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_built_only_while_someone_subscribes() {
+        let metrics = Arc::new(Metrics::new());
+        let bus = EventBus::new(8);
+        let mut built = 0;
+        let event = |built: &mut u32| {
+            *built += 1;
+            Event::OperationRetry {
+                op: conflict_core::OperationInfo {
+                    op_id: conflict_core::OpId::from_parts(1, 1),
+                    op_type: "t".into(),
+                    target: conflict_core::EntityKey::new("T", conflict_core::EntityId::new()),
+                    priority: conflict_core::OperationPriority::NORMAL,
+                    effective_priority: conflict_core::OperationPriority::NORMAL,
+                    parent_op_id: None,
+                },
+                attempt: 2,
+                delay: std::time::Duration::ZERO,
+            }
+        };
+        bus.emit(&metrics, || event(&mut built));
+        assert_eq!(built, 0);
+        let mut sub = bus.subscribe(metrics.clone());
+        bus.emit(&metrics, || event(&mut built));
+        assert_eq!(built, 1);
+        assert!(matches!(sub.try_recv(), Some(Received::Event(_))));
+        drop(sub);
+        assert!(!bus.active());
+        bus.emit(&metrics, || event(&mut built));
+        assert_eq!(built, 1);
+        assert_eq!(metrics.get(Counter::EventsPublished), 1);
     }
 }
