@@ -60,7 +60,8 @@ const N_PLAIN: usize = Counter::CleanedCustom as usize + 1;
 const N_OUTCOMES: usize = OutcomeKind::ALL.len();
 const N_COUNTERS: usize = N_PLAIN + N_OUTCOMES;
 
-fn shard_index() -> usize {
+/// This thread's shard (threads are spread round-robin over the shards once, on first use).
+pub(crate) fn shard_index() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
         static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;

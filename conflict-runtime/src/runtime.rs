@@ -232,8 +232,9 @@ impl RuntimeBuilder {
         self
     }
 
-    /// How many succeeded records the registry keeps, and for how long (default 1024 records,
-    /// 10 minutes). `0` keeps none.
+    /// How many of the most recent succeeded records the registry shows, and for how long
+    /// (default 1024 records, 10 minutes). `0` keeps none. Records are buffered per thread, so
+    /// up to `records` per thread (at most 16 buffers) are held in memory.
     pub fn keep_succeeded(mut self, records: usize, max_age: Duration) -> Self {
         self.keep_succeeded = records;
         self.succeeded_max_age = max_age;

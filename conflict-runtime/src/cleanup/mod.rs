@@ -21,7 +21,7 @@ mod pressure;
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -153,9 +153,9 @@ pub(crate) struct Registry {
     total: AtomicU64,
     lazy: AtomicU64,
     succeeded: Box<[Mutex<VecDeque<Done>>]>,
-    succeeded_per_shard: usize,
+    /// Each shard keeps this many; queries see the most recent this many across shards.
+    succeeded_keep: usize,
     succeeded_max_age: Duration,
-    next_succeeded_shard: AtomicUsize,
     sweeper: Mutex<Sweeper>,
     pressure: Arc<dyn MemoryPressure>,
     pub(crate) handlers: Handlers,
@@ -188,9 +188,8 @@ impl Registry {
             total: AtomicU64::new(0),
             lazy: AtomicU64::new(0),
             succeeded: (0..SHARDS).map(|_| Mutex::new(VecDeque::new())).collect(),
-            succeeded_per_shard: keep_succeeded.div_ceil(SHARDS),
+            succeeded_keep: keep_succeeded,
             succeeded_max_age,
-            next_succeeded_shard: AtomicUsize::new(0),
             sweeper: Mutex::new(Sweeper {
                 interval: None,
                 task: None,
@@ -319,12 +318,13 @@ impl Registry {
     }
 
     fn keep_succeeded(&self, done: Done) {
-        if self.succeeded_per_shard == 0 {
+        if self.succeeded_keep == 0 {
             return;
         }
-        let i = self.next_succeeded_shard.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        // Per thread, so concurrent successes rarely meet on one lock and never on one atomic.
+        let i = crate::metrics::shard_index() % SHARDS;
         let mut ring = lock(&self.succeeded[i]);
-        if ring.len() >= self.succeeded_per_shard {
+        if ring.len() >= self.succeeded_keep {
             ring.pop_front();
         }
         ring.push_back(done);
@@ -554,13 +554,19 @@ impl Registry {
                 !list.is_empty()
             });
         }
+        // The most recent `succeeded_keep` across the shards, within the age window.
+        let mut recent: Vec<(Instant, OperationRecord)> = Vec::new();
         for ring in self.succeeded.iter() {
             let ring = lock(ring);
-            for d in ring.iter() {
-                if now.duration_since(d.at) <= self.succeeded_max_age {
-                    f(&d.record());
-                }
-            }
+            recent.extend(
+                ring.iter()
+                    .filter(|d| now.duration_since(d.at) <= self.succeeded_max_age)
+                    .map(|d| (d.at, d.record())),
+            );
+        }
+        recent.sort_by_key(|(at, r)| std::cmp::Reverse((*at, r.op_id)));
+        for (_, r) in recent.iter().take(self.succeeded_keep) {
+            f(r);
         }
     }
 
