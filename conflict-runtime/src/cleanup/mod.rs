@@ -5,8 +5,8 @@
 //!
 //! * a **succeeded** record goes into a bounded ring (per thread shard), kept for
 //!   [`RuntimeBuilder::keep_succeeded`](crate::RuntimeBuilder::keep_succeeded) records and age;
-//! * a **rejected, failed or cancelled** record is a zombie: its function's [`CleanupConfig`]
-//!   decides ([`CleanupConfig::decide`]) whether it is dropped at once (immediate), kept until
+//! * a **rejected, failed or cancelled** record is a zombie: its function's [`CleanupConfig`](crate::CleanupConfig)
+//!   decides ([`CleanupConfig::decide`](crate::CleanupConfig::decide)) whether it is dropped at once (immediate), kept until
 //!   the background sweeper finds it expired (deferred), kept until a query or a new operation
 //!   on the same target meets it expired (lazy), kept (none), or handed to a named handler
 //!   (custom). `max_zombie_count_per_target` is enforced on every insert: the oldest beyond it
