@@ -47,7 +47,9 @@ use tokio_postgres::error::{Severity, SqlState};
 pub use deadpool_postgres;
 pub use tokio_postgres;
 
-use super::{Commit, CommitOutcome, EntityCodec, EntityStore, Snapshot, StoreFuture, StoredValue};
+use super::{
+    Commit, CommitOutcome, EntityCodec, EntityStore, Snapshot, StoreFuture, StoredValue, Write,
+};
 
 /// The schema [`PgStore::connect`] uses.
 ///
@@ -559,8 +561,8 @@ impl PgStore {
 
     /// One write: one statement (so one implicit transaction) that updates the row if its
     /// version is the expected one and, only then, inserts the ledger entry.
-    async fn commit_single(&self, commit: &Commit) -> Result<CommitOutcome, StoreError> {
-        let w = &commit.writes[0];
+    /// `w` is the only write of `commit`.
+    async fn commit_single(&self, commit: &Commit, w: &Write) -> Result<CommitOutcome, StoreError> {
         let json = w.value.to_json().map_err(|e| codec_error(&w.key, &e))?;
         let expected = to_db_version(w.expected_version)?;
         let priority = i16::from(commit.priority.get());
@@ -946,10 +948,9 @@ impl EntityStore for PgStore {
 
     fn commit<'a>(&'a self, commit: Commit) -> StoreFuture<'a, CommitOutcome> {
         Box::pin(async move {
-            if commit.writes.len() == 1 {
-                self.commit_single(&commit).await
-            } else {
-                self.commit_multi(&commit).await
+            match commit.writes.as_slice() {
+                [w] => self.commit_single(&commit, w).await,
+                _ => self.commit_multi(&commit).await,
             }
         })
     }
