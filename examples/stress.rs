@@ -192,6 +192,10 @@ struct Args {
     /// Tokio worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Where the entities live: `memory` (the embedded store) or a PostgreSQL URL
+    /// (`postgres://user@host:port/db`); the schema is created if missing.
+    #[arg(long, default_value = "memory")]
+    backend: String,
 }
 
 type RunFn = for<'a> fn(
@@ -641,7 +645,24 @@ fn main() -> ExitCode {
         }
     };
     let report = tokio_rt.block_on(async {
-        let rt = Runtime::in_memory();
+        let rt = match args.backend.as_str() {
+            "memory" => Runtime::in_memory(),
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                let built = match Runtime::builder().postgres(url).await {
+                    Ok(b) => b.build().map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match built {
+                    Ok(rt) => rt,
+                    Err(e) => return Err(format!("cannot use {url}: {e}")),
+                }
+            }
+            other => {
+                return Err(format!(
+                    "unknown --backend {other:?}: use `memory` or a postgres:// URL"
+                ));
+            }
+        };
         let mut initial = Vec::new();
         let mut handles = Vec::new();
         for i in 0..args.targets {
@@ -651,11 +672,10 @@ fn main() -> ExitCode {
                 hits: 0,
                 total: 0,
             };
-            handles.push(
-                rt.insert(t.clone())
-                    .await
-                    .expect("insert into a fresh store"),
-            );
+            match rt.insert(t.clone()).await {
+                Ok(h) => handles.push(h),
+                Err(e) => return Err(format!("cannot insert the targets: {e}")),
+            }
             initial.push(t);
         }
         let planned = plan(&args);
@@ -664,7 +684,10 @@ fn main() -> ExitCode {
         let wall = started.elapsed();
         let mut finals = Vec::new();
         for h in &handles {
-            finals.push(h.load().await.expect("load a target"));
+            match h.load().await {
+                Ok(v) => finals.push(v),
+                Err(e) => return Err(format!("cannot load a target: {e}")),
+            }
         }
         // Run what cleanup is due now (the sweeper would at its next interval).
         rt.sweep_expired();
@@ -681,7 +704,7 @@ fn main() -> ExitCode {
         .iter()
         .map(|k| m.outcome(*k))
         .sum::<u64>();
-        Report {
+        Ok(Report {
             backend: rt.store_name(),
             wall_seconds: wall.as_secs_f64(),
             throughput_ops_per_sec: args.ops as f64 / wall.as_secs_f64().max(1e-9),
@@ -708,8 +731,15 @@ fn main() -> ExitCode {
             metrics: m,
             verdict,
             args: args.clone(),
-        }
+        })
     });
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("stress: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if args.json {
         match serde_json::to_string_pretty(&report) {
             Ok(s) => println!("{s}"),

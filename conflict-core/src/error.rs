@@ -72,7 +72,9 @@ pub enum StoreError {
         /// The serde error.
         message: String,
     },
-    /// The backend failed (connection lost, database error). The operation did not commit.
+    /// The backend failed (connection lost, database error). For a commit this means it did
+    /// not apply (a commit whose outcome cannot be settled is [`StoreError::OutcomeUnknown`]);
+    /// for an insert the message says whether the entity may have been stored.
     #[error("store backend failed: {message}")]
     Backend {
         /// What failed.
