@@ -259,7 +259,7 @@ impl fmt::Display for OutcomeKind {
 /// assert_eq!(e.kind(), OutcomeKind::ShuttingDown);
 /// assert!(e.to_string().contains("shutting down"));
 /// ```
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConflictError<E> {
     /// Lost its staging group: another operation on the same target ranked higher.

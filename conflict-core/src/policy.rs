@@ -34,8 +34,8 @@ pub struct Candidate {
 pub fn rank(a: &Candidate, b: &Candidate) -> Ordering {
     b.effective_priority
         .cmp(&a.effective_priority)
-        .then(a.submitted_seq.cmp(&b.submitted_seq))
-        .then(a.op_id.cmp(&b.op_id))
+        .then_with(|| a.submitted_seq.cmp(&b.submitted_seq))
+        .then_with(|| a.op_id.cmp(&b.op_id))
 }
 
 /// Whether `a` ranks ahead of `b`.
@@ -47,20 +47,30 @@ pub fn beats(a: &Candidate, b: &Candidate) -> bool {
 /// The index of the winner of a group, `None` for an empty group.
 #[must_use]
 pub fn select_winner(group: &[Candidate]) -> Option<usize> {
+    select_winner_by(group, |c| *c)
+}
+
+/// [`select_winner`] over any items that carry a candidate (no copy of the group).
+pub fn select_winner_by<T>(group: &[T], key: impl Fn(&T) -> Candidate) -> Option<usize> {
     group
         .iter()
         .enumerate()
-        .min_by(|(_, a), (_, b)| rank(a, b))
+        .min_by(|(_, a), (_, b)| rank(&key(a), &key(b)))
         .map(|(i, _)| i)
 }
 
 /// The index of the weakest member of a group (the one admission control displaces first).
 #[must_use]
 pub fn select_weakest(group: &[Candidate]) -> Option<usize> {
+    select_weakest_by(group, |c| *c)
+}
+
+/// [`select_weakest`] over any items that carry a candidate (no copy of the group).
+pub fn select_weakest_by<T>(group: &[T], key: impl Fn(&T) -> Candidate) -> Option<usize> {
     group
         .iter()
         .enumerate()
-        .max_by(|(_, a), (_, b)| rank(a, b))
+        .max_by(|(_, a), (_, b)| rank(&key(a), &key(b)))
         .map(|(i, _)| i)
 }
 

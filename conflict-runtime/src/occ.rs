@@ -9,22 +9,22 @@ use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
 
 use conflict_core::policy::{self, Candidate};
 use conflict_core::{
-    Committed, ConflictError, Entity, EntityKey, Event, OpId, OperationInfo, OperationPriority,
-    OutcomeKind, StoreError,
+    BodyFailed, Committed, ConflictError, Entity, EntityKey, Event, OpId, OperationInfo,
+    OperationPriority, OutcomeKind, StoreError,
 };
 use futures_util::FutureExt;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::cleanup::Finished;
 use crate::context::{self, Link, OperationContext};
 use crate::metrics::{Counter, Ending};
 use crate::registry::OperationSpec;
-use crate::runtime::{Handle, Inner, downcast};
-use crate::staging::{ExecGuard, StageError};
+use crate::runtime::{Handle, HandleCache, Inner, downcast};
+use crate::staging::{ExecGuard, StageError, Watch};
 use crate::store::{Cas, CommitInfo, EntityCodec, Write};
 
 /// One call of an annotated function, from submission to its single outcome.
@@ -39,6 +39,8 @@ struct Operation<'rt> {
     target: EntityKey,
     submitted: Instant,
     started: Option<Instant>,
+    /// When it committed (read once before the commit, reused as its end time).
+    committed_at: Option<Instant>,
     attempts: u32,
     conflicts: u32,
     ended: bool,
@@ -67,6 +69,7 @@ impl<'rt> Operation<'rt> {
             target: target.clone(),
             submitted: Instant::now(),
             started: None,
+            committed_at: None,
             attempts: 0,
             conflicts: 0,
             ended: false,
@@ -97,9 +100,17 @@ impl<'rt> Operation<'rt> {
     }
 
     /// Records the outcome; called exactly once (by `finish` or, for a dropped call, by `Drop`).
-    fn end(&mut self, kind: OutcomeKind, version: Option<u64>, error: Option<String>) {
+    fn end(
+        &mut self,
+        kind: OutcomeKind,
+        version: Option<u64>,
+        error: Option<ConflictError<BodyFailed>>,
+    ) {
         self.ended = true;
-        let duration = self.submitted.elapsed();
+        // One clock read for the end (none if it committed: the commit's read serves): latency,
+        // record times and the event all use it.
+        let now = self.committed_at.take().unwrap_or_else(Instant::now);
+        let duration = now - self.submitted;
         self.rt.cleanup.finished(&Finished {
             spec: self.spec,
             op_id: self.op_id,
@@ -111,8 +122,9 @@ impl<'rt> Operation<'rt> {
             kind,
             version,
             error,
-            submitted_ago: duration,
-            started_ago: self.started.map(|s| s.elapsed()),
+            submitted: self.submitted,
+            started: self.started,
+            now,
         });
         self.rt.metrics.ended(
             self.spec,
@@ -140,7 +152,7 @@ impl<'rt> Operation<'rt> {
             Ok(c) => self.end(OutcomeKind::Committed, Some(c.version), None),
             Err(e) => {
                 tracing::debug!(op_id = %self.op_id, error = %DisplayKind(e.kind()), "operation failed");
-                self.end(e.kind(), None, Some(e.erase_body().to_string()));
+                self.end(e.kind(), None, Some(e.erase_body()));
             }
         }
     }
@@ -163,11 +175,7 @@ impl<'rt> Operation<'rt> {
 impl Drop for Operation<'_> {
     fn drop(&mut self) {
         if !self.ended {
-            self.end(
-                OutcomeKind::Cancelled,
-                None,
-                Some("cancelled: the caller dropped the call before it ended".into()),
-            );
+            self.end(OutcomeKind::Cancelled, None, None);
         }
     }
 }
@@ -200,7 +208,7 @@ where
         target = %handle.key,
         attempt = tracing::field::Empty,
     );
-    let result = run::<E, F, Fut, T, Err>(&mut op, body)
+    let result = run::<E, F, Fut, T, Err>(&mut op, &handle.cache, body)
         .instrument(span)
         .await;
     op.finish(&result);
@@ -214,6 +222,7 @@ enum Interrupt {
 
 async fn run<E, F, Fut, T, Err>(
     op: &mut Operation<'_>,
+    cache: &HandleCache,
     mut body: F,
 ) -> Result<Committed<T>, ConflictError<Err>>
 where
@@ -243,13 +252,19 @@ where
             .staging
             .enter(
                 &op.target,
+                &cache.cell,
                 op.candidate(),
                 &cfg.pre_ecs,
                 &rt.lifecycle.abort,
+                op.submitted,
             )
             .await
         {
-            Ok(guard) => Some(guard),
+            Ok((guard, waited)) => {
+                // An operation that ran at once started when it was submitted: no clock read.
+                op.started = Some(if waited { Instant::now() } else { op.submitted });
+                Some(guard)
+            }
             Err(StageError::Rejected { winner }) => {
                 op.emit(|| Event::OperationRejected {
                     op: op.info(),
@@ -277,6 +292,7 @@ where
             }
         }
     } else {
+        op.started = Some(op.submitted);
         None
     };
 
@@ -295,9 +311,7 @@ where
     loop {
         attempt += 1;
         op.attempts = attempt;
-        if op.started.is_none() {
-            op.started = Some(Instant::now());
-        }
+
         tracing::Span::current().record("attempt", attempt);
         rt.metrics.add(Counter::Attempts, 1);
         op.emit(|| Event::OperationStarted {
@@ -305,13 +319,13 @@ where
             attempt,
         });
 
-        let snap =
-            rt.backend
-                .load(&op.target, codec)
-                .await?
-                .ok_or_else(|| StoreError::NotFound {
-                    key: op.target.clone(),
-                })?;
+        let snap = rt
+            .backend
+            .load(&op.target, codec, &cache.slot)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                key: op.target.clone(),
+            })?;
         let entity = downcast::<E>(&op.target, &snap)?.clone();
         let body_fut = context::run_as(ctx.clone(), AssertUnwindSafe(body(entity)).catch_unwind());
         let (entity, out) = match interruptible(rt, exec.as_ref(), op.seq, body_fut).await {
@@ -351,8 +365,14 @@ where
             priority: op.effective,
             attempt,
         };
-        match rt.backend.commit_one(info, write).await? {
+        let at = Instant::now();
+        match rt
+            .backend
+            .commit_one(info, write, &cache.slot, rt.wall_time(at))
+            .await?
+        {
             Cas::Committed(version) => {
+                op.committed_at = Some(at);
                 return Ok(Committed {
                     value,
                     version,
@@ -420,10 +440,12 @@ async fn interruptible<F: Future>(
     seq: u64,
     fut: F,
 ) -> Result<F::Output, Interrupt> {
-    // Both wake-ups are created before the checks below, so none can slip in between.
-    let mut abort = pin!(rt.lifecycle.abort.notified(seq));
-    let mut preempt = pin!(exec.map(ExecGuard::preempt_notified));
-    if rt.lifecycle.abort.is_set() {
+    let abort = &rt.lifecycle.abort;
+    // An executing staged operation is woken through its target (see `ExecGuard::watch`);
+    // any other one listens on the runtime's abort signal, created before the flag check so
+    // that no abort slips in between.
+    let mut abort_wait = pin!(exec.is_none().then(|| abort.notified(seq)));
+    if abort.is_set() {
         return Err(Interrupt::Abort);
     }
     let mut fut = pin!(fut);
@@ -431,16 +453,22 @@ async fn interruptible<F: Future>(
         if let Poll::Ready(v) = fut.as_mut().poll(cx) {
             return Poll::Ready(Ok(v));
         }
-        if abort.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(Interrupt::Abort));
-        }
-        if let Some(p) = preempt.as_mut().as_pin_mut() {
-            if p.poll(cx).is_ready() {
-                if let Some(by) = exec.and_then(ExecGuard::preempted_by) {
+        match exec {
+            Some(guard) => {
+                if let Watch::Preempted(by) = guard.watch(cx.waker()) {
                     return Poll::Ready(Err(Interrupt::Preempted(by)));
                 }
-                // Woken without being preempted: stop listening; the commit gate still checks.
-                preempt.set(None);
+                // Checked after registering: an abort from here on wakes this task.
+                if abort.is_set() {
+                    return Poll::Ready(Err(Interrupt::Abort));
+                }
+            }
+            None => {
+                if let Some(w) = abort_wait.as_mut().as_pin_mut() {
+                    if w.poll(cx).is_ready() {
+                        return Poll::Ready(Err(Interrupt::Abort));
+                    }
+                }
             }
         }
         Poll::Pending

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use conflict_core::{
@@ -19,8 +19,8 @@ use crate::cleanup::{
 use crate::events::{EventBus, EventSubscriber};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::registry::{self, OperationSpec};
-use crate::staging::{Staging, StagingStatus};
-use crate::store::{Backend, EntityCodec, EntityStore, MemoryStore, Snapshot};
+use crate::staging::{Staging, StagingStatus, TargetCell};
+use crate::store::{Backend, EntityCodec, EntityStore, MemoryStore, SlotCache, Snapshot};
 
 /// The framework's runtime: a store, the staging coordinator, events and metrics.
 ///
@@ -58,9 +58,20 @@ pub(crate) struct Inner {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) lifecycle: Lifecycle,
     pub(crate) cleanup: Arc<Registry>,
+    /// A monotonic instant and the wall time at that instant, taken at build: wall times are
+    /// derived from instants (monotonic, like the design's `last_modified`) without a second
+    /// clock read.
+    anchor: (tokio::time::Instant, std::time::SystemTime),
 }
 
 impl Inner {
+    /// The wall time at `at`, derived from the runtime's anchor.
+    #[inline]
+    pub(crate) fn wall_time(&self, at: tokio::time::Instant) -> std::time::SystemTime {
+        let (i0, s0) = self.anchor;
+        s0 + at.saturating_duration_since(i0)
+    }
+
     /// The next submission number (1, 2, ...).
     #[inline]
     pub(crate) fn next_seq(&self) -> u64 {
@@ -287,6 +298,7 @@ impl RuntimeBuilder {
                     abort: AbortSignal::new(),
                 },
                 cleanup,
+                anchor: (tokio::time::Instant::now(), std::time::SystemTime::now()),
             }),
         })
     }
@@ -322,13 +334,22 @@ impl Runtime {
     /// Stores a new entity (version 1) and returns a handle to it.
     pub async fn insert<E: Entity>(&self, entity: E) -> Result<Handle<E>, StoreError> {
         let key = entity.key();
-        self.inner
+        let (_, slot) = self
+            .inner
             .backend
-            .insert(key.clone(), Arc::new(entity))
+            .insert(
+                key.clone(),
+                Arc::new(entity),
+                self.inner.wall_time(tokio::time::Instant::now()),
+            )
             .await?;
         Ok(Handle {
             rt: self.clone(),
             key,
+            cache: HandleCache {
+                slot,
+                cell: OnceLock::new(),
+            },
             _entity: PhantomData,
         })
     }
@@ -338,6 +359,7 @@ impl Runtime {
         Handle {
             rt: self.clone(),
             key: EntityKey::new(E::TYPE_NAME, id),
+            cache: HandleCache::default(),
             _entity: PhantomData,
         }
     }
@@ -468,6 +490,7 @@ impl Runtime {
         if !wait_drained(inner, Some(deadline)).await {
             timed_out = true;
             inner.lifecycle.abort.trigger();
+            inner.staging.wake_executing();
             // Stopped operations end as soon as their callers poll them; a caller that never
             // polls again cannot be waited for, so this second wait is bounded too.
             wait_drained(
@@ -558,7 +581,16 @@ impl ShutdownReport {
 pub struct Handle<E> {
     pub(crate) rt: Runtime,
     pub(crate) key: EntityKey,
+    pub(crate) cache: HandleCache,
     _entity: PhantomData<fn() -> E>,
+}
+
+/// What a handle remembers so that calls through it skip map lookups: the embedded store's
+/// slot of its entity and its target's staging cell. Cloned with the handle.
+#[derive(Clone, Default)]
+pub(crate) struct HandleCache {
+    pub(crate) slot: SlotCache,
+    pub(crate) cell: OnceLock<Arc<TargetCell>>,
 }
 
 impl<E> Clone for Handle<E> {
@@ -566,6 +598,7 @@ impl<E> Clone for Handle<E> {
         Self {
             rt: self.rt.clone(),
             key: self.key.clone(),
+            cache: self.cache.clone(),
             _entity: PhantomData,
         }
     }
@@ -610,7 +643,7 @@ impl<E: Entity> Handle<E> {
         self.rt
             .inner
             .backend
-            .load(&self.key, EntityCodec::of::<E>())
+            .load(&self.key, EntityCodec::of::<E>(), &self.cache.slot)
             .await?
             .ok_or_else(|| StoreError::NotFound {
                 key: self.key.clone(),

@@ -20,13 +20,14 @@
 //! staged slot, a capacity permit, or the executing slot.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::task::Waker;
 use std::time::Duration;
 
 use conflict_core::policy::{self, Candidate};
 use conflict_core::{EntityKey, OnLose, OpId, OperationPriority, OverloadScope, PreEcsConfig};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::metrics::{Counter, Metrics};
@@ -42,10 +43,25 @@ pub(crate) struct Staging {
     metrics: Arc<Metrics>,
 }
 
+/// A target's cell, borrowed from a handle's cache or owned.
+#[derive(Clone)]
+enum CellRef<'a> {
+    Cached(&'a Arc<TargetCell>),
+    Owned(Arc<TargetCell>),
+}
+
+impl std::ops::Deref for CellRef<'_> {
+    type Target = TargetCell;
+    fn deref(&self) -> &TargetCell {
+        match self {
+            Self::Cached(c) => c,
+            Self::Owned(c) => c,
+        }
+    }
+}
+
 pub(crate) struct TargetCell {
     state: Mutex<TargetState>,
-    /// Wakes the executing operation when it is preempted.
-    preempt: Notify,
 }
 
 #[derive(Default)]
@@ -64,6 +80,17 @@ struct Executing {
     started: Instant,
     grace: Duration,
     committing: bool,
+    /// The executing operation's task, registered while its body waits: woken when it is
+    /// preempted or the runtime aborts at shutdown.
+    waker: Option<Waker>,
+}
+
+/// What [`ExecGuard::watch`] finds.
+pub(crate) enum Watch {
+    /// Still the executing operation (and now woken on preemption or abort).
+    Running,
+    /// Preempted by this operation.
+    Preempted(Candidate),
 }
 
 struct Staged {
@@ -107,6 +134,21 @@ impl TargetCell {
     }
 }
 
+impl TargetState {
+    /// Who preempted `op_id`. Only preemption takes the executing slot from a live guard, and
+    /// it records the preemptor before releasing the lock, so the entry exists.
+    fn preemptor(&self, op_id: OpId) -> Candidate {
+        self.preempted.iter().find(|(id, _)| *id == op_id).map_or(
+            Candidate {
+                op_id,
+                effective_priority: OperationPriority::MIN,
+                submitted_seq: 0,
+            },
+            |(_, by)| *by,
+        )
+    }
+}
+
 impl Executing {
     fn new(cand: Candidate, grace: Duration, now: Instant) -> Self {
         Self {
@@ -114,6 +156,7 @@ impl Executing {
             started: now,
             grace,
             committing: false,
+            waker: None,
         }
     }
 }
@@ -128,7 +171,23 @@ impl Staging {
         }
     }
 
-    fn cell(&self, key: &EntityKey) -> Arc<TargetCell> {
+    /// The cell of `key`: the handle's cached one, else from the map (remembered in the cache).
+    /// A cached cell may have been evicted since (`dead`): callers check under its lock and
+    /// fall back to [`Staging::lookup`].
+    fn cell<'a>(&self, key: &EntityKey, hint: &'a OnceLock<Arc<TargetCell>>) -> CellRef<'a> {
+        if let Some(c) = hint.get() {
+            return CellRef::Cached(c);
+        }
+        let c = self.lookup(key);
+        let kept = hint.get_or_init(|| c.clone());
+        if Arc::ptr_eq(kept, &c) {
+            CellRef::Cached(kept)
+        } else {
+            CellRef::Owned(c)
+        }
+    }
+
+    fn lookup(&self, key: &EntityKey) -> Arc<TargetCell> {
         let guard = self.cells.guard();
         if let Some(c) = self.cells.get(key, &guard) {
             return c.clone();
@@ -139,7 +198,6 @@ impl Staging {
                 || {
                     Arc::new(TargetCell {
                         state: Mutex::new(TargetState::default()),
-                        preempt: Notify::new(),
                     })
                 },
                 &guard,
@@ -148,33 +206,41 @@ impl Staging {
     }
 
     /// Waits until `cand` may execute on `key`, or says why it may not.
-    pub(crate) async fn enter(
-        &self,
+    ///
+    /// `submitted` is the operation's submission time, used as "now" on the fast path (an idle
+    /// target) so that path reads no clock. The flag says whether the operation had to wait.
+    pub(crate) async fn enter<'a>(
+        &'a self,
         key: &EntityKey,
+        hint: &'a OnceLock<Arc<TargetCell>>,
         cand: Candidate,
         cfg: &PreEcsConfig,
         abort: &AbortSignal,
-    ) -> Result<ExecGuard<'_>, StageError> {
+        submitted: Instant,
+    ) -> Result<(ExecGuard<'a>, bool), StageError> {
         let grace = Duration::from_millis(cfg.grace_period_ms);
+        let mut cell = self.cell(key, hint);
         let (cell, rx) = loop {
-            let cell = self.cell(key);
             let mut st = cell.lock();
             if st.dead {
+                drop(st);
+                cell = CellRef::Owned(self.lookup(key));
                 continue;
             }
-            let now = Instant::now();
             let idle =
                 st.executing.is_none() && st.collecting_until.is_none() && st.staged.is_empty();
             if idle && cfg.staging_timeout_ms == 0 {
-                st.executing = Some(Executing::new(cand, grace, now));
+                st.executing = Some(Executing::new(cand, grace, submitted));
                 self.metrics.add(Counter::StagingGroups, 1);
                 drop(st);
-                return Ok(ExecGuard {
+                let guard = ExecGuard {
                     staging: self,
                     cell,
                     op_id: cand.op_id,
-                });
+                };
+                return Ok((guard, false));
             }
+            let now = Instant::now();
             self.admit(&mut st, cand, cfg)?;
             if idle {
                 st.collecting_until = Some(now + Duration::from_millis(cfg.staging_timeout_ms));
@@ -187,8 +253,15 @@ impl Staging {
                 tx,
             });
             self.metrics.add(Counter::Staged, 1);
-            // A newcomer that outranks an executing operation past its grace takes over now.
-            self.reconcile(&cell, &mut st, now);
+            // A newcomer that outranks the executing operation may take over now (if its grace
+            // has run out); nothing else can change by an arrival.
+            if st
+                .executing
+                .as_ref()
+                .is_some_and(|e| cand.effective_priority > e.cand.effective_priority)
+            {
+                self.reconcile(&mut st, now);
+            }
             drop(st);
             break (cell, rx);
         };
@@ -198,7 +271,7 @@ impl Staging {
             op_id: cand.op_id,
             rx: Some(rx),
         };
-        waiter.wait(abort).await
+        waiter.wait(abort, cand).await.map(|g| (g, true))
     }
 
     /// Admission control: makes room for `cand` in this target's staging area or refuses it.
@@ -228,9 +301,8 @@ impl Staging {
         capacity: usize,
         scope: OverloadScope,
     ) -> Result<(), StageError> {
-        let cands: Vec<Candidate> = st.staged.iter().map(|s| s.cand).collect();
-        match policy::select_weakest(&cands) {
-            Some(i) if policy::beats(&cand, &cands[i]) => {
+        match policy::select_weakest_by(&st.staged, |s| s.cand) {
+            Some(i) if policy::beats(&cand, &st.staged[i].cand) => {
                 let victim = st.staged.swap_remove(i);
                 // The permit moves to the newcomer, so `total` is unchanged.
                 let _ = victim.tx.send(Decision::Overloaded { capacity, scope });
@@ -249,7 +321,7 @@ impl Staging {
 
     /// Drives a target's state machine as far as it can go at `now`; returns when staged
     /// operations should look again (window end or grace end), if ever.
-    fn reconcile(&self, cell: &TargetCell, st: &mut TargetState, now: Instant) -> Option<Instant> {
+    fn reconcile(&self, st: &mut TargetState, now: Instant) -> Option<Instant> {
         if let Some(until) = st.collecting_until {
             if now < until {
                 return Some(until);
@@ -275,9 +347,8 @@ impl Staging {
                         ex.cand.effective_priority,
                         ex.started + ex.grace,
                     );
-                    let cands: Vec<Candidate> = st.staged.iter().map(|s| s.cand).collect();
-                    let best = policy::select_winner(&cands)?;
-                    if committing || cands[best].effective_priority <= ex_priority {
+                    let best = policy::select_winner_by(&st.staged, |s| s.cand)?;
+                    if committing || st.staged[best].cand.effective_priority <= ex_priority {
                         return None;
                     }
                     if now < grace_end {
@@ -294,10 +365,13 @@ impl Staging {
                     }
                     if let Some(old) = st.executing.take() {
                         st.preempted.push((old.cand.op_id, by));
+                        // Wakes the preempted body so it stops now instead of at its commit.
+                        if let Some(w) = old.waker {
+                            w.wake();
+                        }
                     }
                     st.executing = Some(Executing::new(by, by_grace, now));
                     self.metrics.add(Counter::Preemptions, 1);
-                    cell.preempt.notify_waiters();
                     return None;
                 }
             }
@@ -308,8 +382,7 @@ impl Staging {
     fn resolve_group(&self, st: &mut TargetState, now: Instant) {
         let group_size = st.staged.len();
         let (winner, grace) = loop {
-            let cands: Vec<Candidate> = st.staged.iter().map(|s| s.cand).collect();
-            let Some(w) = policy::select_winner(&cands) else {
+            let Some(w) = policy::select_winner_by(&st.staged, |s| s.cand) else {
                 return;
             };
             let staged = self.take(st, w);
@@ -323,17 +396,19 @@ impl Staging {
         if group_size > 1 {
             self.metrics.add(Counter::StagingContended, 1);
         }
+        let losers = st.staged.len() as u64;
         let mut i = 0;
         while i < st.staged.len() {
             if st.staged[i].on_lose == OnLose::Requeue {
-                self.metrics.add(Counter::StagingLosers, 1);
-                self.metrics.add(Counter::Requeued, 1);
                 i += 1;
                 continue;
             }
             let loser = self.take(st, i);
-            self.metrics.add(Counter::StagingLosers, 1);
             let _ = loser.tx.send(Decision::Rejected { winner });
+        }
+        if losers > 0 {
+            self.metrics.add(Counter::StagingLosers, losers);
+            self.metrics.add(Counter::Requeued, st.staged.len() as u64);
         }
     }
 
@@ -353,6 +428,17 @@ impl Staging {
             }
         }
         n
+    }
+
+    /// Wakes every executing operation (shutdown's abort): their bodies see the abort flag.
+    pub(crate) fn wake_executing(&self) {
+        let guard = self.cells.guard();
+        for (_, cell) in self.cells.iter(&guard) {
+            let waker = cell.lock().executing.as_mut().and_then(|e| e.waker.take());
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
     }
 
     /// Removes the state of targets with nothing staged or executing.
@@ -411,18 +497,22 @@ impl Staging {
 /// A staged operation waiting for its decision. Dropping it (cancellation) withdraws it.
 struct Waiter<'s> {
     staging: &'s Staging,
-    cell: Arc<TargetCell>,
+    cell: CellRef<'s>,
     op_id: OpId,
     rx: Option<oneshot::Receiver<Decision>>,
 }
 
 impl<'s> Waiter<'s> {
-    async fn wait(&mut self, abort: &AbortSignal) -> Result<ExecGuard<'s>, StageError> {
+    async fn wait(
+        &mut self,
+        abort: &AbortSignal,
+        cand: Candidate,
+    ) -> Result<ExecGuard<'s>, StageError> {
+        // Arrival already drove the state machine; from here on this waiter only needs to wake
+        // for its own deadlines: the end of the window, or the end of the executing
+        // operation's grace if this one outranks it. Other transitions send a decision.
+        let mut next = self.deadline(cand);
         loop {
-            let next = {
-                let mut st = self.cell.lock();
-                self.staging.reconcile(&self.cell, &mut st, Instant::now())
-            };
             let aborted = abort.notified(self.op_id.sequence());
             if abort.is_set() {
                 return Err(StageError::ShuttingDown);
@@ -434,7 +524,13 @@ impl<'s> Waiter<'s> {
                 biased;
                 d = rx => d,
                 () = aborted => return Err(StageError::ShuttingDown),
-                () = sleep_until(next) => continue,
+                () = sleep_until(next) => {
+                    let mut st = self.cell.lock();
+                    self.staging.reconcile(&mut st, Instant::now());
+                    drop(st);
+                    next = self.deadline(cand);
+                    continue;
+                }
             };
             self.rx = None;
             return match decision {
@@ -451,6 +547,20 @@ impl<'s> Waiter<'s> {
                 Ok(Decision::ShuttingDown) | Err(_) => Err(StageError::ShuttingDown),
             };
         }
+    }
+}
+
+impl Waiter<'_> {
+    /// When this waiter should look at its target again, if ever.
+    fn deadline(&self, cand: Candidate) -> Option<Instant> {
+        let st = self.cell.lock();
+        if let Some(until) = st.collecting_until {
+            return Some(until);
+        }
+        st.executing.as_ref().and_then(|e| {
+            (!e.committing && cand.effective_priority > e.cand.effective_priority)
+                .then_some(e.started + e.grace)
+        })
     }
 }
 
@@ -490,24 +600,11 @@ impl Drop for Waiter<'_> {
 /// the next group.
 pub(crate) struct ExecGuard<'s> {
     staging: &'s Staging,
-    cell: Arc<TargetCell>,
+    cell: CellRef<'s>,
     op_id: OpId,
 }
 
 impl ExecGuard<'_> {
-    /// Whether this operation was preempted, and by whom.
-    pub(crate) fn preempted_by(&self) -> Option<Candidate> {
-        let st = self.cell.lock();
-        match &st.executing {
-            Some(e) if e.cand.op_id == self.op_id => None,
-            _ => st
-                .preempted
-                .iter()
-                .find(|(id, _)| *id == self.op_id)
-                .map(|(_, by)| *by),
-        }
-    }
-
     /// Enters the commit phase (no preemption from here on), unless already preempted; then it
     /// returns who preempted it.
     pub(crate) fn begin_commit(&self) -> Result<(), Candidate> {
@@ -518,17 +615,7 @@ impl ExecGuard<'_> {
                 return Ok(());
             }
         }
-        // Only preemption takes the executing slot from a live guard, and it always records the
-        // preemptor before releasing the lock.
-        let by = st.preempted.iter().find(|(id, _)| *id == self.op_id);
-        Err(by.map_or(
-            Candidate {
-                op_id: self.op_id,
-                effective_priority: OperationPriority::MIN,
-                submitted_seq: 0,
-            },
-            |(_, by)| *by,
-        ))
+        Err(st.preemptor(self.op_id))
     }
 
     /// Leaves the commit phase after a conflict; a waiting preemptor may take over now.
@@ -537,14 +624,27 @@ impl ExecGuard<'_> {
         if let Some(e) = st.executing.as_mut() {
             if e.cand.op_id == self.op_id {
                 e.committing = false;
-                self.staging.reconcile(&self.cell, &mut st, Instant::now());
+                if !st.staged.is_empty() {
+                    self.staging.reconcile(&mut st, Instant::now());
+                }
             }
         }
     }
 
-    /// A future that completes when this operation may have been preempted.
-    pub(crate) fn preempt_notified(&self) -> tokio::sync::futures::Notified<'_> {
-        self.cell.preempt.notified()
+    /// Called each time the body waits: registers `waker` to be woken on preemption or abort,
+    /// unless the operation has already been preempted. One short critical section.
+    pub(crate) fn watch(&self, waker: &Waker) -> Watch {
+        let mut st = self.cell.lock();
+        match st.executing.as_mut() {
+            Some(e) if e.cand.op_id == self.op_id => {
+                match &e.waker {
+                    Some(w) if w.will_wake(waker) => {}
+                    _ => e.waker = Some(waker.clone()),
+                }
+                Watch::Running
+            }
+            _ => Watch::Preempted(st.preemptor(self.op_id)),
+        }
     }
 }
 
@@ -554,7 +654,9 @@ impl Drop for ExecGuard<'_> {
         match &st.executing {
             Some(e) if e.cand.op_id == self.op_id => {
                 st.executing = None;
-                self.staging.reconcile(&self.cell, &mut st, Instant::now());
+                if !st.staged.is_empty() || st.collecting_until.is_some() {
+                    self.staging.reconcile(&mut st, Instant::now());
+                }
             }
             _ => st.preempted.retain(|(id, _)| *id != self.op_id),
         }

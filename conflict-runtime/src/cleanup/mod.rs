@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
 use conflict_core::{
-    CleanupAction, CleanupStrategy, CleanupTrigger, EntityKey, OpId, OperationPriority,
-    OperationRecord, OperationStatus, OutcomeKind,
+    BodyFailed, CleanupAction, CleanupStrategy, CleanupTrigger, ConflictError, EntityKey, OpId,
+    OperationPriority, OperationRecord, OperationStatus, OutcomeKind,
 };
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
@@ -60,9 +60,32 @@ pub(crate) struct Finished<'a> {
     pub(crate) attempts: u32,
     pub(crate) kind: OutcomeKind,
     pub(crate) version: Option<u64>,
-    pub(crate) error: Option<String>,
-    pub(crate) submitted_ago: Duration,
-    pub(crate) started_ago: Option<Duration>,
+    pub(crate) error: Option<ConflictError<BodyFailed>>,
+    pub(crate) submitted: Instant,
+    pub(crate) started: Option<Instant>,
+    pub(crate) now: Instant,
+}
+
+/// Wall-clock times from the monotonic instants the runtime keeps (one clock read per query
+/// instead of two per operation).
+#[derive(Copy, Clone)]
+struct Clock {
+    instant: Instant,
+    system: SystemTime,
+}
+
+impl Clock {
+    fn now() -> Self {
+        Self {
+            instant: Instant::now(),
+            system: SystemTime::now(),
+        }
+    }
+
+    fn system(&self, at: Instant) -> SystemTime {
+        let ago = self.instant.saturating_duration_since(at);
+        self.system.checked_sub(ago).unwrap_or(self.system)
+    }
 }
 
 /// A succeeded operation, kept compact (no allocation) until someone asks for it.
@@ -75,14 +98,13 @@ struct Done {
     parent: Option<OpId>,
     attempts: u32,
     version: Option<u64>,
-    submitted_at: SystemTime,
-    started_at: Option<SystemTime>,
-    completed_at: SystemTime,
+    submitted: Instant,
+    started: Option<Instant>,
     at: Instant,
 }
 
 impl Done {
-    fn record(&self) -> OperationRecord {
+    fn record(&self, clock: &Clock) -> OperationRecord {
         let cfg = &self.spec.config;
         OperationRecord {
             op_id: self.op_id,
@@ -97,9 +119,9 @@ impl Done {
             outcome: Some(OutcomeKind::Committed),
             version: self.version,
             error_message: None,
-            submitted_at: self.submitted_at,
-            started_at: self.started_at,
-            completed_at: Some(self.completed_at),
+            submitted_at: clock.system(self.submitted),
+            started_at: self.started.map(|s| clock.system(s)),
+            completed_at: Some(clock.system(self.at)),
         }
     }
 }
@@ -113,7 +135,9 @@ enum ZombieState {
 }
 
 struct Zombie {
+    /// The record, without its error message (rendered on demand from `error`).
     record: OperationRecord,
+    error: Option<ConflictError<BodyFailed>>,
     strategy: CleanupStrategy,
     /// When the strategy may remove it (`None`: never by expiry).
     expires: Option<Instant>,
@@ -124,6 +148,20 @@ impl Zombie {
     fn expired(&self, now: Instant) -> bool {
         self.expires.is_some_and(|e| e <= now)
     }
+
+    /// The full record, with the error message.
+    fn record(&self) -> OperationRecord {
+        let mut r = self.record.clone();
+        r.error_message = Some(error_message(self.error.as_ref()));
+        r
+    }
+}
+
+fn error_message(error: Option<&ConflictError<BodyFailed>>) -> String {
+    error.map_or_else(
+        || "cancelled: the caller dropped the call before it ended".to_string(),
+        ToString::to_string,
+    )
 }
 
 #[derive(Default)]
@@ -210,10 +248,7 @@ impl Registry {
 
     /// Records how an operation ended.
     pub(crate) fn finished(&self, f: &Finished<'_>) {
-        let now_sys = SystemTime::now();
-        let now = Instant::now();
-        let submitted_at = now_sys.checked_sub(f.submitted_ago).unwrap_or(now_sys);
-        let started_at = f.started_ago.and_then(|d| now_sys.checked_sub(d));
+        let now = f.now;
         if f.kind == OutcomeKind::Committed {
             self.keep_succeeded(Done {
                 spec: f.spec,
@@ -224,9 +259,8 @@ impl Registry {
                 parent: f.parent,
                 attempts: f.attempts,
                 version: f.version,
-                submitted_at,
-                started_at,
-                completed_at: now_sys,
+                submitted: f.submitted,
+                started: f.started,
                 at: now,
             });
             return;
@@ -248,6 +282,7 @@ impl Registry {
             self.metrics.cleaned(CleanupStrategy::Immediate, 1);
             return;
         }
+        let clock = Clock::now();
         let record = OperationRecord {
             op_id: f.op_id,
             op_type: f.spec.name.into(),
@@ -260,10 +295,10 @@ impl Registry {
             status: f.kind.status(),
             outcome: Some(f.kind),
             version: None,
-            error_message: f.error.clone(),
-            submitted_at,
-            started_at,
-            completed_at: Some(now_sys),
+            error_message: None,
+            submitted_at: clock.system(f.submitted),
+            started_at: f.started.map(|s| clock.system(s)),
+            completed_at: Some(clock.system(now)),
         };
         let expires = now.checked_add(decision.keep_for);
         let handler = match decision.strategy {
@@ -285,6 +320,7 @@ impl Registry {
             self.drop_expired_lazy(list, now);
             list.push_back(Zombie {
                 record: record.clone(),
+                error: f.error.clone(),
                 strategy: decision.strategy,
                 expires,
                 state,
@@ -313,6 +349,8 @@ impl Registry {
             _ => {}
         }
         if let Some(h) = handler {
+            let mut record = record;
+            record.error_message = Some(error_message(f.error.as_ref()));
             self.spawn_handler(h, record);
         }
     }
@@ -543,13 +581,14 @@ impl Registry {
     /// Visits every kept record (zombies first, then succeeded), removing expired lazy zombies
     /// it meets on the way.
     fn scan(&self, mut f: impl FnMut(&OperationRecord)) {
-        let now = Instant::now();
+        let clock = Clock::now();
+        let now = clock.instant;
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
             shard.targets.retain(|_, list| {
                 self.drop_expired_lazy(list, now);
                 for z in list.iter() {
-                    f(&z.record);
+                    f(&z.record());
                 }
                 !list.is_empty()
             });
@@ -561,7 +600,7 @@ impl Registry {
             recent.extend(
                 ring.iter()
                     .filter(|d| now.duration_since(d.at) <= self.succeeded_max_age)
-                    .map(|d| (d.at, d.record())),
+                    .map(|d| (d.at, d.record(&clock))),
             );
         }
         recent.sort_by_key(|(at, r)| std::cmp::Reverse((*at, r.op_id)));

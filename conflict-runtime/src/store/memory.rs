@@ -5,7 +5,7 @@
 //! commits compare the version and swap the `Arc`. Multi-write commits lock the slots they touch
 //! in key order, so they are atomic and cannot deadlock with each other.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use conflict_core::{EntityKey, StoreError};
@@ -14,7 +14,7 @@ use super::{
     Cas, Commit, CommitOutcome, EntityCodec, EntityStore, Snapshot, StoreFuture, StoredValue,
 };
 
-type Map = papaya::HashMap<EntityKey, Slot, foldhash::fast::RandomState>;
+type Map = papaya::HashMap<EntityKey, Arc<Slot>, foldhash::fast::RandomState>;
 
 /// The embedded store. Cheap to share (`Arc`), safe from any number of tasks.
 ///
@@ -28,11 +28,44 @@ pub struct MemoryStore {
     map: Map,
 }
 
-struct Slot {
+/// One stored entity. Handles keep an `Arc` to it, so the hot path skips the map.
+pub(crate) struct Slot {
     cell: Mutex<Snapshot>,
 }
 
 impl Slot {
+    /// The current value and metadata.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        self.lock().clone()
+    }
+
+    /// Compare-and-set: the new version, or the version found.
+    pub(crate) fn cas(
+        &self,
+        expected: u64,
+        value: StoredValue,
+        now: SystemTime,
+    ) -> Result<u64, Option<u64>> {
+        let mut cell = self.lock();
+        if cell.version != expected {
+            return Err(Some(cell.version));
+        }
+        let version = expected + 1;
+        let old = std::mem::replace(
+            &mut *cell,
+            Snapshot {
+                value,
+                version,
+                last_modified: now,
+            },
+        );
+        drop(cell);
+        // The previous value may be the last reference to a large entity: free it outside the
+        // critical section.
+        drop(old);
+        Ok(version)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Snapshot> {
         // A panic while holding the lock cannot leave the snapshot half-written: every critical
         // section below assigns whole fields after all fallible work, so the poison flag carries
@@ -77,26 +110,32 @@ impl MemoryStore {
     }
 
     pub(crate) fn get(&self, key: &EntityKey) -> Option<Snapshot> {
+        self.slot(key).map(|s| s.snapshot())
+    }
+
+    /// The slot of `key`, to keep and use without further lookups.
+    pub(crate) fn slot(&self, key: &EntityKey) -> Option<Arc<Slot>> {
         let guard = self.map.guard();
-        self.map.get(key, &guard).map(|slot| slot.lock().clone())
+        self.map.get(key, &guard).cloned()
     }
 
     pub(crate) fn put_new(
         &self,
         key: EntityKey,
         value: StoredValue,
-    ) -> Result<Snapshot, StoreError> {
+        now: SystemTime,
+    ) -> Result<(Snapshot, Arc<Slot>), StoreError> {
         let snap = Snapshot {
             value,
             version: 1,
-            last_modified: SystemTime::now(),
+            last_modified: now,
         };
         let guard = self.map.guard();
-        let slot = Slot {
+        let slot = Arc::new(Slot {
             cell: Mutex::new(snap.clone()),
-        };
-        match self.map.try_insert(key.clone(), slot, &guard) {
-            Ok(_) => Ok(snap),
+        });
+        match self.map.try_insert(key.clone(), slot.clone(), &guard) {
+            Ok(_) => Ok((snap, slot)),
             Err(_) => Err(StoreError::AlreadyExists { key }),
         }
     }
@@ -125,24 +164,7 @@ impl MemoryStore {
             return Err(None);
         };
         let now = SystemTime::now();
-        let mut cell = slot.lock();
-        if cell.version != expected {
-            return Err(Some(cell.version));
-        }
-        let version = expected + 1;
-        let old = std::mem::replace(
-            &mut *cell,
-            Snapshot {
-                value,
-                version,
-                last_modified: now,
-            },
-        );
-        drop(cell);
-        // The previous value may be the last reference to a large entity: free it outside the
-        // critical section.
-        drop(old);
-        Ok((version, now))
+        slot.cas(expected, value, now).map(|v| (v, now))
     }
 
     fn commit_many(&self, commit: Commit) -> CommitOutcome {
@@ -214,7 +236,9 @@ impl EntityStore for MemoryStore {
     }
 
     fn insert<'a>(&'a self, key: EntityKey, value: StoredValue) -> StoreFuture<'a, Snapshot> {
-        let r = self.put_new(key, value);
+        let r = self
+            .put_new(key, value, SystemTime::now())
+            .map(|(snap, _)| snap);
         Box::pin(async move { r })
     }
 

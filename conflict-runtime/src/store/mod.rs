@@ -187,34 +187,57 @@ impl Backend {
         }
     }
 
+    /// Reads `key`; with the embedded store, through (and into) the handle's slot cache.
     pub(crate) async fn load(
         &self,
         key: &EntityKey,
         codec: EntityCodec,
+        cache: &SlotCache,
     ) -> Result<Option<Snapshot>, StoreError> {
         match self {
-            Self::Memory(m) => Ok(m.get(key)),
+            Self::Memory(m) => Ok(match cache.get() {
+                Some(slot) => Some(slot.snapshot()),
+                None => m
+                    .slot(key)
+                    .map(|slot| cache.get_or_init(|| slot).snapshot()),
+            }),
             Self::Dyn(d) => d.load(key, codec).await,
         }
     }
 
+    /// Stores a new entity; with the embedded store, also returns its slot for the handle.
     pub(crate) async fn insert(
         &self,
         key: EntityKey,
         value: StoredValue,
-    ) -> Result<Snapshot, StoreError> {
+        now: SystemTime,
+    ) -> Result<(Snapshot, SlotCache), StoreError> {
         match self {
-            Self::Memory(m) => m.put_new(key, value),
-            Self::Dyn(d) => d.insert(key, value).await,
+            Self::Memory(m) => {
+                let (snap, slot) = m.put_new(key, value, now)?;
+                Ok((snap, SlotCache::from(slot)))
+            }
+            Self::Dyn(d) => Ok((d.insert(key, value).await?, SlotCache::new())),
         }
     }
 
-    /// Commits one write; the fast path of every single-entity operation.
-    pub(crate) async fn commit_one(&self, op: CommitInfo, write: Write) -> Result<Cas, StoreError> {
+    /// Commits one write; the fast path of every single-entity operation. `now` is the commit
+    /// time the embedded store records as last-modified (a database uses its own clock).
+    pub(crate) async fn commit_one(
+        &self,
+        op: CommitInfo,
+        write: Write,
+        cache: &SlotCache,
+        now: SystemTime,
+    ) -> Result<Cas, StoreError> {
         match self {
-            Self::Memory(m) => {
-                Ok(m.compare_and_set(&write.key, write.expected_version, write.value))
-            }
+            Self::Memory(m) => Ok(match cache.get() {
+                Some(slot) => match slot.cas(write.expected_version, write.value, now) {
+                    Ok(v) => Cas::Committed(v),
+                    Err(actual) => Cas::Conflict(actual),
+                },
+                None => m.compare_and_set(&write.key, write.expected_version, write.value),
+            }),
             Self::Dyn(d) => {
                 let outcome = d
                     .commit(Commit {
@@ -242,6 +265,10 @@ impl Backend {
         }
     }
 }
+
+/// A handle's shortcut to its entity's slot in the embedded store (set on first use; the
+/// embedded store never removes an entity, so a cached slot stays valid).
+pub(crate) type SlotCache = std::sync::OnceLock<Arc<memory::Slot>>;
 
 /// Who is committing (what a ledger records beside the writes).
 #[derive(Debug, Clone, Copy)]
