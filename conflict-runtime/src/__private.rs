@@ -16,18 +16,19 @@ pub use crate::cleanup::{CleanupHandlerRegistration, HandlerFuture};
 pub use crate::registry::{EntityRegistration, OperationRegistration, OperationSpec};
 pub use crate::runtime::Handle;
 
-/// Runs one call of an annotated function.
-pub async fn execute<E, F, Fut, T, Err>(
+/// Runs one call of an annotated function. (Returns the executor's future itself: an `async fn`
+/// here would add a layer that the whole call's state is moved through.)
+pub fn execute<E, F, Fut, T, Err>(
     spec: &'static OperationSpec,
     handle: &Handle<E>,
     body: F,
-) -> Result<Committed<T>, ConflictError<Err>>
+) -> impl Future<Output = Result<Committed<T>, ConflictError<Err>>>
 where
     E: Entity,
     F: FnMut(E) -> Fut,
     Fut: Future<Output = (E, Result<T, Err>)>,
 {
-    crate::occ::execute(spec, handle, body).await
+    crate::occ::execute(spec, handle, body)
 }
 
 /// Normalises what a cleanup handler returns.

@@ -74,10 +74,75 @@ impl OperationContext {
     }
 }
 
-#[derive(Clone, Default)]
+/// What the task-local holds: the operation whose body runs (built lazily) and a priority
+/// override.
+#[derive(Default)]
 pub(crate) struct Frame {
-    pub(crate) current: Option<OperationContext>,
-    pub(crate) priority: Option<OperationPriority>,
+    current: Current,
+    priority: Option<OperationPriority>,
+}
+
+#[derive(Default)]
+enum Current {
+    #[default]
+    None,
+    Ready(OperationContext),
+    /// A running body's operation. Its shared link is only allocated if something asks for it
+    /// (a nested call or `current_operation()`), which most bodies never do.
+    Lazy(LazyLink),
+}
+
+/// The data of a [`Link`], and the link once it is built.
+pub(crate) struct LazyLink {
+    pub(crate) runtime_id: u64,
+    pub(crate) op_id: OpId,
+    pub(crate) target: EntityKey,
+    pub(crate) effective_priority: OperationPriority,
+    pub(crate) parent: Option<OperationContext>,
+    built: std::cell::OnceCell<OperationContext>,
+}
+
+impl LazyLink {
+    pub(crate) fn new(
+        runtime_id: u64,
+        op_id: OpId,
+        target: EntityKey,
+        effective_priority: OperationPriority,
+        parent: Option<OperationContext>,
+    ) -> Self {
+        Self {
+            runtime_id,
+            op_id,
+            target,
+            effective_priority,
+            parent,
+            built: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn get(&self) -> OperationContext {
+        self.built
+            .get_or_init(|| OperationContext {
+                link: Arc::new(Link {
+                    runtime_id: self.runtime_id,
+                    op_id: self.op_id,
+                    target: self.target.clone(),
+                    effective_priority: self.effective_priority,
+                    parent: self.parent.as_ref().map(|p| p.link.clone()),
+                }),
+            })
+            .clone()
+    }
+}
+
+impl Current {
+    fn context(&self) -> Option<OperationContext> {
+        match self {
+            Self::None => None,
+            Self::Ready(c) => Some(c.clone()),
+            Self::Lazy(l) => Some(l.get()),
+        }
+    }
 }
 
 tokio::task_local! {
@@ -85,21 +150,34 @@ tokio::task_local! {
 }
 
 /// What a new operation inherits from where it is called.
-pub(crate) fn inherited() -> Frame {
-    FRAME.try_with(Frame::clone).unwrap_or_default()
+pub(crate) struct Inherited {
+    pub(crate) current: Option<OperationContext>,
+    pub(crate) priority: Option<OperationPriority>,
 }
 
-/// Runs `fut` as the body of `ctx`: calls inside see `ctx` as their parent.
-pub(crate) async fn run_as<F: Future>(ctx: OperationContext, fut: F) -> F::Output {
+/// What a new operation inherits from where it is called.
+pub(crate) fn inherited() -> Inherited {
     FRAME
-        .scope(
-            Frame {
-                current: Some(ctx),
-                priority: None,
-            },
-            fut,
-        )
-        .await
+        .try_with(|f| Inherited {
+            current: f.current.context(),
+            priority: f.priority,
+        })
+        .unwrap_or(Inherited {
+            current: None,
+            priority: None,
+        })
+}
+
+/// Runs `fut` as the body of `op`: calls inside see it as their parent. (Not an `async fn`:
+/// that would keep `fut` twice in the caller's future, once as argument, once in the scope.)
+pub(crate) fn run_as<F: Future>(op: LazyLink, fut: F) -> impl Future<Output = F::Output> {
+    FRAME.scope(
+        Frame {
+            current: Current::Lazy(op),
+            priority: None,
+        },
+        fut,
+    )
 }
 
 /// The operation whose body is running in this task, if any.
@@ -109,7 +187,7 @@ pub(crate) async fn run_as<F: Future>(ctx: OperationContext, fut: F) -> F::Outpu
 /// ```
 #[must_use]
 pub fn current_operation() -> Option<OperationContext> {
-    FRAME.try_with(|f| f.current.clone()).ok().flatten()
+    FRAME.try_with(|f| f.current.context()).ok().flatten()
 }
 
 /// Starts a per-call override: see [`Scope`].
@@ -181,7 +259,7 @@ impl Scope {
         FRAME
             .scope(
                 Frame {
-                    current: self.current,
+                    current: self.current.map_or(Current::None, Current::Ready),
                     priority: self.priority,
                 },
                 fut,

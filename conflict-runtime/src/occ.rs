@@ -4,9 +4,8 @@
 //! This module also keeps each operation's books: one `submitted` when it starts and exactly one
 //! outcome when it ends, whichever way it ends — including when its caller drops the future.
 
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -20,7 +19,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::cleanup::Finished;
-use crate::context::{self, Link, OperationContext};
+use crate::context::{self, LazyLink, OperationContext};
 use crate::metrics::{Counter, Ending};
 use crate::registry::OperationSpec;
 use crate::runtime::{Handle, HandleCache, Inner, downcast};
@@ -208,9 +207,15 @@ where
         target = %handle.key,
         attempt = tracing::field::Empty,
     );
-    let result = run::<E, F, Fut, T, Err>(&mut op, &handle.cache, body)
-        .instrument(span)
-        .await;
+    // Without a subscriber for the span, skip the `Instrumented` wrapper: wrapping moves the
+    // whole call's state once more for nothing.
+    let result = if span.is_disabled() {
+        run::<E, F, Fut, T, Err>(&mut op, &handle.cache, body, &span).await
+    } else {
+        run::<E, F, Fut, T, Err>(&mut op, &handle.cache, body, &span)
+            .instrument(span.clone())
+            .await
+    };
     op.finish(&result);
     result
 }
@@ -224,6 +229,7 @@ async fn run<E, F, Fut, T, Err>(
     op: &mut Operation<'_>,
     cache: &HandleCache,
     mut body: F,
+    span: &tracing::Span,
 ) -> Result<Committed<T>, ConflictError<Err>>
 where
     E: Entity,
@@ -296,15 +302,6 @@ where
         None
     };
 
-    let ctx = OperationContext {
-        link: Arc::new(Link {
-            runtime_id: rt.id,
-            op_id: op.op_id,
-            target: op.target.clone(),
-            effective_priority: op.effective,
-            parent: op.parent.as_ref().map(|p| p.link.clone()),
-        }),
-    };
     let max_attempts = cfg.effective_max_retries().saturating_add(1);
     let codec = EntityCodec::of::<E>();
     let mut attempt = 0u32;
@@ -312,7 +309,9 @@ where
         attempt += 1;
         op.attempts = attempt;
 
-        tracing::Span::current().record("attempt", attempt);
+        if !span.is_disabled() {
+            span.record("attempt", attempt);
+        }
         rt.metrics.add(Counter::Attempts, 1);
         op.emit(|| Event::OperationStarted {
             op: op.info(),
@@ -327,7 +326,16 @@ where
                 key: op.target.clone(),
             })?;
         let entity = downcast::<E>(&op.target, &snap)?.clone();
-        let body_fut = context::run_as(ctx.clone(), AssertUnwindSafe(body(entity)).catch_unwind());
+        let body_fut = context::run_as(
+            LazyLink::new(
+                rt.id,
+                op.op_id,
+                op.target.clone(),
+                op.effective,
+                op.parent.clone(),
+            ),
+            AssertUnwindSafe(body(entity)).catch_unwind(),
+        );
         let (entity, out) = match interruptible(rt, exec.as_ref(), op.seq, body_fut).await {
             Ok(Ok(pair)) => pair,
             Ok(Err(payload)) => {
@@ -417,8 +425,9 @@ where
                     delay,
                 });
                 if !delay.is_zero() {
-                    match interruptible(rt, exec.as_ref(), op.seq, tokio::time::sleep(delay)).await
-                    {
+                    // Boxed: a timer is large and only retries need one.
+                    let sleep = Box::pin(tokio::time::sleep(delay));
+                    match interruptible(rt, exec.as_ref(), op.seq, sleep).await {
                         Ok(()) => {}
                         Err(Interrupt::Abort) => {
                             return Err(ConflictError::ShuttingDown { op_id: op.op_id });
@@ -431,29 +440,51 @@ where
     }
 }
 
-/// Polls `fut` until it completes, unless shutdown aborts the runtime or the operation is
-/// preempted first. The future is polled first, so a body that completes without waiting never
-/// registers for either wake-up.
-async fn interruptible<F: Future>(
-    rt: &Inner,
-    exec: Option<&ExecGuard<'_>>,
+pin_project_lite::pin_project! {
+    /// Polls `fut` until it completes, unless shutdown aborts the runtime or the operation is
+    /// preempted first. The future is polled first, so a body that completes without waiting
+    /// never registers for either wake-up. (A named future rather than an `async fn`, which
+    /// would hold `fut` twice: as its argument and pinned in its state.)
+    struct Interruptible<'a, 'g, F> {
+        #[pin]
+        fut: F,
+        #[pin]
+        abort_wait: Option<tokio::sync::futures::Notified<'a>>,
+        rt: &'a Inner,
+        exec: Option<&'a ExecGuard<'g>>,
+    }
+}
+
+fn interruptible<'a, 'g, F: Future>(
+    rt: &'a Inner,
+    exec: Option<&'a ExecGuard<'g>>,
     seq: u64,
     fut: F,
-) -> Result<F::Output, Interrupt> {
-    let abort = &rt.lifecycle.abort;
+) -> Interruptible<'a, 'g, F> {
     // An executing staged operation is woken through its target (see `ExecGuard::watch`);
-    // any other one listens on the runtime's abort signal, created before the flag check so
-    // that no abort slips in between.
-    let mut abort_wait = pin!(exec.is_none().then(|| abort.notified(seq)));
-    if abort.is_set() {
-        return Err(Interrupt::Abort);
+    // any other one listens on the runtime's abort signal, created here, before the first
+    // flag check, so that no abort slips in between.
+    Interruptible {
+        fut,
+        abort_wait: exec.is_none().then(|| rt.lifecycle.abort.notified(seq)),
+        rt,
+        exec,
     }
-    let mut fut = pin!(fut);
-    poll_fn(|cx| {
-        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+}
+
+impl<F: Future> Future for Interruptible<'_, '_, F> {
+    type Output = Result<F::Output, Interrupt>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let abort = &this.rt.lifecycle.abort;
+        if abort.is_set() {
+            return Poll::Ready(Err(Interrupt::Abort));
+        }
+        if let Poll::Ready(v) = this.fut.poll(cx) {
             return Poll::Ready(Ok(v));
         }
-        match exec {
+        match this.exec {
             Some(guard) => {
                 if let Watch::Preempted(by) = guard.watch(cx.waker()) {
                     return Poll::Ready(Err(Interrupt::Preempted(by)));
@@ -464,7 +495,7 @@ async fn interruptible<F: Future>(
                 }
             }
             None => {
-                if let Some(w) = abort_wait.as_mut().as_pin_mut() {
+                if let Some(w) = this.abort_wait.as_pin_mut() {
                     if w.poll(cx).is_ready() {
                         return Poll::Ready(Err(Interrupt::Abort));
                     }
@@ -472,8 +503,7 @@ async fn interruptible<F: Future>(
             }
         }
         Poll::Pending
-    })
-    .await
+    }
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

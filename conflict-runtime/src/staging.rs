@@ -271,7 +271,9 @@ impl Staging {
             op_id: cand.op_id,
             rx: Some(rx),
         };
-        waiter.wait(abort, cand).await.map(|g| (g, true))
+        // Boxed: waiting holds a timer and a channel, and only contended calls wait; inline it
+        // would make every call's future (and every move of it) larger.
+        Box::pin(waiter.wait(abort, cand)).await.map(|g| (g, true))
     }
 
     /// Admission control: makes room for `cand` in this target's staging area or refuses it.
