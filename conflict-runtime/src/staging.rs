@@ -70,7 +70,7 @@ struct TargetState {
     dead: bool,
     executing: Option<Executing>,
     collecting_until: Option<Instant>,
-    staged: Vec<Staged>,
+    staged: StagedSet,
     /// Operations preempted while executing, with who preempted them, until they notice.
     preempted: Vec<(OpId, Candidate)>,
 }
@@ -99,6 +99,107 @@ struct Staged {
     /// The grace period this operation gets if it executes.
     grace: Duration,
     tx: oneshot::Sender<Decision>,
+}
+
+impl PartialEq for Staged {
+    fn eq(&self, other: &Self) -> bool {
+        self.cand == other.cand
+    }
+}
+
+impl Eq for Staged {}
+
+impl PartialOrd for Staged {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Staged {
+    /// Greater = ranks ahead: the heap's top is the winner.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        policy::rank(&self.cand, &other.cand).reverse()
+    }
+}
+
+/// A target's staging area: a heap whose top is the policy's winner (O(log n) per handoff),
+/// and how many members would be rejected on losing (none in a requeue-only area, so a
+/// handoff there skips the rejection pass).
+#[derive(Default)]
+struct StagedSet {
+    heap: std::collections::BinaryHeap<Staged>,
+    rejectable: usize,
+}
+
+impl StagedSet {
+    fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    fn push(&mut self, s: Staged) {
+        if s.on_lose == OnLose::Reject {
+            self.rejectable += 1;
+        }
+        self.heap.push(s);
+    }
+
+    fn counted_out(&mut self, s: Staged) -> Staged {
+        if s.on_lose == OnLose::Reject {
+            self.rejectable -= 1;
+        }
+        s
+    }
+
+    /// The winner, without removing it.
+    fn peek(&self) -> Option<&Staged> {
+        self.heap.peek()
+    }
+
+    /// Removes the winner.
+    fn pop(&mut self) -> Option<Staged> {
+        let s = self.heap.pop()?;
+        Some(self.counted_out(s))
+    }
+
+    /// The weakest member (admission control displaces it first).
+    fn weakest(&self) -> Option<&Staged> {
+        self.heap.iter().min()
+    }
+
+    /// Removes the member that is `op_id`, if staged (O(n): cancellation and displacement only).
+    fn remove(&mut self, op_id: OpId) -> Option<Staged> {
+        let mut all = std::mem::take(&mut self.heap).into_vec();
+        let found = all
+            .iter()
+            .position(|s| s.cand.op_id == op_id)
+            .map(|i| all.swap_remove(i));
+        self.heap = all.into();
+        found.map(|s| self.counted_out(s))
+    }
+
+    /// Removes every member that is rejected on losing.
+    fn take_rejectable(&mut self) -> Vec<Staged> {
+        if self.rejectable == 0 {
+            return Vec::new();
+        }
+        let (losers, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.heap)
+            .into_vec()
+            .into_iter()
+            .partition(|s| s.on_lose == OnLose::Reject);
+        self.heap = kept.into();
+        self.rejectable = 0;
+        losers
+    }
+
+    /// Removes everything.
+    fn take_all(&mut self) -> Vec<Staged> {
+        self.rejectable = 0;
+        std::mem::take(&mut self.heap).into_vec()
+    }
 }
 
 /// What a staged operation is told.
@@ -303,22 +404,27 @@ impl Staging {
         capacity: usize,
         scope: OverloadScope,
     ) -> Result<(), StageError> {
-        match policy::select_weakest_by(&st.staged, |s| s.cand) {
-            Some(i) if policy::beats(&cand, &st.staged[i].cand) => {
-                let victim = st.staged.swap_remove(i);
+        let weakest = st
+            .staged
+            .weakest()
+            .filter(|w| policy::beats(&cand, &w.cand))
+            .map(|w| w.cand.op_id);
+        match weakest.and_then(|id| st.staged.remove(id)) {
+            Some(victim) => {
                 // The permit moves to the newcomer, so `total` is unchanged.
                 let _ = victim.tx.send(Decision::Overloaded { capacity, scope });
                 self.metrics.add(Counter::Displaced, 1);
                 Ok(())
             }
-            _ => Err(StageError::Overloaded { capacity, scope }),
+            None => Err(StageError::Overloaded { capacity, scope }),
         }
     }
 
-    /// Removes a staged entry and releases its capacity permit.
-    fn take(&self, st: &mut TargetState, i: usize) -> Staged {
-        self.total.fetch_sub(1, Ordering::AcqRel);
-        st.staged.swap_remove(i)
+    /// Releases the capacity permits of `n` entries that left a staging area.
+    fn release(&self, n: usize) {
+        if n > 0 {
+            self.total.fetch_sub(n, Ordering::AcqRel);
+        }
     }
 
     /// Drives a target's state machine as far as it can go at `now`; returns when staged
@@ -349,8 +455,8 @@ impl Staging {
                         ex.cand.effective_priority,
                         ex.started + ex.grace,
                     );
-                    let best = policy::select_winner_by(&st.staged, |s| s.cand)?;
-                    if committing || st.staged[best].cand.effective_priority <= ex_priority {
+                    let best = st.staged.peek()?;
+                    if committing || best.cand.effective_priority <= ex_priority {
                         return None;
                     }
                     if now < grace_end {
@@ -358,7 +464,8 @@ impl Staging {
                     }
                     // Preempt: the executing operation's commit will be refused and its body is
                     // woken; the best staged operation executes in its place.
-                    let staged = self.take(st, best);
+                    let staged = st.staged.pop()?;
+                    self.release(1);
                     let (by, by_grace) = (staged.cand, staged.grace);
                     if staged.tx.send(Decision::Run).is_err() {
                         // Its caller is gone (its waiter will not find itself staged and will
@@ -384,10 +491,10 @@ impl Staging {
     fn resolve_group(&self, st: &mut TargetState, now: Instant) {
         let group_size = st.staged.len();
         let (winner, grace) = loop {
-            let Some(w) = policy::select_winner_by(&st.staged, |s| s.cand) else {
+            let Some(staged) = st.staged.pop() else {
                 return;
             };
-            let staged = self.take(st, w);
+            self.release(1);
             if staged.tx.send(Decision::Run).is_ok() {
                 break (staged.cand, staged.grace);
             }
@@ -399,13 +506,9 @@ impl Staging {
             self.metrics.add(Counter::StagingContended, 1);
         }
         let losers = st.staged.len() as u64;
-        let mut i = 0;
-        while i < st.staged.len() {
-            if st.staged[i].on_lose == OnLose::Requeue {
-                i += 1;
-                continue;
-            }
-            let loser = self.take(st, i);
+        let rejected = st.staged.take_rejectable();
+        self.release(rejected.len());
+        for loser in rejected {
             let _ = loser.tx.send(Decision::Rejected { winner });
         }
         if losers > 0 {
@@ -421,9 +524,9 @@ impl Staging {
         for (_, cell) in self.cells.iter(&guard) {
             let mut st = cell.lock();
             st.collecting_until = None;
-            while !st.staged.is_empty() {
-                let last = st.staged.len() - 1;
-                let s = self.take(&mut st, last);
+            let all = st.staged.take_all();
+            self.release(all.len());
+            for s in all {
                 if s.tx.send(Decision::ShuttingDown).is_ok() {
                     n += 1;
                 }
@@ -579,9 +682,9 @@ impl Drop for Waiter<'_> {
             return;
         };
         let mut st = self.cell.lock();
-        if let Some(i) = st.staged.iter().position(|s| s.cand.op_id == self.op_id) {
-            self.staging.take(&mut st, i);
-            // Leaving may unblock nobody (decisions are made by rank, not position), so there is
+        if st.staged.remove(self.op_id).is_some() {
+            self.staging.release(1);
+            // Leaving unblocks nobody (decisions are made by rank, not position), so there is
             // nothing to reconcile.
             return;
         }
