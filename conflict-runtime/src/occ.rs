@@ -24,7 +24,7 @@ use crate::metrics::{Counter, Ending};
 use crate::registry::OperationSpec;
 use crate::runtime::{Handle, HandleCache, Inner, downcast};
 use crate::staging::{ExecGuard, StageError, Watch};
-use crate::store::{Cas, CommitInfo, EntityCodec, Write};
+use crate::store::{Cas, CommitInfo, EntityCodec, Snapshot, StoredValue, Write};
 
 /// One call of an annotated function, from submission to its single outcome.
 struct Operation<'rt> {
@@ -318,13 +318,22 @@ where
             attempt,
         });
 
-        let snap = rt
-            .backend
-            .load(&op.target, codec, &cache.slot)
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                key: op.target.clone(),
-            })?;
+        // A staged winner on a database store starts from what the previous commit through
+        // staging wrote (first attempt only; a retry always loads).
+        let cached = match (&exec, attempt) {
+            (Some(guard), 1) if rt.backend.is_remote() => guard.last_snapshot(),
+            _ => None,
+        };
+        let snap = match cached {
+            Some(s) => s,
+            None => rt
+                .backend
+                .load(&op.target, codec, &cache.slot)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    key: op.target.clone(),
+                })?,
+        };
         let entity = downcast::<E>(&op.target, &snap)?.clone();
         let body_fut = context::run_as(
             LazyLink::new(
@@ -362,11 +371,13 @@ where
         if rt.lifecycle.abort.is_set() {
             return Err(ConflictError::ShuttingDown { op_id: op.op_id });
         }
+        let value_written: StoredValue = Arc::new(entity);
         let write = Write {
             key: op.target.clone(),
             expected_version: snap.version,
-            value: Arc::new(entity),
+            value: value_written.clone(),
         };
+        let remember = exec.as_ref().filter(|_| rt.backend.is_remote());
         let info = CommitInfo {
             op_id: op.op_id,
             op_type: op.spec.name,
@@ -374,11 +385,21 @@ where
             attempt,
         };
         let at = Instant::now();
-        match rt
+        let outcome = rt
             .backend
             .commit_one(info, write, &cache.slot, rt.wall_time(at))
-            .await?
-        {
+            .await;
+        if let Some(guard) = remember {
+            guard.remember(match &outcome {
+                Ok(Cas::Committed(version)) => Some(Snapshot {
+                    value: value_written,
+                    version: *version,
+                    last_modified: rt.wall_time(at),
+                }),
+                _ => None,
+            });
+        }
+        match outcome? {
             Cas::Committed(version) => {
                 op.committed_at = Some(at);
                 return Ok(Committed {

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use crate::metrics::{Counter, Metrics};
 use crate::runtime::AbortSignal;
+use crate::store::Snapshot;
 
 type CellMap = papaya::HashMap<EntityKey, Arc<TargetCell>, foldhash::fast::RandomState>;
 
@@ -73,6 +74,10 @@ struct TargetState {
     staged: StagedSet,
     /// Operations preempted while executing, with who preempted them, until they notice.
     preempted: Vec<(OpId, Candidate)>,
+    /// What the last commit through this staging area wrote (database stores only): the next
+    /// winner starts from it instead of loading. The store's compare-and-swap still decides;
+    /// a stale snapshot (a write from elsewhere) only costs a conflict and a fresh load.
+    last: Option<Snapshot>,
 }
 
 struct Executing {
@@ -734,6 +739,16 @@ impl ExecGuard<'_> {
                 }
             }
         }
+    }
+
+    /// The snapshot the last commit through this target's staging area wrote, if known.
+    pub(crate) fn last_snapshot(&self) -> Option<Snapshot> {
+        self.cell.lock().last.clone()
+    }
+
+    /// Remembers (or, with `None`, forgets) the snapshot this operation's commit wrote.
+    pub(crate) fn remember(&self, snap: Option<Snapshot>) {
+        self.cell.lock().last = snap;
     }
 
     /// Called each time the body waits: registers `waker` to be woken on preemption or abort,

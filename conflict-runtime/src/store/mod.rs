@@ -180,6 +180,11 @@ pub(crate) enum Backend {
 }
 
 impl Backend {
+    /// Whether loads cross a network (worth caching around).
+    pub(crate) fn is_remote(&self) -> bool {
+        matches!(self, Self::Dyn(_))
+    }
+
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Self::Memory(m) => m.name(),
