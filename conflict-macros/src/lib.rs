@@ -31,26 +31,28 @@ pub fn derive_entity(input: TokenStream) -> TokenStream {
 /// attribute reference in `docs/attributes.md`.
 #[proc_macro_attribute]
 pub fn with_conflict_resolution(args: TokenStream, item: TokenStream) -> TokenStream {
-    let item2 = proc_macro2::TokenStream::from(item.clone());
-    let args = match syn::parse::<args::ConflictArgs>(args) {
-        Ok(a) => a,
-        Err(e) => return with_fallback(e, item2),
-    };
-    let func = match syn::parse::<syn::ItemFn>(item) {
-        Ok(f) => f,
-        Err(e) => return with_fallback(e, item2),
-    };
-    match with_conflict_resolution::expand(args, func) {
-        Ok(ts) => ts.into(),
-        Err(e) => with_fallback(e, item2),
-    }
+    attribute_on_fn(args, item, with_conflict_resolution::expand)
 }
 
-/// The errors, then the user's item unchanged, so the rest of the crate still type-checks.
-fn with_fallback(err: syn::Error, item: proc_macro2::TokenStream) -> TokenStream {
-    let mut out = err.into_compile_error();
-    out.extend(item);
-    out.into()
+/// An attribute on a function: parse its arguments and the function, expand; on any error,
+/// the errors and then the user's item unchanged, so the rest of the crate still type-checks.
+fn attribute_on_fn<A: syn::parse::Parse>(
+    args: TokenStream,
+    item: TokenStream,
+    expand: fn(A, syn::ItemFn) -> syn::Result<proc_macro2::TokenStream>,
+) -> TokenStream {
+    let original = proc_macro2::TokenStream::from(item.clone());
+    let expanded = syn::parse::<A>(args)
+        .and_then(|a| Ok((a, syn::parse::<syn::ItemFn>(item)?)))
+        .and_then(|(a, f)| expand(a, f));
+    match expanded {
+        Ok(ts) => ts.into(),
+        Err(e) => {
+            let mut out = e.into_compile_error();
+            out.extend(original);
+            out.into()
+        }
+    }
 }
 
 /// Registers an `async fn(&OperationRecord) -> Result<(), CleanupError>` (or
@@ -60,17 +62,5 @@ fn with_fallback(err: syn::Error, item: proc_macro2::TokenStream) -> TokenStream
 /// a name is used twice or a function names a handler that does not exist.
 #[proc_macro_attribute]
 pub fn cleanup_handler(args: TokenStream, item: TokenStream) -> TokenStream {
-    let item2 = proc_macro2::TokenStream::from(item.clone());
-    let args = match syn::parse::<cleanup_handler::HandlerArgs>(args) {
-        Ok(a) => a,
-        Err(e) => return with_fallback(e, item2),
-    };
-    let func = match syn::parse::<syn::ItemFn>(item) {
-        Ok(f) => f,
-        Err(e) => return with_fallback(e, item2),
-    };
-    match cleanup_handler::expand(args, func) {
-        Ok(ts) => ts.into(),
-        Err(e) => with_fallback(e, item2),
-    }
+    attribute_on_fn(args, item, cleanup_handler::expand)
 }

@@ -142,18 +142,23 @@ async fn row_lock(pool: Pool, schema: String) -> (bool, u64) {
     (matches!(c.execute(update.as_str(), &[]).await, Ok(1)), 1)
 }
 
+/// A store in a fresh schema of `cluster`, with a connection per caller.
+async fn store_on(cluster: &Cluster, hint: &str) -> Result<PgStore, String> {
+    PgStore::builder(cluster.url())
+        .schema(unique_schema(hint).as_str())
+        .max_connections(CALLERS + 2)
+        .connect()
+        .await
+        .map_err(|e| e.to_string())
+}
+
 async fn framework(
     name: &'static str,
     secs: f64,
     cluster: &Cluster,
     requeue: bool,
 ) -> Result<(Row, u64), String> {
-    let store = PgStore::builder(cluster.url())
-        .schema(unique_schema("bench").as_str())
-        .max_connections(CALLERS + 2)
-        .connect()
-        .await
-        .map_err(|e| e.to_string())?;
+    let store = store_on(cluster, "bench").await?;
     let rt = Runtime::builder()
         .store(store)
         .build()
@@ -189,12 +194,7 @@ async fn framework(
 
 async fn run(secs: f64) -> Result<(), String> {
     let cluster = Cluster::start()?;
-    let admin = PgStore::builder(cluster.url())
-        .schema(unique_schema("admin").as_str())
-        .max_connections(CALLERS + 2)
-        .connect()
-        .await
-        .map_err(|e| e.to_string())?;
+    let admin = store_on(&cluster, "admin").await?;
     {
         let c = admin.pool().get().await.map_err(|e| e.to_string())?;
         // The fixture turns durability off for test speed; a benchmark of commits needs it on.
