@@ -7,7 +7,7 @@ use std::time::Duration;
 use conflict_runtime::prelude::*;
 use conflict_runtime::{Event, OutcomeKind, Received};
 use conflict_tests::Counter;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 
 #[with_conflict_resolution(pre_ecs(staging_timeout_ms = 0))]
 async fn bump(c: &mut Counter, tag: u64) -> u64 {
@@ -49,6 +49,28 @@ async fn stuck_occ(c: &mut Counter, started: Arc<Notify>, gate: Arc<Notify>) -> 
     started.notify_one();
     gate.notified().await;
     c.value
+}
+
+type Held =
+    tokio::task::JoinHandle<Result<Committed<u64>, ConflictError<std::convert::Infallible>>>;
+
+/// Starts a `stuck` call on `h` and returns once its body runs: the target is busy until the
+/// returned gate is notified.
+async fn hold(h: &Handle<Counter>) -> (Held, Arc<Notify>) {
+    let (started, gate) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let holder = {
+        let (h, s, g) = (h.clone(), started.clone(), gate.clone());
+        tokio::spawn(async move { stuck(&h, s, g).await })
+    };
+    started.notified().await;
+    (holder, gate)
+}
+
+/// Waits until at least `n` operations wait in staging areas.
+async fn until_staged(rt: &Runtime, n: usize) {
+    while rt.staging_status().total_staged < n {
+        tokio::task::yield_now().await;
+    }
 }
 
 /// Invariant: a panicking body is reported as `Panicked`, commits nothing, and leaves the target
@@ -111,21 +133,14 @@ async fn a_caller_dropped_mid_body_commits_nothing_and_leaks_nothing() {
 async fn a_caller_dropped_while_staged_is_withdrawn() {
     let rt = Runtime::in_memory();
     let h = rt.insert(Counter::new()).await.unwrap();
-    let (started, gate) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let holder = {
-        let (h, s, g) = (h.clone(), started.clone(), gate.clone());
-        tokio::spawn(async move { stuck(&h, s, g).await })
-    };
-    started.notified().await;
+    let (holder, gate) = hold(&h).await;
     let waiting: Vec<_> = (0..3)
         .map(|i| {
             let h = h.clone();
             tokio::spawn(async move { bump_queued(&h, i).await })
         })
         .collect();
-    while rt.staging_status().total_staged < 3 {
-        tokio::task::yield_now().await;
-    }
+    until_staged(&rt, 3).await;
     waiting[1].abort();
     while rt.staging_status().total_staged != 2 {
         tokio::task::yield_now().await;
@@ -352,28 +367,15 @@ async fn events_report_every_op_and_missed_events_are_counted() {
     let rt = Runtime::in_memory();
     let h = rt.insert(Counter::new()).await.unwrap();
     let mut events = rt.subscribe();
-    let (tx, rx) = oneshot::channel::<()>();
-    let (started, gate) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let holder = {
-        let (h, s, g) = (h.clone(), started.clone(), gate.clone());
-        tokio::spawn(async move {
-            let r = stuck(&h, s, g).await;
-            let _ = tx.send(());
-            r
-        })
-    };
-    started.notified().await;
+    let (holder, gate) = hold(&h).await;
     let losers: Vec<_> = (0..3)
         .map(|i| {
             let h = h.clone();
             tokio::spawn(async move { bump(&h, i).await })
         })
         .collect();
-    while rt.staging_status().total_staged < 3 {
-        tokio::task::yield_now().await;
-    }
+    until_staged(&rt, 3).await;
     gate.notify_one();
-    rx.await.unwrap();
     holder.await.unwrap().unwrap();
     let outcomes: Vec<_> = futures_util::future::join_all(losers).await;
     let rejected = outcomes
@@ -402,21 +404,14 @@ async fn events_report_every_op_and_missed_events_are_counted() {
 async fn staging_status_shows_executing_and_staged() {
     let rt = Runtime::in_memory();
     let h = rt.insert(Counter::new()).await.unwrap();
-    let (started, gate) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let holder = {
-        let (h, s, g) = (h.clone(), started.clone(), gate.clone());
-        tokio::spawn(async move { stuck(&h, s, g).await })
-    };
-    started.notified().await;
+    let (holder, gate) = hold(&h).await;
     let waiters: Vec<_> = (0..2)
         .map(|i| {
             let h = h.clone();
             tokio::spawn(async move { bump_queued(&h, i).await })
         })
         .collect();
-    while rt.staging_status().total_staged < 2 {
-        tokio::task::yield_now().await;
-    }
+    until_staged(&rt, 2).await;
     let status = rt.staging_status();
     assert_eq!(status.targets.len(), 1);
     assert_eq!(status.targets[0].target, *h.key());
