@@ -460,8 +460,30 @@ impl Runtime {
         self.inner.lifecycle.draining()
     }
 
-    /// Forgets the staging state of idle targets (it is recreated on demand). Returns how many
-    /// were removed.
+    /// Forgets the staging state of idle targets that no handle keeps (it is recreated on
+    /// demand). Returns how many were removed.
+    ///
+    /// Rarely needed: a target's state is freed by itself when the last handle that called it
+    /// is dropped and nothing is staged or executing there, so this finds only what a race left
+    /// behind. It is safe beside running calls and other evictors.
+    ///
+    /// ```
+    /// # use conflict_runtime::prelude::*;
+    /// # #[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+    /// # struct Visits { #[entity(id)] id: EntityId, n: u64 }
+    /// #[with_conflict_resolution]
+    /// async fn visit(v: &mut Visits) -> u64 { v.n += 1; v.n }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let rt = Runtime::in_memory();
+    /// let t = rt.insert(Visits { id: EntityId::new(), n: 0 }).await.unwrap();
+    /// visit(&t).await.unwrap();
+    /// assert_eq!(rt.staging_status().tracked_targets, 1); // the handle keeps it
+    /// drop(t);
+    /// assert_eq!(rt.staging_status().tracked_targets, 0); // freed with the last handle
+    /// assert_eq!(rt.evict_idle_targets(), 0);
+    /// # }
+    /// ```
     pub fn evict_idle_targets(&self) -> usize {
         self.inner.staging.evict_idle()
     }
@@ -586,8 +608,10 @@ pub struct Handle<E> {
 }
 
 /// What a handle remembers so that calls through it skip map lookups: the embedded store's
-/// slot of its entity and its target's staging cell. Cloned with the handle.
-#[derive(Clone, Default)]
+/// slot of its entity and its target's staging cell. The cell is *held* by the cache (see
+/// `staging`'s module docs): it stays in the staging map while a handle caching it lives, and
+/// the handle's drop releases it.
+#[derive(Default)]
 pub(crate) struct HandleCache {
     pub(crate) slot: SlotCache,
     pub(crate) cell: OnceLock<Arc<TargetCell>>,
@@ -595,11 +619,28 @@ pub(crate) struct HandleCache {
 
 impl<E> Clone for Handle<E> {
     fn clone(&self) -> Self {
+        let cell = OnceLock::new();
+        if let Some(c) = self.cache.cell.get() {
+            let _ = cell.set(c.hold_again());
+        }
         Self {
             rt: self.rt.clone(),
             key: self.key.clone(),
-            cache: self.cache.clone(),
+            cache: HandleCache {
+                slot: self.cache.slot.clone(),
+                cell,
+            },
             _entity: PhantomData,
+        }
+    }
+}
+
+impl<E> Drop for Handle<E> {
+    fn drop(&mut self) {
+        if let Some(cell) = self.cache.cell.take() {
+            // The last hold on an idle target's cell evicts it: staging memory follows the
+            // live handles.
+            self.rt.inner.staging.release_hold(&self.key, &cell);
         }
     }
 }

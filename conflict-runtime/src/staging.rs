@@ -18,6 +18,19 @@
 //! oneshot) and for the next deadline (window end, grace end), and whichever wakes first drives
 //! the state machine. A dropped operation removes itself in `Drop`, so cancellation never leaks a
 //! staged slot, a capacity permit, or the executing slot.
+//!
+//! # Lifetime of a target's cell
+//!
+//! A target's cell lives in the map while something *holds* it: a [`Handle`](crate::Handle)
+//! that has made a staged call caches it (one hold per handle), and a call that could not use
+//! a handle's cache holds it for its duration. Holds are counted under the cell's lock
+//! (`holders`), so the count is exact. When the last hold is released and the cell is idle, the
+//! cell is removed from the map at once (O(1), no sweep), so staging memory follows the set of
+//! live handles and running calls. A held cell is never evicted, so a handle's cached cell is
+//! always the live one: it can neither keep an evicted cell alive nor bring one back. Every
+//! removal marks the cell `dead` under its lock and removes exactly that cell from the map
+//! (`remove_if` on pointer identity): a caller that fetched it just before sees `dead` and
+//! fetches (or creates) its successor, and a second evictor skips it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -27,7 +40,7 @@ use std::time::Duration;
 use conflict_core::policy::{self, Candidate};
 use conflict_core::{EntityKey, OnLose, OpId, OperationPriority, OverloadScope, PreEcsConfig};
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::metrics::{Counter, Metrics};
@@ -44,11 +57,11 @@ pub(crate) struct Staging {
     metrics: Arc<Metrics>,
 }
 
-/// A target's cell, borrowed from a handle's cache or owned.
+/// A target's cell, borrowed from a handle's cache (which holds it) or held by this call.
 #[derive(Clone)]
 enum CellRef<'a> {
     Cached(&'a Arc<TargetCell>),
-    Owned(Arc<TargetCell>),
+    Held(Arc<Hold<'a>>),
 }
 
 impl std::ops::Deref for CellRef<'_> {
@@ -56,19 +69,41 @@ impl std::ops::Deref for CellRef<'_> {
     fn deref(&self) -> &TargetCell {
         match self {
             Self::Cached(c) => c,
-            Self::Owned(c) => c,
+            Self::Held(h) => &h.cell,
         }
+    }
+}
+
+/// One hold on a cell that no handle's cache carries; released (and the cell evicted if idle)
+/// when the last clone goes.
+struct Hold<'a> {
+    staging: &'a Staging,
+    key: EntityKey,
+    cell: Arc<TargetCell>,
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        self.staging.release_hold(&self.key, &self.cell);
     }
 }
 
 pub(crate) struct TargetCell {
     state: Mutex<TargetState>,
+    /// Told when the executing operation leaves its commit phase without ending (its commit
+    /// conflicted). Staged operations that outrank it wait for this rather than for its grace
+    /// end, because no preemption is possible while it commits; after it they wait for the
+    /// grace end again.
+    commit_ended: Notify,
 }
 
 #[derive(Default)]
 struct TargetState {
-    /// Set when the cell was evicted from the map; arrivals holding it look again.
+    /// Set when the cell was removed from the map; arrivals holding it look again.
     dead: bool,
+    /// Handles caching this cell plus calls holding it without a handle's cache (see the
+    /// module docs). The cell is evicted when this drops to zero while idle.
+    holders: u32,
     executing: Option<Executing>,
     collecting_until: Option<Instant>,
     staged: StagedSet,
@@ -233,6 +268,13 @@ pub(crate) enum StageError {
 }
 
 impl TargetCell {
+    /// One more hold on a cell that is already held (a handle's cache being cloned), so it
+    /// cannot be dead.
+    pub(crate) fn hold_again(self: &Arc<Self>) -> Arc<Self> {
+        self.lock().holders += 1;
+        self.clone()
+    }
+
     fn lock(&self) -> MutexGuard<'_, TargetState> {
         // Critical sections below never panic halfway through a state change (no user code runs
         // under the lock), so a poisoned lock still holds a consistent state.
@@ -241,6 +283,14 @@ impl TargetCell {
 }
 
 impl TargetState {
+    /// Nothing staged, executing, collecting or waiting to notice a preemption.
+    fn is_idle(&self) -> bool {
+        self.executing.is_none()
+            && self.staged.is_empty()
+            && self.collecting_until.is_none()
+            && self.preempted.is_empty()
+    }
+
     /// Who preempted `op_id`. Only preemption takes the executing slot from a live guard, and
     /// it records the preemptor before releasing the lock, so the entry exists.
     fn preemptor(&self, op_id: OpId) -> Candidate {
@@ -277,19 +327,39 @@ impl Staging {
         }
     }
 
-    /// The cell of `key`: the handle's cached one, else from the map (remembered in the cache).
-    /// A cached cell may have been evicted since (`dead`): callers check under its lock and
-    /// fall back to [`Staging::lookup`].
-    fn cell<'a>(&self, key: &EntityKey, hint: &'a OnceLock<Arc<TargetCell>>) -> CellRef<'a> {
+    /// The cell of `key`: the handle's cached one, else from the map, held by the handle's
+    /// cache from now on (so it stays live as long as the handle does).
+    fn cell<'a>(&'a self, key: &EntityKey, hint: &'a OnceLock<Arc<TargetCell>>) -> CellRef<'a> {
         if let Some(c) = hint.get() {
             return CellRef::Cached(c);
         }
-        let c = self.lookup(key);
-        let kept = hint.get_or_init(|| c.clone());
-        if Arc::ptr_eq(kept, &c) {
-            CellRef::Cached(kept)
-        } else {
-            CellRef::Owned(c)
+        let c = self.hold(key);
+        let mut ours = false;
+        let kept = hint.get_or_init(|| {
+            ours = true;
+            c.clone()
+        });
+        if !ours {
+            // Another call through the same handle cached it first (and holds it for the
+            // handle); this hold is one too many.
+            self.release_hold(key, &c);
+        }
+        CellRef::Cached(kept)
+    }
+
+    /// The live cell of `key`, with one more hold on it.
+    fn hold(&self, key: &EntityKey) -> Arc<TargetCell> {
+        loop {
+            let c = self.lookup(key);
+            let mut st = c.lock();
+            if st.dead {
+                // Evicted between the map read and this lock: its successor is (or will be)
+                // in the map.
+                continue;
+            }
+            st.holders += 1;
+            drop(st);
+            return c;
         }
     }
 
@@ -304,11 +374,33 @@ impl Staging {
                 || {
                     Arc::new(TargetCell {
                         state: Mutex::new(TargetState::default()),
+                        commit_ended: Notify::new(),
                     })
                 },
                 &guard,
             )
             .clone()
+    }
+
+    /// Releases one hold on `cell`; the last one evicts it if idle.
+    pub(crate) fn release_hold(&self, key: &EntityKey, cell: &Arc<TargetCell>) {
+        let mut st = cell.lock();
+        st.holders = st.holders.saturating_sub(1);
+        if st.holders == 0 && !st.dead && st.is_idle() {
+            self.evict_locked(key, cell, &mut st);
+        }
+    }
+
+    /// Removes `cell` (exactly that cell) from the map and marks it dead. Called under its
+    /// lock, so anyone who fetched it before sees `dead` once they lock it.
+    fn evict_locked(&self, key: &EntityKey, cell: &Arc<TargetCell>, st: &mut TargetState) {
+        let guard = self.cells.guard();
+        let _ = self
+            .cells
+            .remove_if(key, |_, v| Arc::ptr_eq(v, cell), &guard);
+        st.dead = true;
+        // Nobody reads a dead cell's cached snapshot again: free it now.
+        st.last = None;
     }
 
     /// Waits until `cand` may execute on `key`, or says why it may not.
@@ -329,8 +421,14 @@ impl Staging {
         let (cell, rx) = loop {
             let mut st = cell.lock();
             if st.dead {
+                // Unreachable while holds are counted (a held cell is never evicted); kept so
+                // that a dead cell can never be used even if that changed.
                 drop(st);
-                cell = CellRef::Owned(self.lookup(key));
+                cell = CellRef::Held(Arc::new(Hold {
+                    staging: self,
+                    key: key.clone(),
+                    cell: self.hold(key),
+                }));
                 continue;
             }
             let idle =
@@ -426,7 +524,7 @@ impl Staging {
     }
 
     /// Releases the capacity permits of `n` entries that left a staging area.
-    fn release(&self, n: usize) {
+    fn release_permits(&self, n: usize) {
         if n > 0 {
             self.total.fetch_sub(n, Ordering::AcqRel);
         }
@@ -470,7 +568,7 @@ impl Staging {
                     // Preempt: the executing operation's commit will be refused and its body is
                     // woken; the best staged operation executes in its place.
                     let staged = st.staged.pop()?;
-                    self.release(1);
+                    self.release_permits(1);
                     let (by, by_grace) = (staged.cand, staged.grace);
                     if staged.tx.send(Decision::Run).is_err() {
                         // Its caller is gone (its waiter will not find itself staged and will
@@ -499,7 +597,7 @@ impl Staging {
             let Some(staged) = st.staged.pop() else {
                 return;
             };
-            self.release(1);
+            self.release_permits(1);
             if staged.tx.send(Decision::Run).is_ok() {
                 break (staged.cand, staged.grace);
             }
@@ -512,7 +610,7 @@ impl Staging {
         }
         let losers = st.staged.len() as u64;
         let rejected = st.staged.take_rejectable();
-        self.release(rejected.len());
+        self.release_permits(rejected.len());
         for loser in rejected {
             let _ = loser.tx.send(Decision::Rejected { winner });
         }
@@ -530,7 +628,7 @@ impl Staging {
             let mut st = cell.lock();
             st.collecting_until = None;
             let all = st.staged.take_all();
-            self.release(all.len());
+            self.release_permits(all.len());
             for s in all {
                 if s.tx.send(Decision::ShuttingDown).is_ok() {
                     n += 1;
@@ -551,21 +649,16 @@ impl Staging {
         }
     }
 
-    /// Removes the state of targets with nothing staged or executing.
+    /// Removes the state of targets that are idle and held by nobody (normally none: the last
+    /// hold's release already evicts). Safe beside other evictors and running calls: a dead
+    /// cell is skipped and only the very cell examined is removed.
     pub(crate) fn evict_idle(&self) -> usize {
         let guard = self.cells.guard();
         let mut evicted = 0;
         for (key, cell) in self.cells.iter(&guard) {
             let mut st = cell.lock();
-            if st.executing.is_none()
-                && st.staged.is_empty()
-                && st.collecting_until.is_none()
-                && st.preempted.is_empty()
-            {
-                // Marked dead under its lock, then removed: anyone who fetched this cell before
-                // the removal sees `dead` and fetches (or creates) the new one.
-                st.dead = true;
-                self.cells.remove(key, &guard);
+            if !st.dead && st.holders == 0 && st.is_idle() {
+                self.evict_locked(key, cell, &mut st);
                 evicted += 1;
             }
         }
@@ -612,6 +705,19 @@ struct Waiter<'s> {
     rx: Option<oneshot::Receiver<Decision>>,
 }
 
+/// What a staged operation waits for besides its decision.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// Nothing: only a decision (or the abort) ends the wait.
+    Never,
+    /// Look at the target again at this instant (window end, or the grace end of an executing
+    /// operation this one outranks).
+    At(Instant),
+    /// This one outranks the executing operation, which is committing: look again when the
+    /// commit phase ends without ending the operation (a conflict).
+    CommitEnd,
+}
+
 impl<'s> Waiter<'s> {
     async fn wait(
         &mut self,
@@ -619,26 +725,34 @@ impl<'s> Waiter<'s> {
         cand: Candidate,
     ) -> Result<ExecGuard<'s>, StageError> {
         // Arrival already drove the state machine; from here on this waiter only needs to wake
-        // for its own deadlines: the end of the window, or the end of the executing
-        // operation's grace if this one outranks it. Other transitions send a decision.
-        let mut next = self.deadline(cand);
+        // for its own deadlines: the end of the window, the end of the executing operation's
+        // grace if this one outranks it, or the end of that operation's commit phase. Other
+        // transitions send a decision.
         loop {
+            // Both notifications are created before the state is read, so neither an abort nor
+            // the end of a commit phase can slip in between the read and the wait.
             let aborted = abort.notified(self.op_id.sequence());
+            let commit_ended = self.cell.commit_ended.notified();
             if abort.is_set() {
                 return Err(StageError::ShuttingDown);
             }
+            let wake = self.next_wake(cand);
             let Some(rx) = self.rx.as_mut() else {
                 return Err(StageError::ShuttingDown);
+            };
+            let at = match wake {
+                Wake::At(at) => Some(at),
+                Wake::Never | Wake::CommitEnd => None,
             };
             let decision = tokio::select! {
                 biased;
                 d = rx => d,
                 () = aborted => return Err(StageError::ShuttingDown),
-                () = sleep_until(next) => {
+                () = commit_ended, if wake == Wake::CommitEnd => continue,
+                () = sleep_until(at) => {
                     let mut st = self.cell.lock();
                     self.staging.reconcile(&mut st, Instant::now());
                     drop(st);
-                    next = self.deadline(cand);
                     continue;
                 }
             };
@@ -662,15 +776,21 @@ impl<'s> Waiter<'s> {
 
 impl Waiter<'_> {
     /// When this waiter should look at its target again, if ever.
-    fn deadline(&self, cand: Candidate) -> Option<Instant> {
+    fn next_wake(&self, cand: Candidate) -> Wake {
         let st = self.cell.lock();
         if let Some(until) = st.collecting_until {
-            return Some(until);
+            return Wake::At(until);
         }
-        st.executing.as_ref().and_then(|e| {
-            (!e.committing && cand.effective_priority > e.cand.effective_priority)
-                .then_some(e.started + e.grace)
-        })
+        match &st.executing {
+            Some(e) if cand.effective_priority > e.cand.effective_priority => {
+                if e.committing {
+                    Wake::CommitEnd
+                } else {
+                    Wake::At(e.started + e.grace)
+                }
+            }
+            _ => Wake::Never,
+        }
     }
 }
 
@@ -688,9 +808,13 @@ impl Drop for Waiter<'_> {
         };
         let mut st = self.cell.lock();
         if st.staged.remove(self.op_id).is_some() {
-            self.staging.release(1);
+            self.staging.release_permits(1);
             // Leaving unblocks nobody (decisions are made by rank, not position), so there is
-            // nothing to reconcile.
+            // nothing to reconcile; but the last member of a collecting group closes its window,
+            // which nobody else would wake for.
+            if st.staged.is_empty() {
+                st.collecting_until = None;
+            }
             return;
         }
         drop(st);
@@ -736,6 +860,10 @@ impl ExecGuard<'_> {
                 e.committing = false;
                 if !st.staged.is_empty() {
                     self.staging.reconcile(&mut st, Instant::now());
+                    drop(st);
+                    // Staged operations that outrank this one stopped watching its grace end
+                    // while it committed: they look again (and preempt at the grace end).
+                    self.cell.commit_ended.notify_waiters();
                 }
             }
         }
@@ -792,7 +920,7 @@ pub struct StagingStatus {
     pub capacity: usize,
     /// Targets with an executing staged operation.
     pub executing: usize,
-    /// Targets whose staging state is kept (busy or recently used).
+    /// Targets whose staging state is kept (busy, or kept by a live handle).
     pub tracked_targets: usize,
     /// Busy targets (something staged, executing or collecting), by key.
     pub targets: Vec<TargetStatus>,
