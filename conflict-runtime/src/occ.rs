@@ -28,7 +28,7 @@ use crate::store::{Cas, CommitInfo, EntityCodec, Snapshot, StoredValue, Write};
 
 /// One call of an annotated function, from submission to its single outcome.
 struct Operation<'rt> {
-    rt: &'rt Inner,
+    rt: &'rt Arc<Inner>,
     spec: &'static OperationSpec,
     op_id: OpId,
     seq: u64,
@@ -43,10 +43,14 @@ struct Operation<'rt> {
     attempts: u32,
     conflicts: u32,
     ended: bool,
+    /// A commit sent to a store whose commit awaits, running in its own task until it
+    /// settles. If the caller drops the call meanwhile, the task records the outcome the commit
+    /// had (see `Drop`), not `Cancelled`.
+    in_flight: Option<tokio::task::JoinHandle<Result<Cas, StoreError>>>,
 }
 
 impl<'rt> Operation<'rt> {
-    fn begin(rt: &'rt Inner, spec: &'static OperationSpec, target: &EntityKey) -> Self {
+    fn begin(rt: &'rt Arc<Inner>, spec: &'static OperationSpec, target: &EntityKey) -> Self {
         let frame = context::inherited();
         let seq = rt.next_seq();
         let priority = frame.priority.unwrap_or(spec.config.priority);
@@ -72,6 +76,7 @@ impl<'rt> Operation<'rt> {
             attempts: 0,
             conflicts: 0,
             ended: false,
+            in_flight: None,
         }
     }
 
@@ -173,10 +178,84 @@ impl<'rt> Operation<'rt> {
 
 impl Drop for Operation<'_> {
     fn drop(&mut self) {
-        if !self.ended {
-            self.end(OutcomeKind::Cancelled, None, None);
+        if self.ended {
+            return;
         }
+        let Some(commit) = self.in_flight.take() else {
+            self.end(OutcomeKind::Cancelled, None, None);
+            return;
+        };
+        let Ok(tokio_rt) = tokio::runtime::Handle::try_current() else {
+            // Dropped outside any tokio runtime: the commit task cannot be waited for here.
+            let e = ConflictError::<BodyFailed>::Store(StoreError::OutcomeUnknown {
+                op_id: self.op_id,
+                message: "the call was dropped outside a tokio runtime while its commit was in \
+                          flight"
+                    .into(),
+            });
+            self.end(e.kind(), None, Some(e));
+            return;
+        };
+        // The caller left while its commit was in flight: whether it applied is decided by the
+        // store, not by the caller leaving. The commit's task goes on; the outcome is recorded
+        // when it settles (the operation stays in flight until then, so shutdown waits for it).
+        let rt = Arc::clone(self.rt);
+        let (spec, op_id, seq, priority, effective) = (
+            self.spec,
+            self.op_id,
+            self.seq,
+            self.priority,
+            self.effective,
+        );
+        let (parent, target) = (self.parent.take(), self.target.clone());
+        let (submitted, started, attempts, conflicts) =
+            (self.submitted, self.started, self.attempts, self.conflicts);
+        self.ended = true;
+        let settle = async move {
+            let mut rest = Operation {
+                rt: &rt,
+                spec,
+                op_id,
+                seq,
+                priority,
+                effective,
+                parent,
+                target,
+                submitted,
+                started,
+                committed_at: None,
+                attempts,
+                conflicts,
+                ended: false,
+                in_flight: None,
+            };
+            match flatten_commit(commit.await) {
+                Ok(Cas::Committed(version)) => {
+                    rest.end(OutcomeKind::Committed, Some(version), None);
+                }
+                // Not applied; the caller is gone, so there is no retry.
+                Ok(Cas::Conflict(_)) => rest.end(OutcomeKind::Cancelled, None, None),
+                Err(e) => {
+                    let e = ConflictError::<BodyFailed>::Store(e);
+                    rest.end(e.kind(), None, Some(e));
+                }
+            }
+        };
+        tokio_rt.spawn(settle);
     }
+}
+
+/// The commit task's result: a panic in the store is a store failure (the commit did not
+/// complete).
+fn flatten_commit(
+    joined: Result<Result<Cas, StoreError>, tokio::task::JoinError>,
+) -> Result<Cas, StoreError> {
+    joined.unwrap_or_else(|e| {
+        Err(StoreError::Backend {
+            message: format!("the store's commit task failed: {e}"),
+            source: None,
+        })
+    })
 }
 
 struct DisplayKind(OutcomeKind);
@@ -198,7 +277,7 @@ where
     F: FnMut(E) -> Fut,
     Fut: Future<Output = (E, Result<T, Err>)>,
 {
-    let rt = &*handle.rt.inner;
+    let rt = &handle.rt.inner;
     let mut op = Operation::begin(rt, spec, &handle.key);
     let span = tracing::info_span!(
         "conflict.op",
@@ -334,7 +413,20 @@ where
                     key: op.target.clone(),
                 })?,
         };
-        let entity = downcast::<E>(&op.target, &snap)?.clone();
+        let current = downcast::<E>(&op.target, &snap)?;
+        // The entity's and the arguments' `Clone` (the latter inside `body`, before its future
+        // exists) are user code too: a panic there ends the call as `Panicked`, like one in the
+        // body, instead of unwinding into the caller's task.
+        let started = std::panic::catch_unwind(AssertUnwindSafe(|| body(current.clone())));
+        let body_fut = match started {
+            Ok(fut) => fut,
+            Err(payload) => {
+                return Err(ConflictError::Panicked {
+                    op_id: op.op_id,
+                    message: panic_message(payload.as_ref()),
+                });
+            }
+        };
         let body_fut = context::run_as(
             LazyLink::new(
                 rt.id,
@@ -343,7 +435,7 @@ where
                 op.effective,
                 op.parent.clone(),
             ),
-            AssertUnwindSafe(body(entity)).catch_unwind(),
+            AssertUnwindSafe(body_fut).catch_unwind(),
         );
         let (entity, out) = match interruptible(rt, exec.as_ref(), op.seq, body_fut).await {
             Ok(Ok(pair)) => pair,
@@ -385,10 +477,26 @@ where
             attempt,
         };
         let at = Instant::now();
-        let outcome = rt
-            .backend
-            .commit_one(info, write, &cache.slot, rt.wall_time(at))
-            .await;
+        if let Some(guard) = remember {
+            // Until this commit settles, the next winner must not start from the snapshot the
+            // previous commit wrote (if this caller leaves mid-commit, nobody would correct it).
+            guard.remember(None);
+        }
+        let outcome = match rt.backend.spawn_commit(info, &write) {
+            // A store whose commit awaits: the commit runs in its own task, so a caller that
+            // leaves now cannot cut it short or have it miscounted (see `Operation::drop`).
+            Some(task) => {
+                let task = op.in_flight.insert(task);
+                let joined = task.await;
+                op.in_flight = None;
+                flatten_commit(joined)
+            }
+            None => {
+                rt.backend
+                    .commit_one(info, write, &cache.slot, rt.wall_time(at))
+                    .await
+            }
+        };
         if let Some(guard) = remember {
             guard.remember(match &outcome {
                 Ok(Cas::Committed(version)) => Some(Snapshot {

@@ -243,31 +243,53 @@ impl Backend {
                 },
                 None => m.compare_and_set(&write.key, write.expected_version, write.value),
             }),
+            Self::Dyn(d) => commit_dyn(d, op, write).await,
+        }
+    }
+
+    /// For a store whose commit awaits: starts the single-write commit in a task of its own
+    /// and returns it, so that the commit settles (and its outcome is known) even if the caller
+    /// stops waiting. `None` for the embedded store (its commit never awaits) or outside a
+    /// tokio runtime; then [`commit_one`](Self::commit_one) commits in place.
+    pub(crate) fn spawn_commit(
+        &self,
+        op: CommitInfo,
+        write: &Write,
+    ) -> Option<tokio::task::JoinHandle<Result<Cas, StoreError>>> {
+        match self {
+            Self::Memory(_) => None,
             Self::Dyn(d) => {
-                let outcome = d
-                    .commit(Commit {
-                        op_id: op.op_id,
-                        op_type: op.op_type,
-                        priority: op.priority,
-                        attempt: op.attempt,
-                        writes: vec![write],
-                    })
-                    .await?;
-                match outcome {
-                    CommitOutcome::Committed { versions, .. } => match versions.first() {
-                        Some(v) => Ok(Cas::Committed(*v)),
-                        None => Err(StoreError::Backend {
-                            message: format!(
-                                "store `{}` reported a commit without a version",
-                                d.name()
-                            ),
-                            source: None,
-                        }),
-                    },
-                    CommitOutcome::Conflict { actual, .. } => Ok(Cas::Conflict(actual)),
-                }
+                let rt = tokio::runtime::Handle::try_current().ok()?;
+                let (d, write) = (d.clone(), write.clone());
+                Some(rt.spawn(async move { commit_dyn(&d, op, write).await }))
             }
         }
+    }
+}
+
+async fn commit_dyn(
+    d: &Arc<dyn EntityStore>,
+    op: CommitInfo,
+    write: Write,
+) -> Result<Cas, StoreError> {
+    let outcome = d
+        .commit(Commit {
+            op_id: op.op_id,
+            op_type: op.op_type,
+            priority: op.priority,
+            attempt: op.attempt,
+            writes: vec![write],
+        })
+        .await?;
+    match outcome {
+        CommitOutcome::Committed { versions, .. } => match versions.first() {
+            Some(v) => Ok(Cas::Committed(*v)),
+            None => Err(StoreError::Backend {
+                message: format!("store `{}` reported a commit without a version", d.name()),
+                source: None,
+            }),
+        },
+        CommitOutcome::Conflict { actual, .. } => Ok(Cas::Conflict(actual)),
     }
 }
 
