@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use conflict_core::{EntityKey, OpId, OperationPriority};
 
@@ -27,6 +28,10 @@ pub(crate) struct Link {
     pub(crate) target: EntityKey,
     pub(crate) effective_priority: OperationPriority,
     pub(crate) parent: Option<Arc<Link>>,
+    /// Whether the body run (attempt) that handed this link out is still running. Cleared when
+    /// that run ends, so a context kept past it (in a spawned task, through
+    /// [`Scope::parent`]) no longer makes its target reentrant.
+    pub(crate) live: AtomicBool,
 }
 
 impl OperationContext {
@@ -60,12 +65,36 @@ impl OperationContext {
         out
     }
 
+    /// Whether this operation's body (the run that handed out this context) is still running.
+    ///
+    /// ```
+    /// # use conflict_runtime::prelude::*;
+    /// # #[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+    /// # struct Chore { #[entity(id)] id: EntityId }
+    /// #[with_conflict_resolution]
+    /// async fn own_context(_c: &mut Chore) -> Option<conflict_runtime::OperationContext> {
+    ///     conflict_runtime::current_operation()
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let rt = Runtime::in_memory();
+    /// let chore = rt.insert(Chore { id: EntityId::new() }).await.unwrap();
+    /// let ctx = own_context(&chore).await.unwrap().value.unwrap();
+    /// assert!(!ctx.is_running()); // the call has ended
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn is_running(&self) -> bool {
+        self.link.live.load(Ordering::Acquire)
+    }
+
     /// The nearest operation in this chain (itself included) of runtime `runtime_id` that is
-    /// executing on `target`.
+    /// executing on `target`. Only running ancestors count: one whose body has ended holds
+    /// nothing.
     pub(crate) fn find_target(&self, runtime_id: u64, target: &EntityKey) -> Option<OpId> {
         let mut cur = Some(&*self.link);
         while let Some(l) = cur {
-            if l.runtime_id == runtime_id && &l.target == target {
+            if l.runtime_id == runtime_id && &l.target == target && l.live.load(Ordering::Acquire) {
                 return Some(l.op_id);
             }
             cur = l.parent.as_deref();
@@ -129,9 +158,20 @@ impl LazyLink {
                     target: self.target.clone(),
                     effective_priority: self.effective_priority,
                     parent: self.parent.as_ref().map(|p| p.link.clone()),
+                    live: AtomicBool::new(true),
                 }),
             })
             .clone()
+    }
+}
+
+impl Drop for LazyLink {
+    /// The body run ends (completed, interrupted or dropped): contexts handed out from it stop
+    /// counting as a running ancestor.
+    fn drop(&mut self) {
+        if let Some(ctx) = self.built.get() {
+            ctx.link.live.store(false, Ordering::Release);
+        }
     }
 }
 
