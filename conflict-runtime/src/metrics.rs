@@ -214,7 +214,12 @@ impl OpStats {
             .iter()
             .map(|k| (k.as_str().to_string(), self.sum(k.index())))
             .collect();
-        let committed = self.sum(OutcomeKind::Committed.index());
+        // From the same reads as `ended`: a second read could see an operation that ended in
+        // between and make `committed` exceed `ended`.
+        let committed = outcomes
+            .get(OutcomeKind::Committed.as_str())
+            .copied()
+            .unwrap_or(0);
         let ended: u64 = outcomes.values().sum();
         let distribution: BTreeMap<u32, u64> = (0..=RETRY_HIST_EXACT)
             .filter_map(|r| {
