@@ -2,6 +2,7 @@
 
 use conflict_runtime::prelude::*;
 
+pub mod faults;
 pub mod pg;
 pub mod suite;
 
