@@ -108,18 +108,41 @@ impl OccConfig {
         self.max_retries.saturating_add(1)
     }
 
-    /// The ceiling of the wait before retry number `retry` (1-based; 0 is treated as 1).
+    /// The ceiling of the wait before retry number `retry` (1-based; 0 is treated as 1):
+    /// `min(max_delay_ms, base_delay_ms × backoff_factor^(retry-1))`.
+    ///
+    /// For a valid configuration it is within `[0, max_delay_ms]`, never decreases as `retry`
+    /// grows, and is zero for every retry when `base_delay_ms` is zero.
+    ///
+    /// ```
+    /// use conflict_core::OccConfig;
+    /// use std::time::Duration;
+    ///
+    /// let eager = OccConfig { base_delay_ms: 0, backoff_factor: 10.0, ..OccConfig::DEFAULT };
+    /// assert_eq!(eager.backoff_ceiling(1000), Duration::ZERO);
+    /// ```
     #[must_use]
     pub fn backoff_ceiling(&self, retry: u32) -> Duration {
+        if self.base_delay_ms == 0 {
+            // No wait at any retry. Not computed: once `factor^n` overflows to infinity,
+            // `0 × ∞` is NaN, and NaN would pass through `min` as the largest delay.
+            return Duration::ZERO;
+        }
+        let cap = Duration::from_millis(self.max_delay_ms);
         let exp = retry.saturating_sub(1).min(1024) as i32;
+        // base ≥ 1 and factor ≥ 1 (validated), so `ms` is in [1, +∞]: never NaN.
         let ms = (self.base_delay_ms as f64) * self.backoff_factor.powi(exp);
-        let capped = ms.min(self.max_delay_ms as f64);
-        Duration::from_secs_f64(capped.max(0.0) / 1000.0)
+        // `!(ms < max)` also sends a NaN from an unvalidated factor to the cap.
+        if !(ms < self.max_delay_ms as f64) {
+            return cap;
+        }
+        Duration::from_secs_f64(ms.max(0.0) / 1000.0).min(cap)
     }
 
     /// The wait before retry number `retry`, given a uniform random `unit` in `[0, 1)`.
     ///
-    /// `unit` is clamped into `[0, 1]`, so the result never exceeds the ceiling.
+    /// `unit` is clamped into `[0, 1]` (NaN counts as 0), so the result is always within
+    /// `[0, backoff_ceiling(retry)]`.
     #[must_use]
     pub fn backoff_delay(&self, retry: u32, unit: f64) -> Duration {
         let unit = if unit.is_finite() {
@@ -127,7 +150,9 @@ impl OccConfig {
         } else {
             0.0
         };
-        self.backoff_ceiling(retry).mul_f64(unit)
+        let ceiling = self.backoff_ceiling(retry);
+        // `mul_f64` goes through f64 seconds; the `min` keeps its rounding under the ceiling.
+        ceiling.mul_f64(unit).min(ceiling)
     }
 }
 
@@ -265,6 +290,27 @@ mod tests {
         };
         for retry in 1..20 {
             assert_eq!(occ.backoff_ceiling(retry), Duration::ZERO);
+        }
+    }
+
+    /// Issue #9, defect 8: with base 0 and factor 10, `10^n` overflows to infinity from retry
+    /// ~310 on and `0 × ∞ = NaN` made the ceiling `max_delay_ms` instead of zero.
+    #[test]
+    fn zero_base_delay_stays_zero_when_the_growth_overflows() {
+        let occ = OccConfig {
+            max_retries: 1000,
+            base_delay_ms: 0,
+            backoff_factor: 10.0,
+            max_delay_ms: 100,
+        };
+        occ.validate().unwrap();
+        for retry in [309, 310, 311, 1000, u32::MAX] {
+            assert_eq!(occ.backoff_ceiling(retry), Duration::ZERO, "retry {retry}");
+            assert_eq!(
+                occ.backoff_delay(retry, 0.999),
+                Duration::ZERO,
+                "retry {retry}"
+            );
         }
     }
 }
