@@ -313,4 +313,98 @@ mod tests {
             );
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Every valid configuration, with the edges (zero base, factor 1 and 10 and a hair
+        /// above 1, max equal to base) drawn often rather than once in tens of thousands.
+        fn valid_config() -> impl Strategy<Value = OccConfig> {
+            let base = prop_oneof![
+                Just(0u64),
+                Just(1),
+                Just(OccConfig::MAX_BASE_DELAY_MS),
+                0..=OccConfig::MAX_BASE_DELAY_MS,
+            ];
+            let factor = prop_oneof![
+                Just(1.0f64),
+                Just(10.0),
+                Just(1.0 + f64::EPSILON),
+                (1u32..1000).prop_map(|k| 1.0 + f64::from(k) * f64::EPSILON),
+                1.0f64..=10.0,
+            ];
+            (0..=OccConfig::MAX_RETRIES, base, factor).prop_flat_map(|(retries, base, factor)| {
+                let max = prop_oneof![
+                    Just(base),
+                    Just(OccConfig::MAX_DELAY_MS),
+                    base..=OccConfig::MAX_DELAY_MS,
+                ];
+                max.prop_map(move |max_delay_ms| OccConfig {
+                    max_retries: retries,
+                    base_delay_ms: base,
+                    backoff_factor: factor,
+                    max_delay_ms,
+                })
+            })
+        }
+
+        fn retry() -> impl Strategy<Value = u32> {
+            prop_oneof![0u32..=1100, Just(u32::MAX), any::<u32>()]
+        }
+
+        fn unit() -> impl Strategy<Value = f64> {
+            prop_oneof![
+                0.0f64..1.0,
+                Just(1.0),
+                Just(f64::NAN),
+                Just(f64::INFINITY),
+                Just(f64::NEG_INFINITY),
+                any::<f64>(),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4096))]
+
+            /// Invariant: the ceiling of every valid configuration is within
+            /// `[0, max_delay_ms]`, and zero at every retry when the base is zero.
+            #[test]
+            fn ceiling_is_within_zero_and_max(cfg in valid_config(), retry in retry()) {
+                prop_assert!(cfg.validate().is_ok(), "{cfg:?}");
+                let c = cfg.backoff_ceiling(retry);
+                prop_assert!(c <= Duration::from_millis(cfg.max_delay_ms), "{cfg:?} retry {retry}: {c:?}");
+                if cfg.base_delay_ms == 0 {
+                    prop_assert_eq!(c, Duration::ZERO, "{:?} retry {}", cfg, retry);
+                }
+            }
+
+            /// Invariant: the ceiling never decreases as the retry count grows.
+            #[test]
+            fn ceiling_is_monotone_in_retry(
+                cfg in valid_config(),
+                a in retry(),
+                b in retry(),
+                step in 1u32..=3,
+            ) {
+                let (lo, hi) = (a.min(b), a.max(b));
+                prop_assert!(cfg.backoff_ceiling(lo) <= cfg.backoff_ceiling(hi), "{cfg:?} {lo} vs {hi}");
+                let next = a.saturating_add(step);
+                prop_assert!(cfg.backoff_ceiling(a) <= cfg.backoff_ceiling(next), "{cfg:?} {a} vs {next}");
+            }
+
+            /// Invariant: the jittered delay is within `[0, ceiling]` for any `unit`, including
+            /// NaN and infinities.
+            #[test]
+            fn delay_is_within_zero_and_ceiling(
+                cfg in valid_config(),
+                retry in retry(),
+                unit in unit(),
+            ) {
+                let d = cfg.backoff_delay(retry, unit);
+                let c = cfg.backoff_ceiling(retry);
+                prop_assert!(d <= c, "{cfg:?} retry {retry} unit {unit}: {d:?} > {c:?}");
+            }
+        }
+    }
 }
