@@ -7,13 +7,28 @@
 //!   [`RuntimeBuilder::keep_succeeded`](crate::RuntimeBuilder::keep_succeeded) records and age;
 //! * a **rejected, failed or cancelled** record is a zombie: its function's [`CleanupConfig`](crate::CleanupConfig)
 //!   decides ([`CleanupConfig::decide`](crate::CleanupConfig::decide)) whether it is dropped at once (immediate), kept until
-//!   the background sweeper finds it expired (deferred), kept until a query or a new operation
-//!   on the same target meets it expired (lazy), kept (none), or handed to a named handler
-//!   (custom). `max_zombie_count_per_target` is enforced on every insert: the oldest beyond it
-//!   go.
+//!   the background sweeper finds it expired (deferred, and immediate for a debug-retained
+//!   priority), kept until a query or a new operation on the same target meets it expired
+//!   (lazy), kept (none), or handed to a named handler (custom). `max_zombie_count_per_target`
+//!   is enforced on every insert: the oldest of that target beyond it go.
 //!
-//! So the registry is bounded under any load: by the succeeded window, by the per-target cap,
-//! and by `force_cleanup_threshold`, above which every new zombie is cleaned at once.
+//! # What is kept, at most
+//!
+//! * **Zombies: at most `force_cleanup_threshold + 1`**, with the largest threshold among the
+//!   functions whose operations end (the default 1000 gives 1001). A zombie is kept only if the
+//!   count of kept zombies is at or under its function's threshold, and it is counted by a
+//!   compare-and-swap on the very count it was decided on, so however many operations end at
+//!   once, the count grows only from a value at or under the threshold, by one.
+//!   [`Operations::zombie_count`] is that count. This holds for every strategy and priority:
+//!   `none`, `deferred`, `lazy`, `custom` (records its handler keeps or failed on included) and
+//!   debug-retained records (`debug_retention_priorities`) alike; above the threshold every new
+//!   zombie is cleaned at once. The per-target cap only lowers the count.
+//! * **Succeeded records**: at most `keep_succeeded` per shard (16 shards), older than the age
+//!   window dropped from queries; queries show the most recent `keep_succeeded`.
+//!
+//! Not bounded by the registry: a custom handler that is running holds a copy of its record
+//! until it ends, also when the per-target cap evicts the kept record meanwhile; their number is
+//! the health report's `active_cleanup_tasks`.
 
 mod handlers;
 mod health;
@@ -266,11 +281,26 @@ impl Registry {
             return;
         }
         let cfg = &f.spec.config.cleanup;
-        let decision = cfg.decide(
-            f.effective,
-            self.pressure.current(),
-            self.total.load(Ordering::Relaxed),
-        );
+        let pressure = self.pressure.current();
+        let mut total = self.total.load(Ordering::Relaxed);
+        let decision = loop {
+            let decision = cfg.decide(f.effective, pressure, total);
+            if decision.strategy == CleanupStrategy::Immediate && decision.keep_for.is_zero() {
+                break decision;
+            }
+            // A record to keep is counted on the very count it was decided on, so operations
+            // ending at once cannot all pass the threshold on one stale count: the total only
+            // grows from a value at or under the threshold, by one.
+            match self.total.compare_exchange_weak(
+                total,
+                total + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break decision,
+                Err(now) => total = now,
+            }
+        };
         match decision.trigger {
             CleanupTrigger::MemoryPressure => {
                 self.metrics.add(Counter::CleanupMemoryPressure, 1);
@@ -325,7 +355,6 @@ impl Registry {
                 expires,
                 state,
             });
-            self.total.fetch_add(1, Ordering::Relaxed);
             if decision.strategy == CleanupStrategy::Lazy {
                 self.lazy.fetch_add(1, Ordering::Relaxed);
             }
