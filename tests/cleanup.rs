@@ -587,3 +587,41 @@ fn failing_low_priority_operations_stay_under_the_force_threshold() {
         .await;
     });
 }
+
+#[cleanup_handler("never_succeeds")]
+async fn never_succeeds(_op: &OperationRecord) -> Result<(), CleanupError> {
+    Err(CleanupError::new("archive unreachable"))
+}
+
+#[with_conflict_resolution(cleanup(
+    strategy = "custom",
+    custom_cleanup_handler = "never_succeeds",
+    max_zombie_count_per_target = 1
+))]
+async fn failing_with_failing_handler(_c: &mut Counter) -> Result<(), Refused> {
+    Err(Refused)
+}
+
+/// Invariant: a handler that always fails, on a target whose cap evicts each record when the
+/// next arrives (so the zombie count stays at 1 and never forces cleanup), cannot grow the
+/// health report's list of failures past `FAILED_HANDLERS_KEPT`; the metrics count them all
+/// and the runtime stays unhealthy.
+#[tokio::test(start_paused = true)]
+async fn failed_handler_runs_kept_for_the_health_report_are_bounded() {
+    use conflict_runtime::cleanup::FAILED_HANDLERS_KEPT;
+    let rt = runtime();
+    let h = rt.insert(Counter::new()).await.unwrap();
+    let n = FAILED_HANDLERS_KEPT + 20;
+    for _ in 0..n {
+        assert!(matches!(
+            failing_with_failing_handler(&h).await,
+            Err(ConflictError::Body(_))
+        ));
+    }
+    assert!(rt.cleanup_idle(Duration::from_secs(60)).await);
+    assert_eq!(rt.operations().zombie_count(), 1);
+    let health = rt.health();
+    assert_eq!(health.status, HealthStatus::Unhealthy);
+    assert_eq!(health.failed_cleanup_handlers.len(), FAILED_HANDLERS_KEPT);
+    assert_eq!(rt.metrics().cleanup.failures, n as u64);
+}

@@ -25,6 +25,8 @@
 //!   zombie is cleaned at once. The per-target cap only lowers the count.
 //! * **Succeeded records**: at most `keep_succeeded` per shard (16 shards), older than the age
 //!   window dropped from queries; queries show the most recent `keep_succeeded`.
+//! * **Failed cleanup handlers** (for the health report): the most recent
+//!   [`FAILED_HANDLERS_KEPT`]; the metrics count every failure.
 //!
 //! Not bounded by the registry: a custom handler that is running holds a copy of its record
 //! until it ends, also when the per-target cap evicts the kept record meanwhile; their number is
@@ -50,7 +52,7 @@ use tokio::time::Instant;
 
 pub use handlers::{CleanupHandlerRegistration, HandlerFuture};
 pub(crate) use handlers::{Handler, Handlers};
-pub use health::{FailedHandler, HealthReport, HealthStatus};
+pub use health::{FAILED_HANDLERS_KEPT, FailedHandler, HealthReport, HealthStatus};
 pub use pressure::{MemoryPressure, SystemMemory};
 
 use crate::metrics::{Counter, Metrics};
@@ -214,7 +216,7 @@ pub(crate) struct Registry {
     pub(crate) handlers: Handlers,
     tasks: Mutex<JoinSet<()>>,
     active_tasks: AtomicU64,
-    failed: Mutex<Vec<FailedHandler>>,
+    failed: Mutex<VecDeque<FailedHandler>>,
     metrics: Arc<Metrics>,
     this: Weak<Registry>,
 }
@@ -251,7 +253,7 @@ impl Registry {
             handlers,
             tasks: Mutex::new(JoinSet::new()),
             active_tasks: AtomicU64::new(0),
-            failed: Mutex::new(Vec::new()),
+            failed: Mutex::new(VecDeque::new()),
             metrics,
             this: this.clone(),
         })
@@ -557,7 +559,13 @@ impl Registry {
         self.metrics.add(Counter::CleanupFailures, 1);
         self.with_zombie(record, |list, i| list[i].state = ZombieState::HandlerFailed);
         tracing::warn!(handler = %handler.name, op_id = %record.op_id, %error, "cleanup handler failed; record kept");
-        lock(&self.failed).push(FailedHandler {
+        let mut failed = lock(&self.failed);
+        // A failing handler on a target whose cap evicts its records would otherwise grow this
+        // list with every failure, past every record bound.
+        if failed.len() >= FAILED_HANDLERS_KEPT {
+            failed.pop_front();
+        }
+        failed.push_back(FailedHandler {
             handler: handler.name.clone(),
             op_id: record.op_id,
             error,
@@ -595,7 +603,7 @@ impl Registry {
 
     /// Handlers that failed for good, with the records they failed on.
     pub(crate) fn failed_handlers(&self) -> Vec<FailedHandler> {
-        lock(&self.failed).clone()
+        lock(&self.failed).iter().cloned().collect()
     }
 
     pub(crate) fn memory_pressure(&self) -> f64 {
