@@ -132,8 +132,8 @@ impl OccConfig {
         let exp = retry.saturating_sub(1).min(1024) as i32;
         // base ≥ 1 and factor ≥ 1 (validated), so `ms` is in [1, +∞]: never NaN.
         let ms = (self.base_delay_ms as f64) * self.backoff_factor.powi(exp);
-        // `!(ms < max)` also sends a NaN from an unvalidated factor to the cap.
-        if !(ms < self.max_delay_ms as f64) {
+        // Infinity, and a NaN from an unvalidated factor, go to the cap too.
+        if ms.is_nan() || ms >= self.max_delay_ms as f64 {
             return cap;
         }
         Duration::from_secs_f64(ms.max(0.0) / 1000.0).min(cap)
