@@ -165,16 +165,17 @@ pub enum CommitOutcome {
 /// use conflict_runtime::store::{check_key, StoredValue};
 /// use conflict_runtime::{EntityKey, StoreError};
 ///
+/// // (Doctests are linked into one program, where entity type names must be unique.)
 /// #[derive(Debug, Clone, Serialize, Deserialize, Entity)]
-/// struct Account {
+/// struct Parcel {
 ///     #[entity(id)]
 ///     id: EntityId,
 /// }
 ///
-/// let a = Account { id: EntityId::new() };
+/// let a = Parcel { id: EntityId::new() };
 /// let value: StoredValue = Arc::new(a.clone());
 /// assert!(check_key(&a.key(), &value).is_ok());
-/// let elsewhere = EntityKey::new(Account::TYPE_NAME, EntityId::new());
+/// let elsewhere = EntityKey::new(Parcel::TYPE_NAME, EntityId::new());
 /// assert!(matches!(check_key(&elsewhere, &value), Err(StoreError::KeyMismatch { .. })));
 /// ```
 pub fn check_key(key: &EntityKey, value: &StoredValue) -> Result<(), StoreError> {
