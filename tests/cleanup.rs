@@ -479,3 +479,149 @@ async fn succeeded_records_are_bounded_and_queryable() {
     assert_eq!(rt.operations().get(last.op_id).unwrap().version, Some(201));
     assert!(rt.operations().by_status(OperationStatus::Succeeded).len() as u64 == counts.succeeded);
 }
+
+/// The error of the failing bodies below.
+#[derive(Debug, thiserror::Error)]
+#[error("refused by the test")]
+struct Refused;
+
+#[with_conflict_resolution(
+    priority = LOW,
+    cleanup(
+        strategy = "deferred",
+        retention_minutes = 30,
+        max_zombie_count_per_target = 10000,
+        force_cleanup_threshold = 100
+    )
+)]
+async fn failing_low_deferred(_c: &mut Counter) -> Result<(), Refused> {
+    Err(Refused)
+}
+
+#[with_conflict_resolution(
+    priority = LOW,
+    cleanup(
+        strategy = "immediate",
+        retention_minutes = 30,
+        debug_retention_priorities = [LOW],
+        max_zombie_count_per_target = 10000,
+        force_cleanup_threshold = 100
+    )
+)]
+async fn failing_low_debug_kept(_c: &mut Counter) -> Result<(), Refused> {
+    Err(Refused)
+}
+
+/// Ends 5,000 failing operations of `f` (threshold 100) from 20 tasks (one entity each, so
+/// every call runs its body and fails) while a watcher samples the zombie count, and checks
+/// that the count never exceeded the threshold + 1 and ends there.
+async fn end_failing<F, Fut>(what: &str, rt: &Runtime, f: F)
+where
+    F: Fn(Handle<Counter>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    const TASKS: u64 = 20;
+    const CALLS: u64 = 250;
+    let max = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (rt, max, done) = (rt.clone(), max.clone(), done.clone());
+        tokio::spawn(async move {
+            while !done.load(Ordering::SeqCst) {
+                max.fetch_max(rt.operations().zombie_count(), Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..TASKS {
+        let h = rt.insert(Counter::new()).await.unwrap();
+        let (rt, f, max) = (rt.clone(), f.clone(), max.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..CALLS {
+                assert!(f(h.clone()).await, "the body must fail");
+                max.fetch_max(rt.operations().zombie_count(), Ordering::SeqCst);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    watcher.await.unwrap();
+    let max = max.load(Ordering::SeqCst);
+    assert!(max <= 101, "{what}: {max} zombies kept at once");
+    let m = rt.metrics();
+    assert_eq!(m.outcome(OutcomeKind::BodyError), TASKS * CALLS);
+    assert_eq!(m.in_flight, 0);
+    // Kept = at most threshold + 1; the rest were forced out at once.
+    let kept = rt.operations().zombie_count();
+    assert_eq!(kept, 101, "below the threshold the strategy keeps records");
+    assert_eq!(m.cleanup.force_triggered, TASKS * CALLS - kept);
+    assert_eq!(rt.operations().counts().zombies, kept);
+    assert_eq!(
+        m.cleanup.cleaned.get("immediate"),
+        Some(&(TASKS * CALLS - kept))
+    );
+}
+
+/// Invariant (issue #9, defect 7): thousands of failing LOW-priority operations, ending on
+/// many threads at once, never make the registry keep more than `force_cleanup_threshold + 1`
+/// zombies — under "deferred" and under "immediate" with LOW debug-retained alike (debug
+/// retention used to keep every one of them for the whole window).
+#[test]
+fn failing_low_priority_operations_stay_under_the_force_threshold() {
+    conflict_tests::multi_thread(2, async {
+        let rt = builder().memory_pressure(Fixed(0.0)).build().unwrap();
+        end_failing("deferred", &rt, |h| async move {
+            matches!(failing_low_deferred(&h).await, Err(ConflictError::Body(_)))
+        })
+        .await;
+        let rt = builder().memory_pressure(Fixed(0.0)).build().unwrap();
+        end_failing("debug-retained immediate", &rt, |h| async move {
+            matches!(
+                failing_low_debug_kept(&h).await,
+                Err(ConflictError::Body(_))
+            )
+        })
+        .await;
+    });
+}
+
+#[cleanup_handler("never_succeeds")]
+async fn never_succeeds(_op: &OperationRecord) -> Result<(), CleanupError> {
+    Err(CleanupError::new("archive unreachable"))
+}
+
+#[with_conflict_resolution(cleanup(
+    strategy = "custom",
+    custom_cleanup_handler = "never_succeeds",
+    max_zombie_count_per_target = 1
+))]
+async fn failing_with_failing_handler(_c: &mut Counter) -> Result<(), Refused> {
+    Err(Refused)
+}
+
+/// Invariant: a handler that always fails, on a target whose cap evicts each record when the
+/// next arrives (so the zombie count stays at 1 and never forces cleanup), cannot grow the
+/// health report's list of failures past `FAILED_HANDLERS_KEPT`; the metrics count them all
+/// and the runtime stays unhealthy.
+#[tokio::test(start_paused = true)]
+async fn failed_handler_runs_kept_for_the_health_report_are_bounded() {
+    use conflict_runtime::cleanup::FAILED_HANDLERS_KEPT;
+    let rt = runtime();
+    let h = rt.insert(Counter::new()).await.unwrap();
+    let n = FAILED_HANDLERS_KEPT + 20;
+    for _ in 0..n {
+        assert!(matches!(
+            failing_with_failing_handler(&h).await,
+            Err(ConflictError::Body(_))
+        ));
+    }
+    assert!(rt.cleanup_idle(Duration::from_secs(60)).await);
+    assert_eq!(rt.operations().zombie_count(), 1);
+    let health = rt.health();
+    assert_eq!(health.status, HealthStatus::Unhealthy);
+    assert_eq!(health.failed_cleanup_handlers.len(), FAILED_HANDLERS_KEPT);
+    assert_eq!(rt.metrics().cleanup.failures, n as u64);
+}

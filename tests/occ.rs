@@ -1,6 +1,7 @@
 //! The OCC suite (`conflict_tests::suite`) on the embedded in-memory store.
 
 use conflict_runtime::Runtime;
+use conflict_runtime::store::MemoryStore;
 use conflict_tests::multi_thread;
 use conflict_tests::suite::{self, Scale};
 
@@ -69,4 +70,23 @@ async fn versions_start_at_one_and_grow_by_one() {
 #[tokio::test]
 async fn mode_none_compares_but_does_not_retry() {
     suite::mode_none_compares_but_does_not_retry(Runtime::in_memory()).await;
+}
+
+/// Invariant (defect 10): `MemoryStore` through the `EntityStore` trait refuses a value of
+/// another type or id under a key, changing nothing.
+#[tokio::test]
+async fn store_refuses_a_value_under_another_key() {
+    suite::store_refuses_a_value_under_another_key(&MemoryStore::new()).await;
+}
+
+/// Invariant (defect 10): a multi-write with one mismatched write applies none.
+#[tokio::test]
+async fn store_refuses_a_multi_write_with_one_mismatched_write() {
+    suite::store_refuses_a_multi_write_with_one_mismatched_write(&MemoryStore::new()).await;
+}
+
+/// Invariant (defect 10): an insert under another key stores nothing.
+#[tokio::test]
+async fn store_refuses_an_insert_under_another_key() {
+    suite::store_refuses_an_insert_under_another_key(&MemoryStore::new()).await;
 }

@@ -110,6 +110,34 @@ fn versions_start_at_one_and_grow_by_one() {
     });
 }
 
+/// Invariant (suite, defect 10): a value of another type or id under a key is refused with
+/// `KeyMismatch` before any I/O; the row still loads at its old version.
+#[test]
+fn store_refuses_a_value_under_another_key() {
+    multi_thread(2, async {
+        let store = pg::store("key_mismatch").await;
+        suite::store_refuses_a_value_under_another_key(&store).await;
+    });
+}
+
+/// Invariant (suite, defect 10): a multi-write with one mismatched write applies none.
+#[test]
+fn store_refuses_a_multi_write_with_one_mismatched_write() {
+    multi_thread(2, async {
+        let store = pg::store("key_mismatch_multi").await;
+        suite::store_refuses_a_multi_write_with_one_mismatched_write(&store).await;
+    });
+}
+
+/// Invariant (suite, defect 10): an insert under another key stores nothing.
+#[test]
+fn store_refuses_an_insert_under_another_key() {
+    multi_thread(2, async {
+        let store = pg::store("key_mismatch_insert").await;
+        suite::store_refuses_an_insert_under_another_key(&store).await;
+    });
+}
+
 /// Invariant (suite): `mode = "none"` compares but does not retry.
 #[test]
 fn mode_none_compares_but_does_not_retry() {

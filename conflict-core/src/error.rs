@@ -64,6 +64,18 @@ pub enum StoreError {
         /// The key.
         key: EntityKey,
     },
+    /// A write or insert whose value is another entity than its key names (another type or
+    /// another id): refused before anything was written, so every load of `key` still works.
+    #[error(
+        "the value written under {key} is entity {found}: nothing was written; pass each value \
+         under its own key (`value.entity_key()`)"
+    )]
+    KeyMismatch {
+        /// The key the value was written under.
+        key: EntityKey,
+        /// The key of the value itself.
+        found: EntityKey,
+    },
     /// A stored value could not be encoded or decoded.
     #[error("entity {key} could not be (de)serialized: {message}")]
     Codec {

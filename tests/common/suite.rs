@@ -1,12 +1,16 @@
 //! The OCC suite, generic over the store: every function takes a fresh runtime (on whatever
 //! backend) and checks one invariant. `tests/occ.rs` runs it on the in-memory store; the
-//! PostgreSQL tests run the same functions on `PgStore`.
+//! PostgreSQL tests run the same functions on `PgStore`. The `store_*` functions call the
+//! [`EntityStore`] trait directly (a fresh, empty store of any backend).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use conflict_runtime::OutcomeKind;
 use conflict_runtime::prelude::*;
+use conflict_runtime::store::{
+    Commit, CommitOutcome, EntityCodec, EntityStore, StoredValue, Write,
+};
+use conflict_runtime::{EntityKey, OutcomeKind, StoreError};
 
 use crate::Counter;
 
@@ -374,4 +378,185 @@ pub async fn mode_none_compares_but_does_not_retry(rt: Runtime) {
         Err(ConflictError::RetriesExhausted { attempts: 1, .. })
     ));
     assert_eq!(h.load().await.unwrap().value.value, 100);
+}
+
+/// A second entity type, to write under a `Counter`'s key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Entity)]
+pub struct Label {
+    /// Identity.
+    #[entity(id)]
+    pub id: EntityId,
+    /// Anything.
+    pub text: String,
+}
+
+fn counter_key(id: EntityId) -> EntityKey {
+    EntityKey::new(Counter::TYPE_NAME, id)
+}
+
+fn counter(id: EntityId, value: u64) -> StoredValue {
+    Arc::new(Counter {
+        id,
+        value,
+        log: Vec::new(),
+    })
+}
+
+fn commit_of(writes: Vec<Write>) -> Commit {
+    Commit {
+        op_id: OpId::from_parts(fastrand::u64(..), fastrand::u64(..)),
+        op_type: "suite_commit",
+        priority: OperationPriority::NORMAL,
+        attempt: 1,
+        writes,
+    }
+}
+
+/// The counter at `id` and its version, which must exist and decode.
+async fn load_counter(store: &dyn EntityStore, id: EntityId) -> (u64, u64) {
+    let snap = store
+        .load(&counter_key(id), EntityCodec::of::<Counter>())
+        .await
+        .expect("the entity still loads")
+        .expect("the entity still exists");
+    let c = snap
+        .value
+        .as_any()
+        .downcast_ref::<Counter>()
+        .expect("the stored value is still a Counter");
+    assert_eq!(c.id, id);
+    (c.value, snap.version)
+}
+
+fn assert_mismatch<T: std::fmt::Debug>(
+    r: Result<T, StoreError>,
+    key: &EntityKey,
+    found: &EntityKey,
+) {
+    match r {
+        Err(StoreError::KeyMismatch { key: k, found: f }) => {
+            assert_eq!((&k, &f), (key, found));
+        }
+        other => panic!("expected KeyMismatch under {key} for {found}, got {other:?}"),
+    }
+}
+
+/// Invariant (issue #9, defect 10): a commit whose value is another entity type than its key
+/// names, or the same type with another id, is refused with `KeyMismatch` and changes nothing:
+/// the entity still loads, at its old value and version, and the other id is not created.
+pub async fn store_refuses_a_value_under_another_key(store: &dyn EntityStore) {
+    let a = EntityId::new();
+    store.insert(counter_key(a), counter(a, 7)).await.unwrap();
+
+    let label: StoredValue = Arc::new(Label {
+        id: a,
+        text: "not a counter".into(),
+    });
+    let other_type = store
+        .commit(commit_of(vec![Write {
+            key: counter_key(a),
+            expected_version: 1,
+            value: label,
+        }]))
+        .await;
+    assert_mismatch(
+        other_type,
+        &counter_key(a),
+        &EntityKey::new(Label::TYPE_NAME, a),
+    );
+    assert_eq!(load_counter(store, a).await, (7, 1), "nothing changed");
+
+    let b = EntityId::new();
+    let other_id = store
+        .commit(commit_of(vec![Write {
+            key: counter_key(a),
+            expected_version: 1,
+            value: counter(b, 8),
+        }]))
+        .await;
+    assert_mismatch(other_id, &counter_key(a), &counter_key(b));
+    assert_eq!(load_counter(store, a).await, (7, 1), "nothing changed");
+    let ghost = store
+        .load(&counter_key(b), EntityCodec::of::<Counter>())
+        .await
+        .unwrap();
+    assert!(ghost.is_none(), "the value's own id was not created either");
+
+    // The refusals left the entity writable as before.
+    let ok = store
+        .commit(commit_of(vec![Write {
+            key: counter_key(a),
+            expected_version: 1,
+            value: counter(a, 9),
+        }]))
+        .await
+        .unwrap();
+    assert!(matches!(ok, CommitOutcome::Committed { ref versions, .. } if versions == &[2]));
+    assert_eq!(load_counter(store, a).await, (9, 2));
+}
+
+/// Invariant (defect 10): a two-write commit whose second write is mismatched applies
+/// neither write, although the first is valid and at its expected version.
+pub async fn store_refuses_a_multi_write_with_one_mismatched_write(store: &dyn EntityStore) {
+    let (a, b) = (EntityId::new(), EntityId::new());
+    store.insert(counter_key(a), counter(a, 1)).await.unwrap();
+    store.insert(counter_key(b), counter(b, 2)).await.unwrap();
+    let r = store
+        .commit(commit_of(vec![
+            Write {
+                key: counter_key(a),
+                expected_version: 1,
+                value: counter(a, 10),
+            },
+            Write {
+                key: counter_key(b),
+                expected_version: 1,
+                value: counter(a, 20),
+            },
+        ]))
+        .await;
+    assert_mismatch(r, &counter_key(b), &counter_key(a));
+    assert_eq!(
+        load_counter(store, a).await,
+        (1, 1),
+        "first write not applied"
+    );
+    assert_eq!(
+        load_counter(store, b).await,
+        (2, 1),
+        "second write not applied"
+    );
+}
+
+/// Invariant (defect 10): an insert whose value is another entity than its key is refused
+/// with `KeyMismatch` and stores nothing, under either key.
+pub async fn store_refuses_an_insert_under_another_key(store: &dyn EntityStore) {
+    let (key_id, value_id) = (EntityId::new(), EntityId::new());
+    let r = store
+        .insert(counter_key(key_id), counter(value_id, 1))
+        .await;
+    assert_mismatch(r, &counter_key(key_id), &counter_key(value_id));
+    let label: StoredValue = Arc::new(Label {
+        id: key_id,
+        text: "not a counter".into(),
+    });
+    let r = store.insert(counter_key(key_id), label).await;
+    assert_mismatch(
+        r,
+        &counter_key(key_id),
+        &EntityKey::new(Label::TYPE_NAME, key_id),
+    );
+    for id in [key_id, value_id] {
+        let found = store
+            .load(&counter_key(id), EntityCodec::of::<Counter>())
+            .await
+            .unwrap();
+        assert!(found.is_none(), "nothing stored under {id}");
+    }
+    // The key is still free for its own value.
+    store
+        .insert(counter_key(key_id), counter(key_id, 3))
+        .await
+        .unwrap();
+    assert_eq!(load_counter(store, key_id).await, (3, 1));
 }

@@ -133,13 +133,16 @@ pub struct CleanupConfig {
     pub memory_pressure_threshold: f64,
     /// Priorities whose records are always removed at once.
     pub immediate_cleanup_priorities: PrioritySet,
-    /// Priorities whose records are kept for the retention window even under `immediate`.
+    /// Priorities whose records are kept for the retention window even when `immediate`
+    /// (the strategy, or rule 1) would remove them at once; only while at most
+    /// `force_cleanup_threshold` zombies are kept and memory pressure does not apply.
     pub debug_retention_priorities: PrioritySet,
     /// The registered handler that `custom` runs.
     pub custom_cleanup_handler: Option<Cow<'static, str>>,
     /// The most zombies kept per target; the oldest beyond it are removed.
     pub max_zombie_count_per_target: u32,
-    /// Total zombies above which every strategy acts as immediate.
+    /// Total zombies above which every new zombie is removed at once: every strategy acts as
+    /// immediate and debug retention is off.
     pub force_cleanup_threshold: u32,
 }
 
@@ -170,18 +173,24 @@ impl CleanupConfig {
         Duration::from_secs(u64::from(self.retention_minutes) * 60)
     }
 
-    /// The design's rule for one record of an operation that did not succeed:
+    /// The design's rule for one record of an operation that did not succeed, given the memory
+    /// pressure and the number of zombies kept now:
     ///
     /// 1. a priority in `immediate_cleanup_priorities` → immediate;
     /// 2. memory pressure above the threshold with `aggressive_on_memory_pressure` → immediate;
     /// 3. more than `force_cleanup_threshold` zombies in total → immediate;
     /// 4. otherwise the configured strategy.
     ///
-    /// A priority in `debug_retention_priorities` is still kept for the retention window when
-    /// rule 1 or 3 makes it immediate; only memory pressure (rule 2) overrides that.
+    /// A priority in `debug_retention_priorities` that rule 1 or the configured `immediate`
+    /// strategy would remove at once is instead kept for the retention window, but only while
+    /// `total_zombies` is at or under `force_cleanup_threshold` and memory pressure does not
+    /// apply. So above the threshold every decision, whatever the priority and the strategy
+    /// (`none`, `deferred`, `lazy`, `custom`, debug-retained `immediate`), is immediate with
+    /// `keep_for` zero: a record is kept only when at most `force_cleanup_threshold` are.
     ///
     /// ```
     /// use conflict_core::{CleanupConfig, CleanupStrategy, CleanupTrigger, OperationPriority as P};
+    /// use std::time::Duration;
     /// let cfg = CleanupConfig::DEFAULT;
     /// let d = cfg.decide(P::CRITICAL, 0.1, 0);
     /// assert_eq!((d.strategy, d.trigger), (CleanupStrategy::Immediate, CleanupTrigger::Priority));
@@ -189,6 +198,15 @@ impl CleanupConfig {
     /// assert_eq!(d.trigger, CleanupTrigger::MemoryPressure);
     /// let d = cfg.decide(P::NORMAL, 0.1, 0);
     /// assert_eq!((d.strategy, d.trigger), (CleanupStrategy::Deferred, CleanupTrigger::Configured));
+    ///
+    /// // LOW is debug-retained by default: kept for the window while the total is at the
+    /// // threshold (1000)...
+    /// let imm = CleanupConfig::builder().strategy(CleanupStrategy::Immediate).build().unwrap();
+    /// assert_eq!(imm.decide(P::LOW, 0.1, 1000).keep_for, imm.retention());
+    /// // ...and removed at once above it, like every other record.
+    /// let d = imm.decide(P::LOW, 0.1, 1001);
+    /// assert_eq!((d.strategy, d.trigger), (CleanupStrategy::Immediate, CleanupTrigger::Force));
+    /// assert_eq!(d.keep_for, Duration::ZERO);
     /// ```
     #[must_use]
     pub fn decide(
@@ -199,11 +217,12 @@ impl CleanupConfig {
     ) -> CleanupDecision {
         let pressured =
             self.aggressive_on_memory_pressure && memory_pressure > self.memory_pressure_threshold;
+        let over_threshold = total_zombies > u64::from(self.force_cleanup_threshold);
         let trigger = if self.immediate_cleanup_priorities.contains(priority) {
             CleanupTrigger::Priority
         } else if pressured {
             CleanupTrigger::MemoryPressure
-        } else if total_zombies > u64::from(self.force_cleanup_threshold) {
+        } else if over_threshold {
             CleanupTrigger::Force
         } else {
             CleanupTrigger::Configured
@@ -212,7 +231,10 @@ impl CleanupConfig {
             CleanupTrigger::Configured => self.strategy,
             _ => CleanupStrategy::Immediate,
         };
-        let debug_kept = self.debug_retention_priorities.contains(priority) && !pressured;
+        // Debug retention never outranks the bounds: not under pressure, not above the
+        // threshold (rule 1 is checked first, so `trigger` alone would not show rule 3).
+        let debug_kept =
+            self.debug_retention_priorities.contains(priority) && !pressured && !over_threshold;
         let keep_for = match strategy {
             CleanupStrategy::Immediate if debug_kept => self.retention(),
             CleanupStrategy::Immediate | CleanupStrategy::Custom => Duration::ZERO,
@@ -417,9 +439,12 @@ mod tests {
             (S::Immediate, T::Force, Duration::ZERO)
         );
         assert_eq!(d(P::NORMAL, 0.1, 100), (S::Lazy, T::Configured, ten));
-        // Debug retention keeps LOW records for the window under forced immediate cleanup...
-        assert_eq!(d(P::LOW, 0.1, 101), (S::Immediate, T::Force, ten));
-        // ...but not under memory pressure.
+        // Debug retention never keeps a record above the threshold (see the test below)...
+        assert_eq!(
+            d(P::LOW, 0.1, 101),
+            (S::Immediate, T::Force, Duration::ZERO)
+        );
+        // ...nor under memory pressure.
         assert_eq!(
             d(P::LOW, 0.6, 0),
             (S::Immediate, T::MemoryPressure, Duration::ZERO)
@@ -433,6 +458,49 @@ mod tests {
         assert_eq!(calm.decide(P::NORMAL, 1.0, 0).trigger, T::Configured);
         let none = CleanupConfig::DISABLED.decide(P::NORMAL, 0.0, 0);
         assert_eq!((none.strategy, none.keep_for), (S::None, Duration::MAX));
+    }
+
+    /// Issue #9, defect 7: debug retention kept LOW records for the window even when rule 1 or
+    /// rule 3 made them immediate, so failing LOW operations piled up past
+    /// `force_cleanup_threshold`. Above the threshold nothing may be kept, whatever the
+    /// priority lists and the strategy; at or under it, debug retention still applies.
+    #[test]
+    fn nothing_is_kept_above_the_force_threshold_not_even_debug_retained() {
+        use CleanupStrategy as S;
+        let ten = Duration::from_secs(600);
+        for strategy in S::ALL {
+            let mut b = CleanupConfig::builder()
+                .strategy(strategy)
+                .retention_minutes(10)
+                .force_cleanup_threshold(100)
+                .debug_retention_priorities([P::LOW, P::CRITICAL]);
+            if strategy == S::Custom {
+                b = b.custom_cleanup_handler("audit");
+            }
+            let cfg = b.build().unwrap();
+            for p in [P::LOW, P::NORMAL, P::CRITICAL] {
+                for total in [101, 102, 1_000_000, u64::MAX] {
+                    let d = cfg.decide(p, 0.1, total);
+                    assert_eq!(
+                        (d.strategy, d.keep_for),
+                        (S::Immediate, Duration::ZERO),
+                        "{strategy:?} {p:?} at {total} zombies"
+                    );
+                }
+            }
+            // At or under the threshold, debug retention keeps LOW under the `immediate`
+            // strategy, and CRITICAL (rule 1) under every strategy.
+            for total in [0, 100] {
+                let crit = cfg.decide(P::CRITICAL, 0.1, total);
+                assert_eq!(
+                    (crit.strategy, crit.trigger, crit.keep_for),
+                    (S::Immediate, CleanupTrigger::Priority, ten)
+                );
+                if strategy == S::Immediate {
+                    assert_eq!(cfg.decide(P::LOW, 0.1, total).keep_for, ten);
+                }
+            }
+        }
     }
 
     #[test]

@@ -108,18 +108,41 @@ impl OccConfig {
         self.max_retries.saturating_add(1)
     }
 
-    /// The ceiling of the wait before retry number `retry` (1-based; 0 is treated as 1).
+    /// The ceiling of the wait before retry number `retry` (1-based; 0 is treated as 1):
+    /// `min(max_delay_ms, base_delay_ms × backoff_factor^(retry-1))`.
+    ///
+    /// For a valid configuration it is within `[0, max_delay_ms]`, never decreases as `retry`
+    /// grows, and is zero for every retry when `base_delay_ms` is zero.
+    ///
+    /// ```
+    /// use conflict_core::OccConfig;
+    /// use std::time::Duration;
+    ///
+    /// let eager = OccConfig { base_delay_ms: 0, backoff_factor: 10.0, ..OccConfig::DEFAULT };
+    /// assert_eq!(eager.backoff_ceiling(1000), Duration::ZERO);
+    /// ```
     #[must_use]
     pub fn backoff_ceiling(&self, retry: u32) -> Duration {
+        if self.base_delay_ms == 0 {
+            // No wait at any retry. Not computed: once `factor^n` overflows to infinity,
+            // `0 × ∞` is NaN, and NaN would pass through `min` as the largest delay.
+            return Duration::ZERO;
+        }
+        let cap = Duration::from_millis(self.max_delay_ms);
         let exp = retry.saturating_sub(1).min(1024) as i32;
+        // base ≥ 1 and factor ≥ 1 (validated), so `ms` is in [1, +∞]: never NaN.
         let ms = (self.base_delay_ms as f64) * self.backoff_factor.powi(exp);
-        let capped = ms.min(self.max_delay_ms as f64);
-        Duration::from_secs_f64(capped.max(0.0) / 1000.0)
+        // Infinity, and a NaN from an unvalidated factor, go to the cap too.
+        if ms.is_nan() || ms >= self.max_delay_ms as f64 {
+            return cap;
+        }
+        Duration::from_secs_f64(ms.max(0.0) / 1000.0).min(cap)
     }
 
     /// The wait before retry number `retry`, given a uniform random `unit` in `[0, 1)`.
     ///
-    /// `unit` is clamped into `[0, 1]`, so the result never exceeds the ceiling.
+    /// `unit` is clamped into `[0, 1]` (NaN counts as 0), so the result is always within
+    /// `[0, backoff_ceiling(retry)]`.
     #[must_use]
     pub fn backoff_delay(&self, retry: u32, unit: f64) -> Duration {
         let unit = if unit.is_finite() {
@@ -127,7 +150,9 @@ impl OccConfig {
         } else {
             0.0
         };
-        self.backoff_ceiling(retry).mul_f64(unit)
+        let ceiling = self.backoff_ceiling(retry);
+        // `mul_f64` goes through f64 seconds; the `min` keeps its rounding under the ceiling.
+        ceiling.mul_f64(unit).min(ceiling)
     }
 }
 
@@ -265,6 +290,121 @@ mod tests {
         };
         for retry in 1..20 {
             assert_eq!(occ.backoff_ceiling(retry), Duration::ZERO);
+        }
+    }
+
+    /// Issue #9, defect 8: with base 0 and factor 10, `10^n` overflows to infinity from retry
+    /// ~310 on and `0 × ∞ = NaN` made the ceiling `max_delay_ms` instead of zero.
+    #[test]
+    fn zero_base_delay_stays_zero_when_the_growth_overflows() {
+        let occ = OccConfig {
+            max_retries: 1000,
+            base_delay_ms: 0,
+            backoff_factor: 10.0,
+            max_delay_ms: 100,
+        };
+        occ.validate().unwrap();
+        for retry in [309, 310, 311, 1000, u32::MAX] {
+            assert_eq!(occ.backoff_ceiling(retry), Duration::ZERO, "retry {retry}");
+            assert_eq!(
+                occ.backoff_delay(retry, 0.999),
+                Duration::ZERO,
+                "retry {retry}"
+            );
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Every valid configuration, with the edges (zero base, factor 1 and 10 and a hair
+        /// above 1, max equal to base) drawn often rather than once in tens of thousands.
+        fn valid_config() -> impl Strategy<Value = OccConfig> {
+            let base = prop_oneof![
+                Just(0u64),
+                Just(1),
+                Just(OccConfig::MAX_BASE_DELAY_MS),
+                0..=OccConfig::MAX_BASE_DELAY_MS,
+            ];
+            let factor = prop_oneof![
+                Just(1.0f64),
+                Just(10.0),
+                Just(1.0 + f64::EPSILON),
+                (1u32..1000).prop_map(|k| 1.0 + f64::from(k) * f64::EPSILON),
+                1.0f64..=10.0,
+            ];
+            (0..=OccConfig::MAX_RETRIES, base, factor).prop_flat_map(|(retries, base, factor)| {
+                let max = prop_oneof![
+                    Just(base),
+                    Just(OccConfig::MAX_DELAY_MS),
+                    base..=OccConfig::MAX_DELAY_MS,
+                ];
+                max.prop_map(move |max_delay_ms| OccConfig {
+                    max_retries: retries,
+                    base_delay_ms: base,
+                    backoff_factor: factor,
+                    max_delay_ms,
+                })
+            })
+        }
+
+        fn retry() -> impl Strategy<Value = u32> {
+            prop_oneof![0u32..=1100, Just(u32::MAX), any::<u32>()]
+        }
+
+        fn unit() -> impl Strategy<Value = f64> {
+            prop_oneof![
+                0.0f64..1.0,
+                Just(1.0),
+                Just(f64::NAN),
+                Just(f64::INFINITY),
+                Just(f64::NEG_INFINITY),
+                any::<f64>(),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4096))]
+
+            /// Invariant: the ceiling of every valid configuration is within
+            /// `[0, max_delay_ms]`, and zero at every retry when the base is zero.
+            #[test]
+            fn ceiling_is_within_zero_and_max(cfg in valid_config(), retry in retry()) {
+                prop_assert!(cfg.validate().is_ok(), "{cfg:?}");
+                let c = cfg.backoff_ceiling(retry);
+                prop_assert!(c <= Duration::from_millis(cfg.max_delay_ms), "{cfg:?} retry {retry}: {c:?}");
+                if cfg.base_delay_ms == 0 {
+                    prop_assert_eq!(c, Duration::ZERO, "{:?} retry {}", cfg, retry);
+                }
+            }
+
+            /// Invariant: the ceiling never decreases as the retry count grows.
+            #[test]
+            fn ceiling_is_monotone_in_retry(
+                cfg in valid_config(),
+                a in retry(),
+                b in retry(),
+                step in 1u32..=3,
+            ) {
+                let (lo, hi) = (a.min(b), a.max(b));
+                prop_assert!(cfg.backoff_ceiling(lo) <= cfg.backoff_ceiling(hi), "{cfg:?} {lo} vs {hi}");
+                let next = a.saturating_add(step);
+                prop_assert!(cfg.backoff_ceiling(a) <= cfg.backoff_ceiling(next), "{cfg:?} {a} vs {next}");
+            }
+
+            /// Invariant: the jittered delay is within `[0, ceiling]` for any `unit`, including
+            /// NaN and infinities.
+            #[test]
+            fn delay_is_within_zero_and_ceiling(
+                cfg in valid_config(),
+                retry in retry(),
+                unit in unit(),
+            ) {
+                let d = cfg.backoff_delay(retry, unit);
+                let c = cfg.backoff_ceiling(retry);
+                prop_assert!(d <= c, "{cfg:?} retry {retry} unit {unit}: {d:?} > {c:?}");
+            }
         }
     }
 }

@@ -46,7 +46,7 @@ pub struct HealthReport {
     pub memory_pressure: f64,
     /// Cleanup handler runs in progress.
     pub active_cleanup_tasks: u64,
-    /// Handlers that failed for good.
+    /// Handlers that failed for good: the most recent [`FAILED_HANDLERS_KEPT`] failures.
     pub failed_cleanup_handlers: Vec<FailedHandler>,
     /// What is wrong, in words.
     pub issues: Vec<String>,
@@ -56,6 +56,8 @@ pub struct HealthReport {
 pub const ZOMBIE_DEGRADED: u64 = 10_000;
 /// Memory pressure above which the runtime reports itself degraded.
 pub const PRESSURE_DEGRADED: f64 = 0.9;
+/// How many failed handler runs the registry keeps for the health report (the most recent).
+pub const FAILED_HANDLERS_KEPT: usize = 100;
 
 impl HealthReport {
     pub(crate) fn assess(

@@ -7,13 +7,30 @@
 //!   [`RuntimeBuilder::keep_succeeded`](crate::RuntimeBuilder::keep_succeeded) records and age;
 //! * a **rejected, failed or cancelled** record is a zombie: its function's [`CleanupConfig`](crate::CleanupConfig)
 //!   decides ([`CleanupConfig::decide`](crate::CleanupConfig::decide)) whether it is dropped at once (immediate), kept until
-//!   the background sweeper finds it expired (deferred), kept until a query or a new operation
-//!   on the same target meets it expired (lazy), kept (none), or handed to a named handler
-//!   (custom). `max_zombie_count_per_target` is enforced on every insert: the oldest beyond it
-//!   go.
+//!   the background sweeper finds it expired (deferred, and immediate for a debug-retained
+//!   priority), kept until a query or a new operation on the same target meets it expired
+//!   (lazy), kept (none), or handed to a named handler (custom). `max_zombie_count_per_target`
+//!   is enforced on every insert: the oldest of that target beyond it go.
 //!
-//! So the registry is bounded under any load: by the succeeded window, by the per-target cap,
-//! and by `force_cleanup_threshold`, above which every new zombie is cleaned at once.
+//! # What is kept, at most
+//!
+//! * **Zombies: at most `force_cleanup_threshold + 1`**, with the largest threshold among the
+//!   functions whose operations end (the default 1000 gives 1001). A zombie is kept only if the
+//!   count of kept zombies is at or under its function's threshold, and it is counted by a
+//!   compare-and-swap on the very count it was decided on, so however many operations end at
+//!   once, the count grows only from a value at or under the threshold, by one.
+//!   [`Operations::zombie_count`] is that count. This holds for every strategy and priority:
+//!   `none`, `deferred`, `lazy`, `custom` (records its handler keeps or failed on included) and
+//!   debug-retained records (`debug_retention_priorities`) alike; above the threshold every new
+//!   zombie is cleaned at once. The per-target cap only lowers the count.
+//! * **Succeeded records**: at most `keep_succeeded` per shard (16 shards), older than the age
+//!   window dropped from queries; queries show the most recent `keep_succeeded`.
+//! * **Failed cleanup handlers** (for the health report): the most recent
+//!   [`FAILED_HANDLERS_KEPT`]; the metrics count every failure.
+//!
+//! Not bounded by the registry: a custom handler that is running holds a copy of its record
+//! until it ends, also when the per-target cap evicts the kept record meanwhile; their number is
+//! the health report's `active_cleanup_tasks`.
 
 mod handlers;
 mod health;
@@ -35,7 +52,7 @@ use tokio::time::Instant;
 
 pub use handlers::{CleanupHandlerRegistration, HandlerFuture};
 pub(crate) use handlers::{Handler, Handlers};
-pub use health::{FailedHandler, HealthReport, HealthStatus};
+pub use health::{FAILED_HANDLERS_KEPT, FailedHandler, HealthReport, HealthStatus};
 pub use pressure::{MemoryPressure, SystemMemory};
 
 use crate::metrics::{Counter, Metrics};
@@ -199,7 +216,7 @@ pub(crate) struct Registry {
     pub(crate) handlers: Handlers,
     tasks: Mutex<JoinSet<()>>,
     active_tasks: AtomicU64,
-    failed: Mutex<Vec<FailedHandler>>,
+    failed: Mutex<VecDeque<FailedHandler>>,
     metrics: Arc<Metrics>,
     this: Weak<Registry>,
 }
@@ -236,7 +253,7 @@ impl Registry {
             handlers,
             tasks: Mutex::new(JoinSet::new()),
             active_tasks: AtomicU64::new(0),
-            failed: Mutex::new(Vec::new()),
+            failed: Mutex::new(VecDeque::new()),
             metrics,
             this: this.clone(),
         })
@@ -266,11 +283,26 @@ impl Registry {
             return;
         }
         let cfg = &f.spec.config.cleanup;
-        let decision = cfg.decide(
-            f.effective,
-            self.pressure.current(),
-            self.total.load(Ordering::Relaxed),
-        );
+        let pressure = self.pressure.current();
+        let mut total = self.total.load(Ordering::Relaxed);
+        let decision = loop {
+            let decision = cfg.decide(f.effective, pressure, total);
+            if decision.strategy == CleanupStrategy::Immediate && decision.keep_for.is_zero() {
+                break decision;
+            }
+            // A record to keep is counted on the very count it was decided on, so operations
+            // ending at once cannot all pass the threshold on one stale count: the total only
+            // grows from a value at or under the threshold, by one.
+            match self.total.compare_exchange_weak(
+                total,
+                total + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break decision,
+                Err(now) => total = now,
+            }
+        };
         match decision.trigger {
             CleanupTrigger::MemoryPressure => {
                 self.metrics.add(Counter::CleanupMemoryPressure, 1);
@@ -325,7 +357,6 @@ impl Registry {
                 expires,
                 state,
             });
-            self.total.fetch_add(1, Ordering::Relaxed);
             if decision.strategy == CleanupStrategy::Lazy {
                 self.lazy.fetch_add(1, Ordering::Relaxed);
             }
@@ -528,7 +559,13 @@ impl Registry {
         self.metrics.add(Counter::CleanupFailures, 1);
         self.with_zombie(record, |list, i| list[i].state = ZombieState::HandlerFailed);
         tracing::warn!(handler = %handler.name, op_id = %record.op_id, %error, "cleanup handler failed; record kept");
-        lock(&self.failed).push(FailedHandler {
+        let mut failed = lock(&self.failed);
+        // A failing handler on a target whose cap evicts its records would otherwise grow this
+        // list with every failure, past every record bound.
+        if failed.len() >= FAILED_HANDLERS_KEPT {
+            failed.pop_front();
+        }
+        failed.push_back(FailedHandler {
             handler: handler.name.clone(),
             op_id: record.op_id,
             error,
@@ -566,7 +603,7 @@ impl Registry {
 
     /// Handlers that failed for good, with the records they failed on.
     pub(crate) fn failed_handlers(&self) -> Vec<FailedHandler> {
-        lock(&self.failed).clone()
+        lock(&self.failed).iter().cloned().collect()
     }
 
     pub(crate) fn memory_pressure(&self) -> f64 {

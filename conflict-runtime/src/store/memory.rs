@@ -12,6 +12,7 @@ use conflict_core::{EntityKey, StoreError};
 
 use super::{
     Cas, Commit, CommitOutcome, EntityCodec, EntityStore, Snapshot, StoreFuture, StoredValue,
+    check_key, check_writes,
 };
 
 type Map = papaya::HashMap<EntityKey, Arc<Slot>, foldhash::fast::RandomState>;
@@ -236,13 +237,20 @@ impl EntityStore for MemoryStore {
     }
 
     fn insert<'a>(&'a self, key: EntityKey, value: StoredValue) -> StoreFuture<'a, Snapshot> {
-        let r = self
-            .put_new(key, value, SystemTime::now())
-            .map(|(snap, _)| snap);
+        let r = check_key(&key, &value).and_then(|()| {
+            self.put_new(key, value, SystemTime::now())
+                .map(|(snap, _)| snap)
+        });
         Box::pin(async move { r })
     }
 
     fn commit<'a>(&'a self, mut commit: Commit) -> StoreFuture<'a, CommitOutcome> {
+        // Checked here, at the public entry point, and not in `cas`/`commit_many`: the runtime's
+        // own fast path (`Backend::commit_one`) writes only values whose type and id it has
+        // already checked (`IdentityChanged`).
+        if let Err(e) = check_writes(&commit.writes) {
+            return Box::pin(async move { Err(e) });
+        }
         let r = if commit.writes.len() == 1 {
             let w = commit.writes.swap_remove(0);
             match self.cas(&w.key, w.expected_version, w.value) {

@@ -6,6 +6,12 @@
 //! only when every expected version is still current; each applied write bumps its entity's
 //! version by exactly one. There is no unconditional write.
 //!
+//! A value is only ever stored under its own key: a write or insert whose value's
+//! [`entity_key`](ErasedEntity::entity_key) differs from the key it is written under (another
+//! entity type or another id) is refused with [`StoreError::KeyMismatch`], and then nothing of
+//! that call is applied — for a multi-write commit, none of the writes. Otherwise every later
+//! `load` of that key would fail to decode.
+//!
 //! Values cross the trait type-erased ([`StoredValue`]): the in-memory store keeps them as they
 //! are (no serialization on the hot path); a database store serializes them with serde through
 //! [`ErasedEntity::to_json`] and decodes with the [`EntityCodec`] passed to `load`.
@@ -149,10 +155,51 @@ pub enum CommitOutcome {
     },
 }
 
+/// Checks that `value` is the entity `key` names: [`StoreError::KeyMismatch`] if its type or
+/// id differ. What every [`EntityStore::insert`] and, per write, [`EntityStore::commit`] checks
+/// before writing anything.
+///
+/// ```
+/// use std::sync::Arc;
+/// use conflict_runtime::prelude::*;
+/// use conflict_runtime::store::{check_key, StoredValue};
+/// use conflict_runtime::{EntityKey, StoreError};
+///
+/// // (Doctests are linked into one program, where entity type names must be unique.)
+/// #[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+/// struct Parcel {
+///     #[entity(id)]
+///     id: EntityId,
+/// }
+///
+/// let a = Parcel { id: EntityId::new() };
+/// let value: StoredValue = Arc::new(a.clone());
+/// assert!(check_key(&a.key(), &value).is_ok());
+/// let elsewhere = EntityKey::new(Parcel::TYPE_NAME, EntityId::new());
+/// assert!(matches!(check_key(&elsewhere, &value), Err(StoreError::KeyMismatch { .. })));
+/// ```
+pub fn check_key(key: &EntityKey, value: &StoredValue) -> Result<(), StoreError> {
+    let found = value.entity_key();
+    if found == *key {
+        Ok(())
+    } else {
+        Err(StoreError::KeyMismatch {
+            key: key.clone(),
+            found,
+        })
+    }
+}
+
+/// [`check_key`] for every write of a commit, in order: the first mismatch.
+pub(crate) fn check_writes(writes: &[Write]) -> Result<(), StoreError> {
+    writes.iter().try_for_each(|w| check_key(&w.key, &w.value))
+}
+
 /// The contract every backend implements. See the [module docs](self) for the guarantees.
 ///
 /// Implementations must be safe to call from many tasks at once and must never hold an entity
-/// in an intermediate state visible to `load`.
+/// in an intermediate state visible to `load`. They must refuse a value stored under another
+/// entity's key ([`check_key`]) before any I/O, applying nothing.
 pub trait EntityStore: Send + Sync + 'static {
     /// A short name for diagnostics (`"memory"`, `"postgres"`).
     fn name(&self) -> &'static str;
@@ -165,9 +212,15 @@ pub trait EntityStore: Send + Sync + 'static {
     ) -> StoreFuture<'a, Option<Snapshot>>;
 
     /// Stores a new entity at version 1; [`StoreError::AlreadyExists`] if the key is taken.
+    ///
+    /// [`StoreError::KeyMismatch`], storing nothing, if `value` is not the entity `key` names
+    /// (`value.entity_key() != key`).
     fn insert<'a>(&'a self, key: EntityKey, value: StoredValue) -> StoreFuture<'a, Snapshot>;
 
     /// Applies all writes atomically if every expected version is current.
+    ///
+    /// [`StoreError::KeyMismatch`] for the first write (in the order given) whose value is not
+    /// the entity its key names; then none of the writes is applied, whatever their versions.
     fn commit<'a>(&'a self, commit: Commit) -> StoreFuture<'a, CommitOutcome>;
 }
 

@@ -24,6 +24,7 @@
 //! | what happened | what the caller gets |
 //! |---|---|
 //! | a stale version, or SQLSTATE `40001`/`40P01` (serialization failure, deadlock) | [`CommitOutcome::Conflict`]: retried with backoff |
+//! | a value written or inserted under another entity's key | [`StoreError::KeyMismatch`], before any I/O: nothing was applied, no ledger row |
 //! | any other database error before the commit applied (or a lost connection before `COMMIT` was sent) | [`StoreError::Backend`]: nothing was applied |
 //! | the connection lost while the commit was in flight | the store looks the op id up in the ledger at once (fencing it, see [`PgStore::resolve`]) and returns the definite answer: `Committed`, or `Backend` (nothing applied) |
 //! | ... and that look-up failed too (database down) | [`StoreError::OutcomeUnknown`] with the op id: call [`PgStore::resolve`] later |
@@ -49,6 +50,7 @@ pub use tokio_postgres;
 
 use super::{
     Commit, CommitOutcome, EntityCodec, EntityStore, Snapshot, StoreFuture, StoredValue, Write,
+    check_key, check_writes,
 };
 
 /// The schema [`PgStore::connect`] uses.
@@ -943,11 +945,18 @@ impl EntityStore for PgStore {
     }
 
     fn insert<'a>(&'a self, key: EntityKey, value: StoredValue) -> StoreFuture<'a, Snapshot> {
-        Box::pin(self.insert_row(key, value))
+        Box::pin(async move {
+            // Before any I/O: a row whose value is another entity would fail every load.
+            check_key(&key, &value)?;
+            self.insert_row(key, value).await
+        })
     }
 
     fn commit<'a>(&'a self, commit: Commit) -> StoreFuture<'a, CommitOutcome> {
         Box::pin(async move {
+            // Before any I/O, and for every write: nothing of a refused commit reaches the
+            // database, not even its ledger row.
+            check_writes(&commit.writes)?;
             match commit.writes.as_slice() {
                 [w] => self.commit_single(&commit, w).await,
                 _ => self.commit_multi(&commit).await,
