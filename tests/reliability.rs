@@ -593,3 +593,303 @@ async fn a_panic_in_clone_ends_the_call_as_panicked() {
     assert_eq!(m.outcome(OutcomeKind::Cancelled), 0);
     assert_eq!(m.in_flight, 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A storm of cancellations, panics, evictions and a shutdown: every operation is conserved.
+
+#[with_conflict_resolution(
+    pre_ecs(on_lose = "requeue", grace_period_ms = 1),
+    occ(max_retries = 50, base_delay_ms = 0, max_delay_ms = 0)
+)]
+async fn storm_requeue(c: &mut Counter, panic: bool, work_us: u64) -> u64 {
+    storm_body(c, panic, work_us).await
+}
+
+#[with_conflict_resolution(
+    pre_ecs(grace_period_ms = 1),
+    occ(max_retries = 50, base_delay_ms = 0, max_delay_ms = 0)
+)]
+async fn storm_reject(c: &mut Counter, panic: bool, work_us: u64) -> u64 {
+    storm_body(c, panic, work_us).await
+}
+
+/// Keeps the storm's deliberate panics out of the test output (thousands of backtraces); every
+/// other panic is reported as usual.
+fn quiet_deliberate_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let msg = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if !msg.contains("on purpose") {
+                default(info);
+            }
+        }));
+    });
+}
+
+async fn storm_body(c: &mut Counter, panic: bool, work_us: u64) -> u64 {
+    if work_us > 0 {
+        tokio::time::sleep(Duration::from_micros(work_us)).await;
+    } else {
+        tokio::task::yield_now().await;
+    }
+    assert!(!panic, "storm body panicked on purpose");
+    c.value += 1;
+    c.value
+}
+
+/// What the callers of a storm were told.
+#[derive(Default, Debug)]
+struct Told {
+    committed: u64,
+    panicked: u64,
+    dropped: u64,
+    shutting_down: u64,
+    other: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// Runs `tasks` tasks of random calls (priorities, reject/requeue, panicking bodies, callers
+/// that give up after a random time, fresh or kept handles) on `targets` counters, with two
+/// evictors beside them, then shuts the runtime down while they still submit. Returns what the
+/// callers were told, per target the commits they were told of, and the shutdown report.
+async fn storm(
+    rt: &Runtime,
+    targets: usize,
+    tasks: usize,
+    run_for: Duration,
+    work_us: u64,
+    shutdown_timeout: Duration,
+) -> (Told, Vec<Handle<Counter>>, conflict_runtime::ShutdownReport) {
+    quiet_deliberate_panics();
+    let mut hs = Vec::new();
+    for _ in 0..targets {
+        hs.push(rt.insert(Counter::new()).await.unwrap());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let evictors: Vec<_> = (0..2)
+        .map(|_| {
+            let (rt, stop) = (rt.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    rt.evict_idle_targets();
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+            })
+        })
+        .collect();
+    let workers: Vec<_> = (0..tasks)
+        .map(|seed| {
+            let (rt, hs) = (rt.clone(), hs.clone());
+            tokio::spawn(async move {
+                let mut rng = fastrand::Rng::with_seed(seed as u64);
+                let mut told = Told::default();
+                loop {
+                    let h = &hs[rng.usize(..hs.len())];
+                    let fresh;
+                    let h = if rng.bool() {
+                        fresh = rt.handle::<Counter>(h.id());
+                        &fresh
+                    } else {
+                        h
+                    };
+                    let panic = rng.u8(..20) == 0;
+                    let priority = OperationPriority::new(rng.u8(1..=10)).unwrap();
+                    let work = if work_us == 0 { 0 } else { rng.u64(..=work_us) };
+                    let requeue = rng.bool();
+                    let call = async {
+                        if requeue {
+                            storm_requeue(h, panic, work).await
+                        } else {
+                            storm_reject(h, panic, work).await
+                        }
+                    };
+                    let call = conflict_runtime::scope().priority(priority).run(call);
+                    let patience = Duration::from_micros(rng.u64(50..5_000));
+                    let r = if rng.u8(..4) == 0 {
+                        tokio::time::timeout(patience, call).await
+                    } else {
+                        Ok(call.await)
+                    };
+                    match r {
+                        Err(_) => told.dropped += 1,
+                        Ok(Ok(_)) => told.committed += 1,
+                        Ok(Err(e)) => match e.kind() {
+                            OutcomeKind::Panicked => told.panicked += 1,
+                            OutcomeKind::ShuttingDown => {
+                                told.shutting_down += 1;
+                                if rt.is_shutting_down() {
+                                    return told;
+                                }
+                            }
+                            k => *told.other.entry(k.as_str()).or_default() += 1,
+                        },
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(run_for).await;
+    let report = rt.shutdown(shutdown_timeout).await;
+    let mut told = Told::default();
+    for w in workers {
+        let t = w.await.unwrap();
+        told.committed += t.committed;
+        told.panicked += t.panicked;
+        told.dropped += t.dropped;
+        told.shutting_down += t.shutting_down;
+        for (k, v) in t.other {
+            *told.other.entry(k).or_default() += v;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for e in evictors {
+        e.await.unwrap();
+    }
+    (told, hs, report)
+}
+
+/// Checks the conservation laws of a storm; `dropped_but_committed` is how many calls whose
+/// callers gave up still committed (only a store whose commit awaits has any).
+async fn check_storm(
+    rt: &Runtime,
+    told: &Told,
+    hs: Vec<Handle<Counter>>,
+    report: &conflict_runtime::ShutdownReport,
+) -> u64 {
+    let m = rt.metrics();
+    // Every submitted operation ended exactly once.
+    assert_eq!(report.still_running, 0, "{report:?}");
+    assert_eq!(m.in_flight, 0);
+    assert_eq!(m.submitted, m.ended);
+    assert_eq!(report.submitted, report.ended());
+    let told_total = told.committed
+        + told.panicked
+        + told.dropped
+        + told.shutting_down
+        + told.other.values().sum::<u64>();
+    assert_eq!(m.submitted, told_total, "one outcome per call: {told:?}");
+    // Each outcome the callers saw is the one counted; dropped calls are cancelled unless their
+    // commit applied.
+    assert_eq!(m.outcome(OutcomeKind::Panicked), told.panicked);
+    assert_eq!(m.outcome(OutcomeKind::ShuttingDown), told.shutting_down);
+    let dropped_committed = m.outcome(OutcomeKind::Committed) - told.committed;
+    assert_eq!(
+        m.outcome(OutcomeKind::Cancelled) + dropped_committed,
+        told.dropped,
+        "{told:?} / {:?}",
+        m.outcomes
+    );
+    // No lost or doubled update: the counters hold exactly the commits, versions gap-free.
+    let mut sum = 0;
+    for h in &hs {
+        let v = h.load().await.unwrap();
+        assert_eq!(v.version, v.value.value + 1, "one version per commit");
+        sum += v.value.value;
+    }
+    assert_eq!(sum, m.outcome(OutcomeKind::Committed));
+    // Nothing leaked in staging: no permit, no executing slot, and no state once the handles go.
+    let status = rt.staging_status();
+    assert_eq!(
+        (status.total_staged, status.executing),
+        (0, 0),
+        "{status:?}"
+    );
+    drop(hs);
+    assert_eq!(rt.staging_status().tracked_targets, 0);
+    dropped_committed
+}
+
+/// Invariant: under a storm of cancellations (a quarter of the callers give up after 50 µs to
+/// 5 ms), panicking bodies (1 in 20), concurrent evictions, mixed priorities, reject and
+/// requeue, and a shutdown while callers still submit — once graceful, once with no time left so
+/// that running bodies are aborted — every submitted operation ends exactly once with the
+/// outcome its caller saw, the counters equal the commits (gap-free versions), and staging leaks
+/// nothing.
+#[test]
+fn a_storm_of_cancellations_panics_and_a_shutdown_conserves_every_operation() {
+    for (label, work_us, shutdown) in [
+        ("graceful shutdown", 200, Duration::from_millis(200)),
+        ("aborting shutdown", 3_000, Duration::ZERO),
+    ] {
+        multi_thread(4, async {
+            let rt = Runtime::in_memory();
+            let started = std::time::Instant::now();
+            let (told, hs, report) =
+                storm(&rt, 4, 32, Duration::from_millis(600), work_us, shutdown).await;
+            let dropped_committed = check_storm(&rt, &told, hs, &report).await;
+            assert_eq!(
+                dropped_committed, 0,
+                "an in-memory commit never outlives its caller"
+            );
+            if shutdown.is_zero() {
+                assert!(
+                    report.timed_out,
+                    "bodies were still running at the shutdown"
+                );
+            }
+            println!(
+                "memory storm, {label}: {} calls in {:.2} s, outcomes {:?}, shutdown took {:?} \
+                 (timed out: {})",
+                report.submitted,
+                started.elapsed().as_secs_f64(),
+                report.outcomes,
+                report.elapsed,
+                report.timed_out
+            );
+        });
+    }
+}
+
+/// Invariant (PostgreSQL, commits that reply late): as above, and a caller that gave up while
+/// its commit was in flight is counted by what the commit did; the ledger has one row per
+/// counted commit.
+#[test]
+fn on_postgres_a_storm_of_cancellations_and_a_shutdown_conserves_every_operation() {
+    multi_thread(4, async {
+        let pg_store = pg::store("storm").await;
+        let store = SlowCommits::new(Arc::new(pg_store.clone()));
+        store.delay_after(Duration::from_millis(2));
+        let rt = Runtime::builder()
+            .shared_store(store.clone())
+            .build()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let (told, hs, report) = storm(
+            &rt,
+            4,
+            16,
+            Duration::from_millis(1500),
+            0,
+            Duration::from_millis(500),
+        )
+        .await;
+        let keys: Vec<_> = hs.iter().map(|h| h.key().clone()).collect();
+        let dropped_committed = check_storm(&rt, &told, hs, &report).await;
+        let m = rt.metrics();
+        assert_eq!(store.commits_applied(), m.outcome(OutcomeKind::Committed));
+        let mut ledger = 0;
+        for k in &keys {
+            ledger += pg_store.ledger_for(k).await.unwrap().len() as u64;
+        }
+        assert_eq!(
+            ledger,
+            m.outcome(OutcomeKind::Committed),
+            "one ledger row per commit"
+        );
+        println!(
+            "postgres storm: {} calls in {:.2} s, outcomes {:?}, told {told:?}, {dropped_committed} \
+             dropped calls committed, shutdown {:?} (timed out: {})",
+            report.submitted,
+            started.elapsed().as_secs_f64(),
+            report.outcomes,
+            report.elapsed,
+            report.timed_out
+        );
+    });
+}
