@@ -734,9 +734,26 @@ async fn storm(
             })
         })
         .collect();
+    // An aborting shutdown must meet a body that is still running: one that runs for 10 s on a
+    // target of its own, started just before.
+    let sentinel = if shutdown_timeout.is_zero() {
+        let h = rt.insert(Counter::new()).await.unwrap();
+        hs.push(h.clone());
+        Some(tokio::spawn(async move {
+            storm_reject(&h, false, 10_000_000)
+                .await
+                .map_err(|e| e.kind())
+        }))
+    } else {
+        None
+    };
     tokio::time::sleep(run_for).await;
     let report = rt.shutdown(shutdown_timeout).await;
     let mut told = Told::default();
+    if let Some(s) = sentinel {
+        assert_eq!(s.await.unwrap(), Err(OutcomeKind::ShuttingDown), "aborted");
+        told.shutting_down += 1;
+    }
     for w in workers {
         let t = w.await.unwrap();
         told.committed += t.committed;

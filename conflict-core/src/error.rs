@@ -190,11 +190,13 @@ pub enum OutcomeKind {
     StoreError,
     /// The caller dropped the call before it ended.
     Cancelled,
+    /// The call could not finish by its deadline (`scope().deadline(..)` / `.timeout(..)`).
+    DeadlineExceeded,
 }
 
 impl OutcomeKind {
     /// Every kind, in declaration order.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Committed,
         Self::Rejected,
         Self::Preempted,
@@ -207,6 +209,7 @@ impl OutcomeKind {
         Self::IdentityChanged,
         Self::StoreError,
         Self::Cancelled,
+        Self::DeadlineExceeded,
     ];
 
     /// The snake-case label used in metrics and reports.
@@ -225,6 +228,7 @@ impl OutcomeKind {
             Self::IdentityChanged => "identity_changed",
             Self::StoreError => "store_error",
             Self::Cancelled => "cancelled",
+            Self::DeadlineExceeded => "deadline_exceeded",
         }
     }
 
@@ -247,7 +251,8 @@ impl OutcomeKind {
             | Self::Panicked
             | Self::Reentrant
             | Self::IdentityChanged
-            | Self::StoreError => S::Failed,
+            | Self::StoreError
+            | Self::DeadlineExceeded => S::Failed,
         }
     }
 }
@@ -335,6 +340,18 @@ pub enum ConflictError<E> {
         /// This operation.
         op_id: OpId,
     },
+    /// The call could not finish by the deadline its caller set (`scope().deadline(..)` or
+    /// `.timeout(..)`): it was stopped while staged, in its body, or before a commit or a
+    /// retry, and nothing was committed.
+    #[error(
+        "operation {op_id} could not finish by its deadline ({after:?} after it was submitted); nothing was committed"
+    )]
+    DeadlineExceeded {
+        /// This operation.
+        op_id: OpId,
+        /// The deadline, as time after submission.
+        after: std::time::Duration,
+    },
     /// The body returned `Err`; nothing was committed and the body was not retried.
     #[error("the operation's body returned an error: {0}")]
     Body(#[source] E),
@@ -386,6 +403,7 @@ impl<E> ConflictError<E> {
             Self::RetriesExhausted { .. } => OutcomeKind::RetriesExhausted,
             Self::Overloaded { .. } => OutcomeKind::Overloaded,
             Self::ShuttingDown { .. } => OutcomeKind::ShuttingDown,
+            Self::DeadlineExceeded { .. } => OutcomeKind::DeadlineExceeded,
             Self::Body(_) => OutcomeKind::BodyError,
             Self::Panicked { .. } => OutcomeKind::Panicked,
             Self::Reentrant { .. } => OutcomeKind::Reentrant,
@@ -403,6 +421,7 @@ impl<E> ConflictError<E> {
             | Self::RetriesExhausted { op_id, .. }
             | Self::Overloaded { op_id, .. }
             | Self::ShuttingDown { op_id }
+            | Self::DeadlineExceeded { op_id, .. }
             | Self::Panicked { op_id, .. }
             | Self::Reentrant { op_id, .. }
             | Self::IdentityChanged { op_id, .. } => Some(*op_id),
@@ -490,6 +509,10 @@ impl<E> ConflictError<E> {
                 scope: *scope,
             },
             Self::ShuttingDown { op_id } => ConflictError::ShuttingDown { op_id: *op_id },
+            Self::DeadlineExceeded { op_id, after } => ConflictError::DeadlineExceeded {
+                op_id: *op_id,
+                after: *after,
+            },
             Self::Panicked { op_id, message } => ConflictError::Panicked {
                 op_id: *op_id,
                 message: message.clone(),

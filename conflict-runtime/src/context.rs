@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use conflict_core::{EntityKey, OpId, OperationPriority};
+use conflict_core::{EntityKey, OccConfig, OnLose, OpId, OperationPriority};
 
 /// A running operation, as its children see it. Obtain it with [`current_operation`] and pass it
 /// to [`Scope::parent`] to make calls in another task children of this operation.
@@ -114,12 +114,30 @@ impl OperationContext {
     }
 }
 
-/// What the task-local holds: the operation whose body runs (built lazily) and a priority
-/// override.
+/// What the task-local holds: the operation whose body runs (built lazily) and the per-call
+/// overrides.
 #[derive(Default)]
 pub(crate) struct Frame {
     current: Current,
-    priority: Option<OperationPriority>,
+    overrides: Overrides,
+}
+
+/// Per-call overrides set by a [`Scope`] (each `None`: the attribute's setting).
+#[derive(Clone, Copy, Default, Debug)]
+pub(crate) struct Overrides {
+    pub(crate) priority: Option<OperationPriority>,
+    pub(crate) on_lose: Option<OnLose>,
+    pub(crate) max_retries: Option<u32>,
+    pub(crate) deadline: Option<Deadline>,
+}
+
+/// When a call must have finished.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Deadline {
+    /// At this instant.
+    At(tokio::time::Instant),
+    /// This long after the call is submitted.
+    After(std::time::Duration),
 }
 
 #[derive(Default)]
@@ -203,7 +221,7 @@ tokio::task_local! {
 /// What a new operation inherits from where it is called.
 pub(crate) struct Inherited {
     pub(crate) current: Option<OperationContext>,
-    pub(crate) priority: Option<OperationPriority>,
+    pub(crate) overrides: Overrides,
 }
 
 /// What a new operation inherits from where it is called.
@@ -211,11 +229,11 @@ pub(crate) fn inherited() -> Inherited {
     FRAME
         .try_with(|f| Inherited {
             current: f.current.context(),
-            priority: f.priority,
+            overrides: f.overrides,
         })
         .unwrap_or(Inherited {
             current: None,
-            priority: None,
+            overrides: Overrides::default(),
         })
 }
 
@@ -225,7 +243,7 @@ pub(crate) fn run_as<F: Future>(op: LazyLink, fut: F) -> impl Future<Output = F:
     FRAME.scope(
         Frame {
             current: Current::Lazy(op),
-            priority: None,
+            overrides: Overrides::default(),
         },
         fut,
     )
@@ -270,25 +288,85 @@ pub fn scope() -> Scope {
     let inherited = inherited();
     Scope {
         current: inherited.current,
-        priority: None,
+        overrides: Overrides::default(),
     }
 }
 
-/// Overrides for the operations started inside one future: their own priority, their parent.
+/// Overrides for the operations started inside one future: their own priority, what they do
+/// on losing their staging group, their retry budget, a deadline, their parent.
 ///
 /// The override applies to operations started directly in the future (not to the children they
 /// start in turn, which inherit from their parent as usual).
+///
+/// ```
+/// use conflict_runtime::prelude::*;
+/// use std::time::Duration;
+///
+/// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Entity)]
+/// # struct Seat { #[entity(id)] id: EntityId, taken: bool }
+/// #[with_conflict_resolution]
+/// async fn book(seat: &mut Seat) -> bool {
+///     let was_free = !seat.taken;
+///     seat.taken = true;
+///     was_free
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let rt = Runtime::in_memory();
+/// let seat = rt.insert(Seat { id: EntityId::new(), taken: false }).await.unwrap();
+/// let done = conflict_runtime::scope()
+///     .on_lose(OnLose::Requeue)         // wait for the next round instead of being rejected
+///     .max_retries(20)                  // more OCC retries than the attribute's
+///     .timeout(Duration::from_secs(1))  // or end with DeadlineExceeded, committing nothing
+///     .run(book(&seat))
+///     .await
+///     .unwrap();
+/// assert!(done.value);
+/// # }
+/// ```
 #[derive(Clone, Default)]
 #[must_use]
 pub struct Scope {
     current: Option<OperationContext>,
-    priority: Option<OperationPriority>,
+    overrides: Overrides,
 }
 
 impl Scope {
     /// Runs the calls with this own priority instead of the one their attribute declares.
     pub fn priority(mut self, priority: OperationPriority) -> Self {
-        self.priority = Some(priority);
+        self.overrides.priority = Some(priority);
+        self
+    }
+
+    /// What the calls do when they lose their staging group, instead of their attribute's
+    /// `pre_ecs(on_lose = ..)`.
+    pub fn on_lose(mut self, on_lose: OnLose) -> Self {
+        self.overrides.on_lose = Some(on_lose);
+        self
+    }
+
+    /// The calls' OCC retries after the first attempt, instead of their attribute's
+    /// `occ(max_retries = ..)` (at most [`OccConfig::MAX_RETRIES`]; more is capped). A function
+    /// whose OCC stage is off still does not retry.
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.overrides.max_retries = Some(retries.min(OccConfig::MAX_RETRIES));
+        self
+    }
+
+    /// Each call must finish by `deadline`: one that cannot — still staged, still in its body,
+    /// or about to commit or to wait before a retry at that instant — ends with
+    /// [`ConflictError::DeadlineExceeded`](crate::ConflictError::DeadlineExceeded), having
+    /// committed nothing. A commit already sent to the store when the deadline passes is not
+    /// cut short (it may be applying): the call then ends with that commit's outcome.
+    pub fn deadline(mut self, deadline: tokio::time::Instant) -> Self {
+        self.overrides.deadline = Some(Deadline::At(deadline));
+        self
+    }
+
+    /// As [`deadline`](Self::deadline), `timeout` after each call is submitted.
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.overrides.deadline = Some(Deadline::After(timeout));
         self
     }
 
@@ -311,7 +389,7 @@ impl Scope {
             .scope(
                 Frame {
                     current: self.current.map_or(Current::None, Current::Ready),
-                    priority: self.priority,
+                    overrides: self.overrides,
                 },
                 fut,
             )

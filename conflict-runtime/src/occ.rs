@@ -47,13 +47,17 @@ struct Operation<'rt> {
     /// settles. If the caller drops the call meanwhile, the task records the outcome the commit
     /// had (see `Drop`), not `Cancelled`.
     in_flight: Option<tokio::task::JoinHandle<Result<Cas, StoreError>>>,
+    /// Per-call overrides (`scope()`): what to do on losing, the retry budget, the deadline.
+    on_lose: Option<conflict_core::OnLose>,
+    max_retries: Option<u32>,
+    deadline: Option<Instant>,
 }
 
 impl<'rt> Operation<'rt> {
     fn begin(rt: &'rt Arc<Inner>, spec: &'static OperationSpec, target: &EntityKey) -> Self {
         let frame = context::inherited();
         let seq = rt.next_seq();
-        let priority = frame.priority.unwrap_or(spec.config.priority);
+        let priority = frame.overrides.priority.unwrap_or(spec.config.priority);
         let parent = frame.current;
         let effective = policy::effective_priority(
             priority,
@@ -61,6 +65,11 @@ impl<'rt> Operation<'rt> {
         );
         rt.metrics.submitted();
         rt.cleanup.operation_started(target);
+        let submitted = Instant::now();
+        let deadline = frame.overrides.deadline.map(|d| match d {
+            context::Deadline::At(at) => at,
+            context::Deadline::After(after) => submitted + after,
+        });
         Self {
             rt,
             spec,
@@ -70,13 +79,30 @@ impl<'rt> Operation<'rt> {
             effective,
             parent,
             target: target.clone(),
-            submitted: Instant::now(),
+            submitted,
             started: None,
             committed_at: None,
             attempts: 0,
             conflicts: 0,
             ended: false,
             in_flight: None,
+            on_lose: frame.overrides.on_lose,
+            max_retries: frame.overrides.max_retries,
+            deadline,
+        }
+    }
+
+    /// Whether the call's deadline has passed at `now`.
+    fn past_deadline(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| now >= d)
+    }
+
+    fn deadline_exceeded<E>(&self) -> ConflictError<E> {
+        ConflictError::DeadlineExceeded {
+            op_id: self.op_id,
+            after: self.deadline.map_or(std::time::Duration::ZERO, |d| {
+                d.saturating_duration_since(self.submitted)
+            }),
         }
     }
 
@@ -228,6 +254,9 @@ impl Drop for Operation<'_> {
                 conflicts,
                 ended: false,
                 in_flight: None,
+                on_lose: None,
+                max_retries: None,
+                deadline: None,
             };
             match flatten_commit(commit.await) {
                 Ok(Cas::Committed(version)) => {
@@ -306,6 +335,7 @@ where
 enum Interrupt {
     Abort,
     Preempted(Candidate),
+    Deadline,
 }
 
 async fn run<E, F, Fut, T, Err>(
@@ -337,18 +367,31 @@ where
     }
 
     let exec = if cfg.mode.staging() {
-        match rt
-            .staging
-            .enter(
-                &op.target,
-                &cache.cell,
-                op.candidate(),
-                &cfg.pre_ecs,
-                &rt.lifecycle.abort,
-                op.submitted,
-            )
-            .await
-        {
+        let pre_ecs = match op.on_lose {
+            Some(on_lose) => conflict_core::PreEcsConfig {
+                on_lose,
+                ..cfg.pre_ecs
+            },
+            None => cfg.pre_ecs,
+        };
+        let entered = rt.staging.enter(
+            &op.target,
+            &cache.cell,
+            op.candidate(),
+            &pre_ecs,
+            &rt.lifecycle.abort,
+            op.submitted,
+        );
+        let entered = match op.deadline {
+            None => entered.await,
+            // Boxed: only calls with a deadline pay for the timer. Leaving a staging area
+            // early is a cancellation it is built for (the waiter withdraws in `Drop`).
+            Some(d) => match Box::pin(tokio::time::timeout_at(d, entered)).await {
+                Ok(entered) => entered,
+                Err(_) => return Err(op.deadline_exceeded()),
+            },
+        };
+        match entered {
             Ok((guard, waited)) => {
                 // An operation that ran at once started when it was submitted: no clock read.
                 op.started = Some(if waited { Instant::now() } else { op.submitted });
@@ -385,7 +428,11 @@ where
         None
     };
 
-    let max_attempts = cfg.effective_max_retries().saturating_add(1);
+    let max_retries = match op.max_retries {
+        Some(n) if cfg.mode.occ() => n,
+        _ => cfg.effective_max_retries(),
+    };
+    let max_attempts = max_retries.saturating_add(1);
     let codec = EntityCodec::of::<E>();
     let mut attempt = 0u32;
     loop {
@@ -441,7 +488,8 @@ where
             ),
             AssertUnwindSafe(body_fut).catch_unwind(),
         );
-        let (entity, out) = match interruptible(rt, exec.as_ref(), op.seq, body_fut).await {
+        let body_run = interruptible(rt, exec.as_ref(), op.seq, op.deadline, body_fut);
+        let (entity, out) = match body_run.await {
             Ok(Ok(pair)) => pair,
             Ok(Err(payload)) => {
                 return Err(ConflictError::Panicked {
@@ -451,6 +499,7 @@ where
             }
             Err(Interrupt::Abort) => return Err(ConflictError::ShuttingDown { op_id: op.op_id }),
             Err(Interrupt::Preempted(by)) => return Err(op.preempted(by)),
+            Err(Interrupt::Deadline) => return Err(op.deadline_exceeded()),
         };
         let value = out.map_err(ConflictError::Body)?;
         let found = entity.entity_id();
@@ -460,6 +509,9 @@ where
                 expected: op.target.id,
                 found,
             });
+        }
+        if op.deadline.is_some() && op.past_deadline(Instant::now()) {
+            return Err(op.deadline_exceeded());
         }
         if let Some(guard) = &exec {
             guard.begin_commit().map_err(|by| op.preempted(by))?;
@@ -563,6 +615,10 @@ where
                     });
                 }
                 let delay = cfg.occ.backoff_delay(attempt, fastrand::f64());
+                if op.deadline.is_some() && op.past_deadline(Instant::now() + delay) {
+                    // The retry could not even start in time.
+                    return Err(op.deadline_exceeded());
+                }
                 rt.metrics.add(Counter::OccRetries, 1);
                 tracing::debug!(
                     next_attempt = attempt + 1,
@@ -577,12 +633,13 @@ where
                 if !delay.is_zero() {
                     // Boxed: a timer is large and only retries need one.
                     let sleep = Box::pin(tokio::time::sleep(delay));
-                    match interruptible(rt, exec.as_ref(), op.seq, sleep).await {
+                    match interruptible(rt, exec.as_ref(), op.seq, None, sleep).await {
                         Ok(()) => {}
                         Err(Interrupt::Abort) => {
                             return Err(ConflictError::ShuttingDown { op_id: op.op_id });
                         }
                         Err(Interrupt::Preempted(by)) => return Err(op.preempted(by)),
+                        Err(Interrupt::Deadline) => return Err(op.deadline_exceeded()),
                     }
                 }
             }
@@ -602,6 +659,8 @@ pin_project_lite::pin_project! {
         abort_wait: Option<tokio::sync::futures::Notified<'a>>,
         rt: &'a Inner,
         exec: Option<&'a ExecGuard<'g>>,
+        // Only calls with a deadline have a timer (boxed: it is large).
+        deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     }
 }
 
@@ -609,6 +668,7 @@ fn interruptible<'a, 'g, F: Future>(
     rt: &'a Inner,
     exec: Option<&'a ExecGuard<'g>>,
     seq: u64,
+    deadline: Option<Instant>,
     fut: F,
 ) -> Interruptible<'a, 'g, F> {
     // An executing staged operation is woken through its target (see `ExecGuard::watch`);
@@ -619,6 +679,7 @@ fn interruptible<'a, 'g, F: Future>(
         abort_wait: exec.is_none().then(|| rt.lifecycle.abort.notified(seq)),
         rt,
         exec,
+        deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
     }
 }
 
@@ -633,6 +694,11 @@ impl<F: Future> Future for Interruptible<'_, '_, F> {
         }
         if let Poll::Ready(v) = this.fut.poll(cx) {
             return Poll::Ready(Ok(v));
+        }
+        if let Some(d) = this.deadline.as_mut() {
+            if d.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(Interrupt::Deadline));
+            }
         }
         match this.exec {
             Some(guard) => {

@@ -4,7 +4,8 @@
 //! requires.
 
 pub use crate::{
-    Committed, ConflictError, Entity, EntityId, Handle, OpClass, OpId, OperationPriority, Runtime,
-    Versioned, cleanup_handler, with_conflict_resolution,
+    CleanupAction, CleanupError, Committed, ConflictError, Entity, EntityId, Handle, OnLose,
+    OpClass, OpId, OperationPriority, OperationRecord, OutcomeKind, Runtime, Versioned,
+    cleanup_handler, current_operation, scope, with_conflict_resolution,
 };
 pub use serde::{Deserialize, Serialize};
