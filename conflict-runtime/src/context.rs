@@ -28,9 +28,9 @@ pub(crate) struct Link {
     pub(crate) target: EntityKey,
     pub(crate) effective_priority: OperationPriority,
     pub(crate) parent: Option<Arc<Link>>,
-    /// Whether the body run (attempt) that handed this link out is still running. Cleared when
-    /// that run ends, so a context kept past it (in a spawned task, through
-    /// [`Scope::parent`]) no longer makes its target reentrant.
+    /// Whether the body run (attempt) that handed this link out is still running; cleared when
+    /// that run ends. Between its attempts and while it commits, an operation still holds its
+    /// target, which `find_target` asks the runtime about.
     pub(crate) live: AtomicBool,
 }
 
@@ -65,7 +65,9 @@ impl OperationContext {
         out
     }
 
-    /// Whether this operation's body (the run that handed out this context) is still running.
+    /// Whether the body run that handed out this context is still running. (Between two
+    /// attempts, and while it commits, the operation itself still holds its entity: calls on
+    /// that entity under this context are still `Reentrant` then.)
     ///
     /// ```
     /// # use conflict_runtime::prelude::*;
@@ -89,12 +91,21 @@ impl OperationContext {
     }
 
     /// The nearest operation in this chain (itself included) of runtime `runtime_id` that is
-    /// executing on `target`. Only running ancestors count: one whose body has ended holds
-    /// nothing.
-    pub(crate) fn find_target(&self, runtime_id: u64, target: &EntityKey) -> Option<OpId> {
+    /// executing on `target`. Only ancestors that still hold the target count: one whose body
+    /// is running, or whose body ended but which `holds(op_id)` says still executes on the
+    /// target (between attempts, committing). An operation that has ended holds nothing.
+    pub(crate) fn find_target(
+        &self,
+        runtime_id: u64,
+        target: &EntityKey,
+        holds: impl Fn(OpId) -> bool,
+    ) -> Option<OpId> {
         let mut cur = Some(&*self.link);
         while let Some(l) = cur {
-            if l.runtime_id == runtime_id && &l.target == target && l.live.load(Ordering::Acquire) {
+            if l.runtime_id == runtime_id
+                && &l.target == target
+                && (l.live.load(Ordering::Acquire) || holds(l.op_id))
+            {
                 return Some(l.op_id);
             }
             cur = l.parent.as_deref();

@@ -234,7 +234,11 @@ impl Drop for Operation<'_> {
                     rest.end(OutcomeKind::Committed, Some(version), None);
                 }
                 // Not applied; the caller is gone, so there is no retry.
-                Ok(Cas::Conflict(_)) => rest.end(OutcomeKind::Cancelled, None, None),
+                Ok(Cas::Conflict(_)) => {
+                    rest.rt.metrics.add(Counter::OccConflicts, 1);
+                    rest.conflicts += 1;
+                    rest.end(OutcomeKind::Cancelled, None, None);
+                }
                 Err(e) => {
                     let e = ConflictError::<BodyFailed>::Store(e);
                     rest.end(e.kind(), None, Some(e));
@@ -320,11 +324,11 @@ where
     if !rt.lifecycle.accepting() {
         return Err(ConflictError::ShuttingDown { op_id: op.op_id });
     }
-    if let Some(ancestor) = op
-        .parent
-        .as_ref()
-        .and_then(|p| p.find_target(rt.id, &op.target))
-    {
+    if let Some(ancestor) = op.parent.as_ref().and_then(|p| {
+        p.find_target(rt.id, &op.target, |id| {
+            rt.staging.is_executing(&op.target, id)
+        })
+    }) {
         return Err(ConflictError::Reentrant {
             op_id: op.op_id,
             target: op.target.clone(),
@@ -469,7 +473,6 @@ where
             expected_version: snap.version,
             value: value_written.clone(),
         };
-        let remember = exec.as_ref().filter(|_| rt.backend.is_remote());
         let info = CommitInfo {
             op_id: op.op_id,
             op_type: op.spec.name,
@@ -477,36 +480,54 @@ where
             attempt,
         };
         let at = Instant::now();
-        if let Some(guard) = remember {
-            // Until this commit settles, the next winner must not start from the snapshot the
-            // previous commit wrote (if this caller leaves mid-commit, nobody would correct it).
-            guard.remember(None);
-        }
-        let outcome = match rt.backend.spawn_commit(info, &write) {
+        let task = rt
+            .backend
+            .commit_task(info, &write)
+            .and_then(|c| Some((tokio::runtime::Handle::try_current().ok()?, c)));
+        let outcome = match task {
             // A store whose commit awaits: the commit runs in its own task, so a caller that
-            // leaves now cannot cut it short or have it miscounted (see `Operation::drop`).
-            Some(task) => {
-                let task = op.in_flight.insert(task);
+            // leaves now can neither cut it short nor have it miscounted (see
+            // `Operation::drop`), and it keeps the target until it settles (`CommitSlot`).
+            Some((h, commit)) => {
+                let slot = exec.as_ref().map(|g| g.commit_slot(rt, &op.target));
+                let (value, last_modified) = (value_written.clone(), rt.wall_time(at));
+                let task = op.in_flight.insert(h.spawn(async move {
+                    let r = commit.await;
+                    if let Some(slot) = slot {
+                        slot.settle(match &r {
+                            Ok(Cas::Committed(version)) => Some(Snapshot {
+                                value,
+                                version: *version,
+                                last_modified,
+                            }),
+                            _ => None,
+                        });
+                    }
+                    r
+                }));
                 let joined = task.await;
                 op.in_flight = None;
                 flatten_commit(joined)
             }
             None => {
-                rt.backend
+                let remember = exec.as_ref().filter(|_| rt.backend.is_remote());
+                let outcome = rt
+                    .backend
                     .commit_one(info, write, &cache.slot, rt.wall_time(at))
-                    .await
+                    .await;
+                if let Some(guard) = remember {
+                    guard.remember(match &outcome {
+                        Ok(Cas::Committed(version)) => Some(Snapshot {
+                            value: value_written,
+                            version: *version,
+                            last_modified: rt.wall_time(at),
+                        }),
+                        _ => None,
+                    });
+                }
+                outcome
             }
         };
-        if let Some(guard) = remember {
-            guard.remember(match &outcome {
-                Ok(Cas::Committed(version)) => Some(Snapshot {
-                    value: value_written,
-                    version: *version,
-                    last_modified: rt.wall_time(at),
-                }),
-                _ => None,
-            });
-        }
         match outcome? {
             Cas::Committed(version) => {
                 op.committed_at = Some(at);

@@ -528,18 +528,15 @@ impl Runtime {
             .await;
         inner.cleanup.stop_tasks();
         inner.lifecycle.state.store(STOPPED, Ordering::SeqCst);
+        // One snapshot for all three figures, so that `submitted = Σ outcomes + still_running`
+        // holds exactly even while late callers are still being refused.
         let m = inner.metrics.snapshot();
         ShutdownReport {
-            submitted: m.submitted,
-            outcomes: inner
-                .metrics
-                .outcomes()
-                .into_iter()
-                .map(|(k, v)| (k.as_str().to_string(), v))
-                .collect(),
+            submitted: m.submitted.max(m.ended),
+            outcomes: m.outcomes,
             staged_ended_by_shutdown: staged_ended,
             timed_out,
-            still_running: inner.metrics.in_flight(),
+            still_running: m.in_flight,
             elapsed: started.elapsed(),
         }
     }

@@ -44,7 +44,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::metrics::{Counter, Metrics};
-use crate::runtime::AbortSignal;
+use crate::runtime::{AbortSignal, Inner};
 use crate::store::Snapshot;
 
 type CellMap = papaya::HashMap<EntityKey, Arc<TargetCell>, foldhash::fast::RandomState>;
@@ -120,6 +120,11 @@ struct Executing {
     started: Instant,
     grace: Duration,
     committing: bool,
+    /// Its commit runs in a task of its own ([`CommitSlot`]), which releases the slot if the
+    /// call is dropped meanwhile (`orphaned`).
+    commit_in_flight: bool,
+    /// The call's guard went while `commit_in_flight`: the commit's [`CommitSlot`] releases.
+    orphaned: bool,
     /// The executing operation's task, registered while its body waits: woken when it is
     /// preempted or the runtime aborts at shutdown.
     waker: Option<Waker>,
@@ -312,6 +317,8 @@ impl Executing {
             started: now,
             grace,
             committing: false,
+            commit_in_flight: false,
+            orphaned: false,
             waker: None,
         }
     }
@@ -649,6 +656,17 @@ impl Staging {
         }
     }
 
+    /// Whether `op_id` is the operation executing on `key` (it holds the target).
+    pub(crate) fn is_executing(&self, key: &EntityKey, op_id: OpId) -> bool {
+        let guard = self.cells.guard();
+        self.cells.get(key, &guard).is_some_and(|c| {
+            c.lock()
+                .executing
+                .as_ref()
+                .is_some_and(|e| e.cand.op_id == op_id)
+        })
+    }
+
     /// Removes the state of targets that are idle and held by nobody (normally none: the last
     /// hold's release already evicts). Safe beside other evictors and running calls: a dead
     /// cell is skipped and only the very cell examined is removed.
@@ -869,6 +887,33 @@ impl ExecGuard<'_> {
         }
     }
 
+    /// For a commit that runs in a task of its own: the slot stays this operation's until the
+    /// returned [`CommitSlot`] settles, even if this guard (the call) is dropped first. Called
+    /// in the commit phase (no preemption), so the operation is the executing one.
+    pub(crate) fn commit_slot(&self, rt: &Arc<Inner>, key: &EntityKey) -> CommitSlot {
+        let cell = match &self.cell {
+            CellRef::Cached(c) => Arc::clone(c),
+            CellRef::Held(h) => Arc::clone(&h.cell),
+        };
+        {
+            let mut st = cell.lock();
+            // The slot's own hold: the cell is released (and evicted if idle) by the slot.
+            st.holders += 1;
+            if let Some(e) = st.executing.as_mut() {
+                if e.cand.op_id == self.op_id {
+                    e.commit_in_flight = true;
+                }
+            }
+        }
+        CommitSlot {
+            rt: Arc::clone(rt),
+            key: key.clone(),
+            cell,
+            op_id: self.op_id,
+            wrote: None,
+        }
+    }
+
     /// The snapshot the last commit through this target's staging area wrote, if known.
     pub(crate) fn last_snapshot(&self) -> Option<Snapshot> {
         self.cell.lock().last.clone()
@@ -899,7 +944,12 @@ impl ExecGuard<'_> {
 impl Drop for ExecGuard<'_> {
     fn drop(&mut self) {
         let mut st = self.cell.lock();
-        match &st.executing {
+        match st.executing.as_mut() {
+            Some(e) if e.cand.op_id == self.op_id && e.commit_in_flight => {
+                // The call was dropped while its commit runs on: the target stays this
+                // operation's until the commit settles, and its `CommitSlot` hands it on.
+                e.orphaned = true;
+            }
             Some(e) if e.cand.op_id == self.op_id => {
                 st.executing = None;
                 if !st.staged.is_empty() || st.collecting_until.is_some() {
@@ -908,6 +958,52 @@ impl Drop for ExecGuard<'_> {
             }
             _ => st.preempted.retain(|(id, _)| *id != self.op_id),
         }
+    }
+}
+
+/// Owned by a commit that runs in a task of its own (a store whose commit awaits): when the
+/// commit settles (this is dropped), it records what the commit wrote for the next winner and,
+/// if the call was dropped meanwhile, releases the executing slot the call's guard left
+/// behind. So a dropped call's commit keeps its target until it is known whether it applied.
+pub(crate) struct CommitSlot {
+    rt: Arc<Inner>,
+    key: EntityKey,
+    cell: Arc<TargetCell>,
+    op_id: OpId,
+    wrote: Option<Snapshot>,
+}
+
+impl CommitSlot {
+    /// Settles with what the commit wrote (`None`: it did not apply).
+    pub(crate) fn settle(mut self, wrote: Option<Snapshot>) {
+        self.wrote = wrote;
+    }
+}
+
+impl Drop for CommitSlot {
+    fn drop(&mut self) {
+        let staging = &self.rt.staging;
+        {
+            let mut st = self.cell.lock();
+            let ours = st
+                .executing
+                .as_ref()
+                .is_some_and(|e| e.cand.op_id == self.op_id);
+            if ours {
+                st.last = self.wrote.take();
+                let orphaned = st.executing.as_mut().is_some_and(|e| {
+                    e.commit_in_flight = false;
+                    e.orphaned
+                });
+                if orphaned {
+                    st.executing = None;
+                    if !st.staged.is_empty() || st.collecting_until.is_some() {
+                        staging.reconcile(&mut st, Instant::now());
+                    }
+                }
+            }
+        }
+        staging.release_hold(&self.key, &self.cell);
     }
 }
 

@@ -300,21 +300,20 @@ impl Backend {
         }
     }
 
-    /// For a store whose commit awaits: starts the single-write commit in a task of its own
-    /// and returns it, so that the commit settles (and its outcome is known) even if the caller
-    /// stops waiting. `None` for the embedded store (its commit never awaits) or outside a
-    /// tokio runtime; then [`commit_one`](Self::commit_one) commits in place.
-    pub(crate) fn spawn_commit(
+    /// For a store whose commit awaits: the single-write commit as a future that owns what it
+    /// needs, to run in a task of its own, so that the commit settles (and its outcome is
+    /// known) even if the caller stops waiting. `None` for the embedded store, whose commit
+    /// never awaits; then [`commit_one`](Self::commit_one) commits in place.
+    pub(crate) fn commit_task(
         &self,
         op: CommitInfo,
         write: &Write,
-    ) -> Option<tokio::task::JoinHandle<Result<Cas, StoreError>>> {
+    ) -> Option<impl Future<Output = Result<Cas, StoreError>> + Send + 'static> {
         match self {
             Self::Memory(_) => None,
             Self::Dyn(d) => {
-                let rt = tokio::runtime::Handle::try_current().ok()?;
                 let (d, write) = (d.clone(), write.clone());
-                Some(rt.spawn(async move { commit_dyn(&d, op, write).await }))
+                Some(async move { commit_dyn(&d, op, write).await })
             }
         }
     }
