@@ -78,7 +78,8 @@ async fn withdraw(account: &mut Account, amount: i64) -> Result<i64, Insufficien
         base_delay_ms = 0,
         backoff_factor = 1.5,
         max_delay_ms = 5
-    )
+    ),
+    pre_ecs = false
 )]
 async fn add_interest(account: &mut Account) -> i64 {
     let interest = account.balance / 1000;

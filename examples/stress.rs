@@ -126,16 +126,20 @@ macro_rules! op_set {
     };
 }
 
-// Naming only `occ(...)` would turn staging off, so the "both" sets name both stages.
-op_set!(both_reject, pre_ecs, occ(max_retries = 15));
+// Both stages run unless one is switched off (`stage = false`, or `mode`).
+op_set!(both_reject, occ(max_retries = 15));
 op_set!(
     both_requeue,
     pre_ecs(on_lose = "requeue"),
     occ(max_retries = 15)
 );
-op_set!(pre_ecs_reject, pre_ecs);
-op_set!(pre_ecs_requeue, pre_ecs(on_lose = "requeue"));
-op_set!(occ_only, occ(max_retries = 15));
+op_set!(pre_ecs_reject, mode = "pre_ecs");
+op_set!(
+    pre_ecs_requeue,
+    mode = "pre_ecs",
+    pre_ecs(on_lose = "requeue")
+);
+op_set!(occ_only, mode = "occ", occ(max_retries = 15));
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -33,7 +33,8 @@ async fn audit(op: &OperationRecord) -> Result<(), CleanupError> {
 
 #[with_conflict_resolution(
     pre_ecs(staging_timeout_ms = 50),
-    cleanup(strategy = "custom", custom_cleanup_handler = "financial_audit")
+    cleanup(strategy = "custom", custom_cleanup_handler = "financial_audit"),
+    occ = false
 )]
 async fn audited(c: &mut Counter) -> u64 {
     c.value += 1;
@@ -79,7 +80,7 @@ async fn custom_handler_runs_once_per_rejected_op() {
     assert_eq!(rt.health().status, HealthStatus::Healthy);
 }
 
-#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 50), cleanup(strategy = "immediate", immediate_cleanup_priorities = [], debug_retention_priorities = []))]
+#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 50), cleanup(strategy = "immediate", immediate_cleanup_priorities = [], debug_retention_priorities = []), occ = false)]
 async fn immediate(c: &mut Counter) {
     c.value += 1;
 }
@@ -99,7 +100,7 @@ async fn immediate_keeps_no_zombie() {
     assert_eq!(kept[0].status, OperationStatus::Succeeded);
 }
 
-#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 50), cleanup(strategy = "deferred", retention_minutes = 1, cleanup_check_interval_seconds = 10, immediate_cleanup_priorities = [], debug_retention_priorities = []))]
+#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 50), cleanup(strategy = "deferred", retention_minutes = 1, cleanup_check_interval_seconds = 10, immediate_cleanup_priorities = [], debug_retention_priorities = []), occ = false)]
 async fn deferred(c: &mut Counter) {
     c.value += 1;
 }
@@ -129,7 +130,7 @@ async fn deferred_removes_after_retention_at_the_check_interval() {
     );
 }
 
-#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 50), cleanup(strategy = "lazy", retention_minutes = 1, immediate_cleanup_priorities = [], debug_retention_priorities = []))]
+#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 50), cleanup(strategy = "lazy", retention_minutes = 1, immediate_cleanup_priorities = [], debug_retention_priorities = []), occ = false)]
 async fn lazy(c: &mut Counter) {
     c.value += 1;
 }
@@ -168,7 +169,7 @@ fn b_clone(h: &Handle<Counter>) -> Handle<Counter> {
     h.clone()
 }
 
-#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 50), cleanup = false)]
+#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 50), cleanup = false, occ = false)]
 async fn never_cleaned(c: &mut Counter) {
     c.value += 1;
 }
@@ -198,7 +199,8 @@ async fn none_keeps_and_counts() {
 
 #[with_conflict_resolution(
     pre_ecs(staging_timeout_ms = 50, max_staged_per_target = 1000),
-    cleanup(strategy = "none", max_zombie_count_per_target = 3)
+    cleanup(strategy = "none", max_zombie_count_per_target = 3),
+    occ = false
 )]
 async fn capped(c: &mut Counter) {
     c.value += 1;
@@ -233,7 +235,8 @@ async fn per_target_cap_keeps_the_newest() {
         strategy = "none",
         max_zombie_count_per_target = 10000,
         force_cleanup_threshold = 100
-    )
+    ),
+    occ = false
 )]
 async fn forced(c: &mut Counter) {
     c.value += 1;
@@ -261,7 +264,7 @@ impl MemoryPressure for Fixed {
     }
 }
 
-#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 50), cleanup(strategy = "none", memory_pressure_threshold = 0.8, debug_retention_priorities = [NORMAL]))]
+#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 50), cleanup(strategy = "none", memory_pressure_threshold = 0.8, debug_retention_priorities = [NORMAL]), occ = false)]
 async fn pressured(c: &mut Counter) {
     c.value += 1;
 }
@@ -286,7 +289,7 @@ async fn memory_pressure_switches_to_immediate() {
     assert_eq!(low.metrics().cleanup.memory_pressure_triggered, 0);
 }
 
-#[with_conflict_resolution(priority = LOW, pre_ecs(staging_timeout_ms = 50), cleanup(strategy = "immediate", retention_minutes = 5, cleanup_check_interval_seconds = 10, debug_retention_priorities = [LOW]))]
+#[with_conflict_resolution(priority = LOW, pre_ecs(staging_timeout_ms = 50), cleanup(strategy = "immediate", retention_minutes = 5, cleanup_check_interval_seconds = 10, debug_retention_priorities = [LOW]), occ = false)]
 async fn debug_kept(c: &mut Counter) {
     c.value += 1;
 }
@@ -328,7 +331,8 @@ async fn keeps(_op: &OperationRecord) -> Result<CleanupAction, CleanupError> {
 
 #[with_conflict_resolution(
     pre_ecs(staging_timeout_ms = 50),
-    cleanup(strategy = "custom", custom_cleanup_handler = "always_fails")
+    cleanup(strategy = "custom", custom_cleanup_handler = "always_fails"),
+    occ = false
 )]
 async fn with_failing_handler(c: &mut Counter) {
     c.value += 1;
@@ -336,7 +340,8 @@ async fn with_failing_handler(c: &mut Counter) {
 
 #[with_conflict_resolution(
     pre_ecs(staging_timeout_ms = 50),
-    cleanup(strategy = "custom", custom_cleanup_handler = "panics")
+    cleanup(strategy = "custom", custom_cleanup_handler = "panics"),
+    occ = false
 )]
 async fn with_panicking_handler(c: &mut Counter) {
     c.value += 1;
@@ -344,7 +349,8 @@ async fn with_panicking_handler(c: &mut Counter) {
 
 #[with_conflict_resolution(
     pre_ecs(staging_timeout_ms = 50),
-    cleanup(strategy = "custom", custom_cleanup_handler = "keeps")
+    cleanup(strategy = "custom", custom_cleanup_handler = "keeps"),
+    occ = false
 )]
 async fn with_keeping_handler(c: &mut Counter) {
     c.value += 1;
@@ -390,7 +396,8 @@ async fn failing_handlers_keep_the_record_and_make_health_unhealthy() {
 
 #[with_conflict_resolution(
     pre_ecs(staging_timeout_ms = 50),
-    cleanup(strategy = "custom", custom_cleanup_handler = "in_code")
+    cleanup(strategy = "custom", custom_cleanup_handler = "in_code"),
+    occ = false
 )]
 async fn with_code_handler(c: &mut Counter) {
     c.value += 1;

@@ -7,14 +7,15 @@ use conflict_runtime::prelude::*;
 use conflict_runtime::{OperationStatus, OutcomeKind};
 use conflict_tests::Counter;
 
-#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 1, max_staged_per_target = 20000), cleanup(strategy = "immediate", immediate_cleanup_priorities = [], debug_retention_priorities = []))]
+#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 1, max_staged_per_target = 20000), cleanup(strategy = "immediate", immediate_cleanup_priorities = [], debug_retention_priorities = []), occ = false)]
 async fn immediate(c: &mut Counter) {
     c.value += 1;
 }
 
 #[with_conflict_resolution(
     pre_ecs(staging_timeout_ms = 1, max_staged_per_target = 20000),
-    cleanup(strategy = "deferred", retention_minutes = 30)
+    cleanup(strategy = "deferred", retention_minutes = 30),
+    occ = false
 )]
 async fn deferred(c: &mut Counter) {
     c.value += 1;

@@ -9,14 +9,14 @@ use conflict_runtime::{Event, OutcomeKind, Received};
 use conflict_tests::Counter;
 use tokio::sync::Notify;
 
-#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 0))]
+#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 0), occ = false)]
 async fn bump(c: &mut Counter, tag: u64) -> u64 {
     c.value += 1;
     c.log.push(tag);
     c.value
 }
 
-#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 0, on_lose = "requeue"))]
+#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 0, on_lose = "requeue"), occ = false)]
 async fn bump_queued(c: &mut Counter, tag: u64) -> u64 {
     c.value += 1;
     c.log.push(tag);
@@ -35,7 +35,7 @@ async fn explode(c: &mut Counter, when: bool) -> u64 {
 
 /// Changes the entity, tells the test it is running, then waits for `gate` forever (or until
 /// dropped).
-#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 0))]
+#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 0), occ = false)]
 async fn stuck(c: &mut Counter, started: Arc<Notify>, gate: Arc<Notify>) -> u64 {
     c.value += 1;
     started.notify_one();
@@ -43,7 +43,7 @@ async fn stuck(c: &mut Counter, started: Arc<Notify>, gate: Arc<Notify>) -> u64 
     c.value
 }
 
-#[with_conflict_resolution(occ(max_retries = 0))]
+#[with_conflict_resolution(occ(max_retries = 0), pre_ecs = false)]
 async fn stuck_occ(c: &mut Counter, started: Arc<Notify>, gate: Arc<Notify>) -> u64 {
     c.value += 1;
     started.notify_one();
@@ -231,7 +231,7 @@ async fn shutdown_under_load_accounts_for_every_op() {
 /// Invariant: shutdown lets executing ops that finish within the timeout commit.
 #[tokio::test(start_paused = true)]
 async fn shutdown_waits_for_executing_ops_within_the_timeout() {
-    #[with_conflict_resolution(pre_ecs(staging_timeout_ms = 0))]
+    #[with_conflict_resolution(pre_ecs(staging_timeout_ms = 0), occ = false)]
     async fn slow(c: &mut Counter) -> u64 {
         tokio::time::sleep(Duration::from_millis(50)).await;
         c.value += 1;
@@ -250,13 +250,13 @@ async fn shutdown_waits_for_executing_ops_within_the_timeout() {
     assert_eq!(op.await.unwrap().unwrap().value, 1);
 }
 
-#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 0))]
+#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 0), occ = false)]
 async fn nested_same(c: &mut Counter, same: Handle<Counter>) -> bool {
     c.value += 1;
     matches!(bump(&same, 1).await, Err(ConflictError::Reentrant { .. }))
 }
 
-#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 0))]
+#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 0), occ = false)]
 async fn nested_other(c: &mut Counter, other: Handle<Counter>) -> (OpId, Option<OpId>) {
     c.value += 1;
     let me = conflict_runtime::current_operation().unwrap();
@@ -303,7 +303,7 @@ async fn nested_calls_detect_reentrancy_and_record_parents() {
 /// has no cycle.
 #[tokio::test]
 async fn parent_chains_cannot_form_a_cycle() {
-    #[with_conflict_resolution(pre_ecs(staging_timeout_ms = 0))]
+    #[with_conflict_resolution(pre_ecs(staging_timeout_ms = 0), occ = false)]
     async fn link(c: &mut Counter) -> conflict_runtime::OperationContext {
         c.value += 1;
         conflict_runtime::current_operation().unwrap()
@@ -424,4 +424,67 @@ async fn staging_status_shows_executing_and_staged() {
         w.await.unwrap().unwrap();
     }
     assert!(rt.staging_status().targets.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Methods.
+
+#[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+struct Shelf {
+    #[entity(id)]
+    id: EntityId,
+    units: u32,
+    reserved: Vec<u64>,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("only {0} left")]
+struct ShortBy(u32);
+
+impl Shelf {
+    #[with_conflict_resolution(pre_ecs(on_lose = "requeue"))]
+    async fn reserve(&mut self, n: u32, who: u64) -> Result<u32, ShortBy> {
+        if self.units < n {
+            return Err(ShortBy(self.units));
+        }
+        tokio::task::yield_now().await;
+        self.units -= n;
+        self.reserved.push(who);
+        Ok(self.units)
+    }
+}
+
+/// Invariant: a `&mut self` method is an operation like a free function (generated as
+/// `Shelf::reserve(&handle, ..)`): concurrent calls lose no update, an `Err` commits nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_operation_commits_like_a_free_function() {
+    let rt = Runtime::in_memory();
+    let h = rt
+        .insert(Shelf {
+            id: EntityId::new(),
+            units: 10,
+            reserved: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..12u64)
+        .map(|who| {
+            let h = h.clone();
+            tokio::spawn(async move { Shelf::reserve(&h, 1, who).await })
+        })
+        .collect();
+    let (mut ok, mut short) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(ConflictError::Body(ShortBy(0))) => short += 1,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!((ok, short), (10, 2));
+    let v = h.load().await.unwrap();
+    assert_eq!(
+        (v.value.units, v.value.reserved.len(), v.version),
+        (0, 10, 11)
+    );
 }

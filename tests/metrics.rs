@@ -11,13 +11,16 @@ async fn plain(c: &mut Counter) -> u64 {
     c.value
 }
 
-#[with_conflict_resolution(pre_ecs(on_lose = "requeue"))]
+#[with_conflict_resolution(pre_ecs(on_lose = "requeue"), occ = false)]
 async fn queued(c: &mut Counter) -> u64 {
     c.value += 1;
     c.value
 }
 
-#[with_conflict_resolution(occ(max_retries = 3, base_delay_ms = 0, max_delay_ms = 0))]
+#[with_conflict_resolution(
+    occ(max_retries = 3, base_delay_ms = 0, max_delay_ms = 0),
+    pre_ecs = false
+)]
 async fn optimistic(c: &mut Counter) -> u64 {
     c.value += 1;
     tokio::task::yield_now().await;

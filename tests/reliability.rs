@@ -231,7 +231,7 @@ async fn long_retry(c: &mut Counter, runs: Arc<AtomicU64>) -> u64 {
     c.value
 }
 
-#[with_conflict_resolution(priority = 9, pre_ecs(on_lose = "requeue"))]
+#[with_conflict_resolution(priority = 9, pre_ecs(on_lose = "requeue"), occ = false)]
 async fn urgent(c: &mut Counter) -> u64 {
     c.value += 100;
     c.value
@@ -314,7 +314,7 @@ async fn a_higher_priority_call_preempts_at_the_grace_end_after_a_conflicting_co
 // ---------------------------------------------------------------------------------------------
 // 4. What a dropped call's commit did is what is counted.
 
-#[with_conflict_resolution(occ(max_retries = 0))]
+#[with_conflict_resolution(occ(max_retries = 0), pre_ecs = false)]
 async fn plain_bump(c: &mut Counter) -> u64 {
     c.value += 1;
     c.value
@@ -435,7 +435,7 @@ fn on_postgres_a_call_dropped_mid_commit_is_counted_committed() {
 // ---------------------------------------------------------------------------------------------
 // 5. A call cancelled in its staging window does not leave the target collecting.
 
-#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 50))]
+#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 50), occ = false)]
 async fn windowed(c: &mut Counter) -> u64 {
     c.value += 1;
     c.value

@@ -12,14 +12,14 @@ use conflict_runtime::{OutcomeKind, OverloadScope, RejectReason};
 use conflict_tests::Counter;
 use tokio::task::JoinHandle;
 
-#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 50))]
+#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 50), occ = false)]
 async fn bump_windowed(c: &mut Counter, tag: u64) -> u64 {
     c.value += 1;
     c.log.push(tag);
     c.value
 }
 
-#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 0))]
+#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 0), occ = false)]
 async fn bump_immediate(c: &mut Counter, tag: u64) -> u64 {
     c.value += 1;
     c.log.push(tag);
@@ -39,7 +39,7 @@ async fn bump_requeue(c: &mut Counter, tag: u64) -> u64 {
 }
 
 /// A long body: sleeps `ms` (paused clock) before changing the entity.
-#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 0, grace_period_ms = 100))]
+#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 0, grace_period_ms = 100), occ = false)]
 async fn slow_bump(c: &mut Counter, tag: u64, ms: u64) -> u64 {
     tokio::time::sleep(Duration::from_millis(ms)).await;
     c.value += 1;
@@ -47,7 +47,10 @@ async fn slow_bump(c: &mut Counter, tag: u64, ms: u64) -> u64 {
     c.value
 }
 
-#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 50, max_staged_per_target = 8))]
+#[with_conflict_resolution(
+    pre_ecs(staging_timeout_ms = 50, max_staged_per_target = 8),
+    occ = false
+)]
 async fn bump_bounded(c: &mut Counter, tag: u64) -> u64 {
     c.value += 1;
     c.log.push(tag);
@@ -204,14 +207,14 @@ async fn equal_priorities_go_to_the_earliest_submission() {
     assert_eq!(h.load().await.unwrap().value.log, vec![0]);
 }
 
-#[with_conflict_resolution(priority = LOW, pre_ecs(staging_timeout_ms = 50))]
+#[with_conflict_resolution(priority = LOW, pre_ecs(staging_timeout_ms = 50), occ = false)]
 async fn bump_low(c: &mut Counter, tag: u64) -> u64 {
     c.value += 1;
     c.log.push(tag);
     c.value
 }
 
-#[with_conflict_resolution(priority = CRITICAL, pre_ecs(staging_timeout_ms = 0))]
+#[with_conflict_resolution(priority = CRITICAL, pre_ecs(staging_timeout_ms = 0), occ = false)]
 async fn parent_op(c: &mut Counter, child_target: Handle<Counter>) -> u64 {
     // The child runs inside this body: it inherits this op's effective priority.
     let child = bump_low(&child_target, 77).await;
@@ -501,4 +504,83 @@ async fn a_slow_target_does_not_delay_another() {
         start.elapsed()
     );
     slow.abort();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stage selection: naming one stage's options never turns the other off.
+
+/// The README's shape: a priority and OCC options, nothing said about staging.
+#[with_conflict_resolution(
+    priority = 5,
+    occ(max_retries = 2, base_delay_ms = 0, max_delay_ms = 0)
+)]
+async fn readme_shaped(c: &mut Counter, tag: u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    c.value += 1;
+    c.log.push(tag);
+    c.value
+}
+
+#[with_conflict_resolution(pre_ecs(on_lose = "requeue"))]
+async fn staging_options_only(c: &mut Counter) -> u64 {
+    c.value += 1;
+    c.value
+}
+
+#[with_conflict_resolution(occ = false)]
+async fn staging_alone(c: &mut Counter) -> u64 {
+    c.value += 1;
+    c.value
+}
+
+#[with_conflict_resolution(pre_ecs = false, occ(max_retries = 1))]
+async fn occ_alone(c: &mut Counter) -> u64 {
+    c.value += 1;
+    c.value
+}
+
+/// Invariant: both stages run unless one is switched off by `= false` or `mode`; options of one
+/// stage only configure it. (Before, `occ(...)` alone silently turned staging off, so the
+/// README's priority did nothing.)
+#[tokio::test]
+async fn naming_one_stages_options_keeps_the_other_stage_on() {
+    use conflict_runtime::ResolutionMode;
+    let rt = Runtime::in_memory();
+    let mode_of = |name: &str| {
+        rt.registered_operations()
+            .into_iter()
+            .find(|o| o.name == name)
+            .map(|o| o.config.mode)
+    };
+    assert_eq!(mode_of("readme_shaped"), Some(ResolutionMode::Both));
+    assert_eq!(mode_of("staging_options_only"), Some(ResolutionMode::Both));
+    assert_eq!(mode_of("staging_alone"), Some(ResolutionMode::PreEcs));
+    assert_eq!(mode_of("occ_alone"), Some(ResolutionMode::Occ));
+}
+
+/// Invariant: with the README's attribute, 50 concurrent callers of one entity are resolved by
+/// staging (one executes at a time, the others are rejected at once), so none burns its OCC
+/// retries: no `RetriesExhausted`, no OCC conflict, and the counter equals the commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_attribute_stages_its_callers() {
+    let rt = Runtime::in_memory();
+    let h = rt.insert(Counter::new()).await.unwrap();
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let h = h.clone();
+            tokio::spawn(async move { readme_shaped(&h, i).await.map_err(|e| e.kind()) })
+        })
+        .collect();
+    let mut committed = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => committed += 1,
+            Err(kind) => assert_eq!(kind, OutcomeKind::Rejected, "only staging losers fail"),
+        }
+    }
+    let m = rt.metrics();
+    assert_eq!(m.outcome(OutcomeKind::RetriesExhausted), 0);
+    assert_eq!(m.occ_conflicts, 0, "staging serialised every commit");
+    assert!(committed >= 1);
+    assert_eq!(h.load().await.unwrap().value.value, committed);
 }

@@ -69,13 +69,16 @@ impl<S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>> Layer
     }
 }
 
-#[with_conflict_resolution(occ(max_retries = 0))]
+#[with_conflict_resolution(occ(max_retries = 0), pre_ecs = false)]
 async fn sneak(c: &mut Counter) -> u64 {
     c.value += 100;
     c.value
 }
 
-#[with_conflict_resolution(occ(max_retries = 5, base_delay_ms = 0, max_delay_ms = 0))]
+#[with_conflict_resolution(
+    occ(max_retries = 5, base_delay_ms = 0, max_delay_ms = 0),
+    pre_ecs = false
+)]
 async fn conflicting(c: &mut Counter, same: Handle<Counter>) -> u64 {
     if c.value < 200 {
         conflict_runtime::scope()

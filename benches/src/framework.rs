@@ -65,12 +65,18 @@ async fn requeue_await(item: &mut Item, amount: u64) -> u64 {
     rmw_await(item, amount).await
 }
 
-#[with_conflict_resolution(occ(max_retries = 1000, base_delay_ms = 0, max_delay_ms = 0))]
+#[with_conflict_resolution(
+    occ(max_retries = 1000, base_delay_ms = 0, max_delay_ms = 0),
+    pre_ecs = false
+)]
 async fn occ_only_cpu(item: &mut Item, amount: u64) -> u64 {
     rmw_cpu(item, amount)
 }
 
-#[with_conflict_resolution(occ(max_retries = 1000, base_delay_ms = 0, max_delay_ms = 0))]
+#[with_conflict_resolution(
+    occ(max_retries = 1000, base_delay_ms = 0, max_delay_ms = 0),
+    pre_ecs = false
+)]
 async fn occ_only_await(item: &mut Item, amount: u64) -> u64 {
     rmw_await(item, amount).await
 }

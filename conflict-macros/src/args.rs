@@ -549,10 +549,10 @@ impl Parse for ConflictArgs {
         cfg.priority = priority_set.unwrap_or(class.default_priority());
         cfg.occ.max_retries = class.default_max_retries();
 
-        // Which stages run.
-        let on = |s: &Option<(Stage, TokenStream)>| matches!(s, Some((Stage::On(_), _)));
+        // Which stages run: both, unless `mode` says otherwise or a stage is switched off with
+        // `stage = false`. Naming a stage's options only configures it; it never turns the
+        // other stage off.
         let off = |s: &Option<(Stage, TokenStream)>| matches!(s, Some((Stage::Off, _)));
-        let any_on = on(&pre_ecs) || on(&occ);
         cfg.mode = match &mode {
             Some(m) => {
                 for (name, s, enabled) in
@@ -582,10 +582,7 @@ impl Parse for ConflictArgs {
                 }
                 *m
             }
-            None => ResolutionMode::from_stages(
-                on(&pre_ecs) || (!any_on && !off(&pre_ecs)),
-                on(&occ) || (!any_on && !off(&occ)),
-            ),
+            None => ResolutionMode::from_stages(!off(&pre_ecs), !off(&occ)),
         };
 
         if let Some((Stage::On(items), tokens)) = occ {

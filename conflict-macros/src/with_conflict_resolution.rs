@@ -51,6 +51,18 @@ fn classify(output: &ReturnType) -> Returns {
     Returns::Value(ty)
 }
 
+/// Whether a type names `Self` anywhere (an item nested in a method cannot).
+fn mentions_self(ty: &Type) -> bool {
+    fn walk(ts: TokenStream) -> bool {
+        ts.into_iter().any(|tt| match tt {
+            proc_macro2::TokenTree::Ident(i) => i == "Self",
+            proc_macro2::TokenTree::Group(g) => walk(g.stream()),
+            _ => false,
+        })
+    }
+    walk(quote!(#ty))
+}
+
 /// A non-entity argument: the name the outer function uses, the original for the inner one.
 struct Param {
     outer: Ident,
@@ -81,15 +93,26 @@ pub(crate) fn expand(args: ConflictArgs, func: ItemFn) -> syn::Result<TokenStrea
 
     let mut inputs = sig.inputs.iter();
     let mut entity: Option<(Ident, Type)> = None;
+    // A method (`&mut self`) is generated as an associated function taking `this: &Handle<Self>`;
+    // its body stays a method, emitted beside it.
+    let mut method = false;
     match inputs.next() {
         None => errors.push(syn::Error::new(
             sig.paren_token.span.join(),
             "expected the entity as first parameter, e.g. `account: &mut Account`",
         )),
-        Some(FnArg::Receiver(r)) => errors.spanned(
-            r,
-            "#[with_conflict_resolution] supports free functions only: make the entity (`&mut E`) the first parameter instead of `self`",
-        ),
+        Some(FnArg::Receiver(r)) => {
+            let by_mut_ref = matches!(r.kind, syn::ReceiverKind::Reference(_, _, Some(_)));
+            if by_mut_ref {
+                method = true;
+                entity = Some((format_ident!("this"), syn::parse_quote!(Self)));
+            } else {
+                errors.spanned(
+                    r,
+                    "a method's receiver must be `&mut self` (the entity the operation changes); it is generated as an associated function taking `this: &Handle<Self>`",
+                );
+            }
+        }
         Some(FnArg::Typed(pt)) => match &*pt.ty {
             Type::Reference(r) if r.mutability.is_some() => {
                 let name = match &*pt.pat {
@@ -153,6 +176,10 @@ pub(crate) fn expand(args: ConflictArgs, func: ItemFn) -> syn::Result<TokenStrea
     let inner_output = &sig.output;
     let inner_inputs = &sig.inputs;
 
+    // A plain value's type may still be a `Result` under another name (`type Outcome<T> =
+    // Result<T, E>`): the macro cannot see through aliases, so the generated code asks the type
+    // checker, and refuses to compile rather than commit an `Err` as a value.
+    let mut not_a_result = quote!();
     let (ok_ty, err_ty, wrap) = match classify(&sig.output) {
         Returns::Result(t, e) => (quote!(#t), quote!(#e), quote!(__conflict_out)),
         Returns::ResultAlias(ty) => (
@@ -160,11 +187,32 @@ pub(crate) fn expand(args: ConflictArgs, func: ItemFn) -> syn::Result<TokenStrea
             quote!(<#ty as #p::BodyResult>::Err),
             quote!(__conflict_out),
         ),
-        Returns::Value(t) => (
-            quote!(#t),
-            quote!(::core::convert::Infallible),
-            quote!(#p::infallible(__conflict_out)),
-        ),
+        Returns::Value(t) => {
+            let check = quote_spanned! {t.span()=>
+                {
+                    #[allow(unused_imports)]
+                    use #p::NotAResult as _;
+                    ::core::assert!(
+                        !<#p::ResultProbe<#t>>::IS_RESULT,
+                        "this return type is a `Result` under another name (an alias), which the macro would treat as a plain value and commit even when it is an `Err`: spell it `Result<T, E>` or as a path ending in `Result` (e.g. `io::Result<T>`)"
+                    );
+                }
+            };
+            // A constant item is checked whether or not the function is ever called; a generic
+            // function's return type can name its parameters, which only an inline constant
+            // (checked when the function is instantiated) may.
+            // (`Self` cannot be named in an item nested in a method either.)
+            not_a_result = if sig.generics.params.is_empty() && !mentions_self(&t) {
+                quote_spanned!(t.span()=> const _: () = #check;)
+            } else {
+                quote_spanned!(t.span()=> const #check;)
+            };
+            (
+                quote!(#t),
+                quote!(::core::convert::Infallible),
+                quote!(#p::infallible(__conflict_out)),
+            )
+        }
     };
 
     let outer_params = params.iter().map(|prm| {
@@ -179,8 +227,31 @@ pub(crate) fn expand(args: ConflictArgs, func: ItemFn) -> syn::Result<TokenStrea
         quote_spanned!(prm.ty.span()=> let #id = #p::clone_arg(&#id);)
     });
     let name_str = name.to_string();
+    let (body_item, body_call) = if method {
+        let inner = format_ident!("__conflict_body_{}", name);
+        (
+            quote! {
+                #[doc(hidden)]
+                #[allow(clippy::needless_pass_by_value, clippy::unused_async, non_snake_case)]
+                async fn #inner #generics (#inner_inputs) #inner_output #where_clause #block
+            },
+            quote!(Self::#inner),
+        )
+    } else {
+        (quote!(), quote!(__conflict_body))
+    };
+    let nested_body = if method {
+        quote!()
+    } else {
+        quote! {
+            #[allow(clippy::needless_pass_by_value, clippy::unused_async)]
+            async fn __conflict_body #generics (#inner_inputs) #inner_output #where_clause #block
+        }
+    };
 
     Ok(quote! {
+        #body_item
+
         #(#attrs)*
         #vis async fn #name #generics (
             #entity_ident: &#p::Handle<#entity_ty>,
@@ -188,8 +259,7 @@ pub(crate) fn expand(args: ConflictArgs, func: ItemFn) -> syn::Result<TokenStrea
         ) -> ::core::result::Result<#p::Committed<#ok_ty>, #p::ConflictError<#err_ty>>
         #where_clause
         {
-            #[allow(clippy::needless_pass_by_value, clippy::unused_async)]
-            async fn __conflict_body #generics (#inner_inputs) #inner_output #where_clause #block
+            #nested_body
 
             static __CONFLICT_SPEC: #p::OperationSpec = #p::OperationSpec {
                 name: #name_str,
@@ -200,6 +270,8 @@ pub(crate) fn expand(args: ConflictArgs, func: ItemFn) -> syn::Result<TokenStrea
                 #p::OperationRegistration(&__CONFLICT_SPEC)
             }
 
+            #not_a_result
+
             #p::execute(
                 &__CONFLICT_SPEC,
                 #entity_ident,
@@ -207,7 +279,7 @@ pub(crate) fn expand(args: ConflictArgs, func: ItemFn) -> syn::Result<TokenStrea
                     #(#clones)*
                     async move {
                         let __conflict_out =
-                            __conflict_body(&mut __conflict_entity, #(#ids),*).await;
+                            #body_call(&mut __conflict_entity, #(#ids),*).await;
                         (__conflict_entity, #wrap)
                     }
                 },

@@ -58,6 +58,24 @@ impl<T, E> BodyResult for Result<T, E> {
     type Err = E;
 }
 
+/// Tells at compile time whether a concrete type is a `Result` (through any alias): the inherent
+/// constant below applies only to `ResultProbe<Result<T, E>>`, every other type gets the trait's.
+/// (In a generic context the trait's applies, so a generic return type is taken as a value.)
+pub struct ResultProbe<T: ?Sized>(core::marker::PhantomData<T>);
+
+/// The fallback of [`ResultProbe`]: not a `Result`.
+pub trait NotAResult {
+    /// Whether the probed type is a `Result`.
+    const IS_RESULT: bool = false;
+}
+
+impl<T: ?Sized> NotAResult for ResultProbe<T> {}
+
+impl<T, E> ResultProbe<Result<T, E>> {
+    /// A `Result`.
+    pub const IS_RESULT: bool = true;
+}
+
 /// Checked for every non-entity argument: the body may run more than once, each time on a clone.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` must implement `Clone` to be an argument of a #[with_conflict_resolution] function",

@@ -66,9 +66,43 @@
 //! * Anything else (including no return type) is an *infallible* body returning `T`; the error
 //!   type is `ConflictError<Infallible>`.
 //!
-//! The decision is syntactic, by the last path segment's name. A `Result` hidden behind an alias
-//! with another name is treated as a plain value (and an `Err` would be committed); name such
-//! aliases `...Result` or spell the type out.
+//! The macro decides by the last path segment's name, and the generated code has the compiler
+//! check the rest: a return type that is a `Result` under another name (`type Outcome<T> =
+//! Result<T, Nope>`) does not compile (the error points at the return type), so an `Err` can
+//! never be committed as a plain value. Name such aliases `...Result` or spell the type out.
+//!
+//! # Methods
+//!
+//! On a method with `&mut self` the entity is `self`; it is generated as an associated function
+//! taking `this: &Handle<Self>`:
+//!
+//! ```
+//! use conflict_runtime::prelude::*;
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+//! struct Pallet { #[entity(id)] id: EntityId, units: u32 }
+//!
+//! impl Pallet {
+//!     #[with_conflict_resolution(pre_ecs(on_lose = "requeue"))]
+//!     async fn take(&mut self, n: u32) -> u32 {
+//!         self.units = self.units.saturating_sub(n);
+//!         self.units
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let rt = Runtime::in_memory();
+//! let pallet = rt.insert(Pallet { id: EntityId::new(), units: 5 }).await.unwrap();
+//! assert_eq!(Pallet::take(&pallet, 2).await.unwrap().value, 3);
+//! # }
+//! ```
+//!
+//! # Which stages run
+//!
+//! Both, unless a stage is switched off: `pre_ecs = false`, `occ = false`, or `mode = "..."`.
+//! Naming a stage's options (`pre_ecs(...)`, `occ(...)`) only configures that stage, so the
+//! quick start's `withdraw` is staged by its priority *and* retries conflicts.
 //!
 //! # The body may run more than once
 //!

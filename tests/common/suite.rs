@@ -39,7 +39,8 @@ impl Scale {
         base_delay_ms = 0,
         backoff_factor = 1.5,
         max_delay_ms = 1
-    )
+    ),
+    pre_ecs = false
 )]
 async fn increment(c: &mut Counter, tag: u64) -> u64 {
     c.value += 1;
@@ -175,7 +176,7 @@ static BODY_RUNS: AtomicU64 = AtomicU64::new(0);
 #[error("refused: {0}")]
 pub struct Refused(pub u64);
 
-#[with_conflict_resolution(occ(max_retries = 5))]
+#[with_conflict_resolution(occ(max_retries = 5), pre_ecs = false)]
 async fn refuse(c: &mut Counter, limit: u64) -> Result<u64, Refused> {
     BODY_RUNS.fetch_add(1, Ordering::SeqCst);
     c.value += 1;
@@ -201,7 +202,7 @@ pub async fn a_body_error_commits_nothing_and_is_not_retried(rt: Runtime) {
     assert_eq!(rt.metrics().outcome(OutcomeKind::BodyError), 1);
 }
 
-#[with_conflict_resolution(occ(max_retries = 0))]
+#[with_conflict_resolution(occ(max_retries = 0), pre_ecs = false)]
 async fn sneak(c: &mut Counter) -> u64 {
     c.value += 100;
     c.value
@@ -209,7 +210,10 @@ async fn sneak(c: &mut Counter) -> u64 {
 
 /// Each attempt commits a conflicting write through a detached nested call before its own
 /// commit, so every attempt of this operation meets a newer version.
-#[with_conflict_resolution(occ(max_retries = 2, base_delay_ms = 0, max_delay_ms = 0))]
+#[with_conflict_resolution(
+    occ(max_retries = 2, base_delay_ms = 0, max_delay_ms = 0),
+    pre_ecs = false
+)]
 async fn always_conflicts(c: &mut Counter, same: Handle<Counter>) -> u64 {
     conflict_runtime::scope()
         .detached()
@@ -255,12 +259,15 @@ pub async fn retries_exhausted_after_max_retries_plus_one_attempts(rt: Runtime) 
     assert_eq!(conflicts, 3);
 }
 
-#[with_conflict_resolution(occ(
-    max_retries = 30,
-    base_delay_ms = 2,
-    backoff_factor = 2.0,
-    max_delay_ms = 16
-))]
+#[with_conflict_resolution(
+    pre_ecs = false,
+    occ(
+        max_retries = 30,
+        base_delay_ms = 2,
+        backoff_factor = 2.0,
+        max_delay_ms = 16
+    )
+)]
 async fn contended(c: &mut Counter, same: Handle<Counter>, rounds: u64) -> u64 {
     if c.value < rounds {
         conflict_runtime::scope()
@@ -300,7 +307,7 @@ pub async fn backoff_delays_stay_within_their_ceiling(rt: Runtime) {
     assert_eq!(retries, 10);
 }
 
-#[with_conflict_resolution(occ(max_retries = 3))]
+#[with_conflict_resolution(occ(max_retries = 3), pre_ecs = false)]
 async fn rename(c: &mut Counter) {
     c.id = EntityId::new();
 }

@@ -7,8 +7,14 @@ struct Account {
 }
 
 impl Account {
+    // The entity of a method operation is `&mut self`; `&self` or `self` cannot be changed.
     #[with_conflict_resolution]
-    async fn touch(&mut self) {
+    async fn peek(&self) {
+        let _ = self;
+    }
+
+    #[with_conflict_resolution]
+    async fn consume(self) {
         let _ = self;
     }
 }

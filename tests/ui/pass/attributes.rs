@@ -34,7 +34,7 @@ async fn occ_only(a: &mut Account) {
     a.balance += 1;
 }
 
-#[with_conflict_resolution(pre_ecs)]
+#[with_conflict_resolution(pre_ecs, occ = false)]
 async fn pre_ecs_flag(a: &mut Account) {
     a.balance += 1;
 }
@@ -44,12 +44,13 @@ async fn pre_ecs_flag(a: &mut Account) {
     on_lose = "requeue",
     max_staged_per_target = 10,
     grace_period_ms = 0
-))]
+),
+    occ = false)]
 async fn pre_ecs_full(a: &mut Account) {
     a.balance += 1;
 }
 
-#[with_conflict_resolution(occ(max_retries = 10, base_delay_ms = 0, backoff_factor = 1.5, max_delay_ms = 50))]
+#[with_conflict_resolution(occ(max_retries = 10, base_delay_ms = 0, backoff_factor = 1.5, max_delay_ms = 50), pre_ecs = false)]
 async fn occ_full(a: &mut Account) {
     a.balance += 1;
 }

@@ -52,6 +52,28 @@ async fn label(account: &mut Account, name: &str, n: u32) -> String {
     format!("{name}{n}")
 }
 
+/// An alias of a plain type is a plain value (only a `Result` under another name is refused).
+type Units = u32;
+
+#[with_conflict_resolution]
+async fn units(account: &mut Account) -> Units {
+    account.balance as u32
+}
+
+/// A generic return type is taken as a value.
+#[with_conflict_resolution]
+async fn tagged<T: Clone + Send + Sync + 'static>(account: &mut Account, tag: T) -> (T, i64) {
+    (tag, account.balance)
+}
+
+fn _units(h: &Handle<Account>) -> impl Future<Output = Result<Committed<Units>, ConflictError<Infallible>>> + '_ {
+    units(h)
+}
+
+fn _tagged(h: &Handle<Account>) -> impl Future<Output = Result<Committed<(u8, i64)>, ConflictError<Infallible>>> + '_ {
+    tagged(h, 7u8)
+}
+
 fn _fallible(h: &Handle<Account>) -> impl Future<Output = Result<Committed<i64>, ConflictError<MyErr>>> + '_ {
     withdraw(h, 5)
 }
