@@ -80,7 +80,8 @@ async fn work(ms: u64) {
     }
 }
 
-/// One set of the four operations per resolution setting (the attribute is compile-time).
+/// One set of the four operations per stage selection (the mode is compile-time; what losers
+/// do is a per-call override, `scope().on_lose(..)`).
 macro_rules! op_set {
     ($module:ident, $($attr:tt)*) => {
         mod $module {
@@ -127,18 +128,8 @@ macro_rules! op_set {
 }
 
 // Both stages run unless one is switched off (`stage = false`, or `mode`).
-op_set!(both_reject, occ(max_retries = 15));
-op_set!(
-    both_requeue,
-    pre_ecs(on_lose = "requeue"),
-    occ(max_retries = 15)
-);
-op_set!(pre_ecs_reject, mode = "pre_ecs");
-op_set!(
-    pre_ecs_requeue,
-    mode = "pre_ecs",
-    pre_ecs(on_lose = "requeue")
-);
+op_set!(both, occ(max_retries = 15));
+op_set!(pre_ecs_only, mode = "pre_ecs");
 op_set!(occ_only, mode = "occ", occ(max_retries = 15));
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -215,13 +206,11 @@ type RunFn = for<'a> fn(
     >,
 >;
 
-fn runner(mode: Mode, on_lose: OnLose) -> RunFn {
-    match (mode, on_lose) {
-        (Mode::Both, OnLose::Reject) => |h, op, w| Box::pin(both_reject::run(h, op, w)),
-        (Mode::Both, OnLose::Requeue) => |h, op, w| Box::pin(both_requeue::run(h, op, w)),
-        (Mode::PreEcs, OnLose::Reject) => |h, op, w| Box::pin(pre_ecs_reject::run(h, op, w)),
-        (Mode::PreEcs, OnLose::Requeue) => |h, op, w| Box::pin(pre_ecs_requeue::run(h, op, w)),
-        (Mode::Occ, _) => |h, op, w| Box::pin(occ_only::run(h, op, w)),
+fn runner(mode: Mode) -> RunFn {
+    match mode {
+        Mode::Both => |h, op, w| Box::pin(both::run(h, op, w)),
+        Mode::PreEcs => |h, op, w| Box::pin(pre_ecs_only::run(h, op, w)),
+        Mode::Occ => |h, op, w| Box::pin(occ_only::run(h, op, w)),
     }
 }
 
@@ -324,7 +313,11 @@ async fn drive(
     handles: &[Handle<Target>],
     planned: Vec<Planned>,
 ) -> Outcomes {
-    let run = runner(args.mode, args.on_lose);
+    let run = runner(args.mode);
+    let on_lose = match args.on_lose {
+        OnLose::Reject => conflict_runtime::OnLose::Reject,
+        OnLose::Requeue => conflict_runtime::OnLose::Requeue,
+    };
     let outcomes = Arc::new(Mutex::new(Outcomes {
         commits: vec![Vec::new(); handles.len()],
         ..Outcomes::default()
@@ -342,6 +335,7 @@ async fn drive(
         tokio::spawn(async move {
             let r = conflict_runtime::scope()
                 .priority(p.priority)
+                .on_lose(on_lose)
                 .run(run(&h, p.op, work_ms))
                 .await;
             // The driver's own bookkeeping: one short critical section per operation.
