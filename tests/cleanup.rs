@@ -632,3 +632,38 @@ async fn failed_handler_runs_kept_for_the_health_report_are_bounded() {
     assert_eq!(health.failed_cleanup_handlers.len(), FAILED_HANDLERS_KEPT);
     assert_eq!(rt.metrics().cleanup.failures, n as u64);
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("only {left} left, {wanted} wanted")]
+struct NotEnough {
+    left: u64,
+    wanted: u64,
+}
+
+#[with_conflict_resolution(cleanup(strategy = "deferred", immediate_cleanup_priorities = [], debug_retention_priorities = []))]
+async fn take_units(c: &mut Counter, wanted: u64) -> Result<u64, NotEnough> {
+    if c.value < wanted {
+        return Err(NotEnough {
+            left: c.value,
+            wanted,
+        });
+    }
+    c.value -= wanted;
+    Ok(c.value)
+}
+
+/// Invariant: a failed operation's record says why in the body's own words, so an audit
+/// handler can report it.
+#[tokio::test]
+async fn a_failed_operations_record_carries_the_body_errors_message() {
+    let rt = runtime();
+    let h = rt.insert(Counter::new()).await.unwrap();
+    let err = take_units(&h, 3).await.unwrap_err();
+    let op_id = err.op_id();
+    assert!(op_id.is_none(), "a body error carries no op id of its own");
+    let recs = rt.operations().by_target(h.key());
+    assert_eq!(recs.len(), 1);
+    let msg = recs[0].error_message.clone().unwrap_or_default();
+    assert!(msg.contains("only 0 left, 3 wanted"), "{msg}");
+    assert_eq!(err.body().map(|e| e.wanted), Some(3));
+}

@@ -87,7 +87,9 @@ async fn five_calls_in_a_window_one_commits_four_rejected() {
                 reason,
                 ..
             }) => {
-                assert_eq!(reason, RejectReason::LostPriority);
+                // All five have the same priority: they lost on submission order, and the
+                // reason says so (not "a higher-priority operation").
+                assert_eq!(reason, RejectReason::SubmittedLater);
                 rejected.push(winner_op_id);
             }
             Err(e) => panic!("unexpected: {e}"),
@@ -170,7 +172,13 @@ async fn critical_beats_normal_and_low_in_any_arrival_order() {
             })
             .collect();
         for t in tasks {
-            let _ = t.await.unwrap();
+            if let Err(ConflictError::Rejected { reason, .. }) = t.await.unwrap() {
+                assert_eq!(
+                    reason,
+                    RejectReason::LostPriority,
+                    "lower priorities lose on rank"
+                );
+            }
         }
         assert_eq!(
             h.load().await.unwrap().value.log,

@@ -12,17 +12,22 @@ use crate::{EntityId, EntityKey, OpId, OperationPriority};
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum RejectReason {
-    /// Another operation in its staging group had a higher effective priority, or the same
-    /// priority and an earlier submission.
+    /// Another operation in its staging group had a higher effective priority.
     LostPriority,
+    /// Another operation in its staging group had the same effective priority and was
+    /// submitted earlier.
+    SubmittedLater,
 }
 
 impl fmt::Display for RejectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::LostPriority => {
-                f.write_str("lost its staging group to a higher-ranked operation")
+                f.write_str("lost its staging group to a higher-priority operation")
             }
+            Self::SubmittedLater => f.write_str(
+                "lost its staging group to an operation of the same priority submitted earlier",
+            ),
         }
     }
 }
@@ -276,13 +281,10 @@ impl fmt::Display for OutcomeKind {
 /// assert_eq!(e.kind(), OutcomeKind::ShuttingDown);
 /// assert!(e.to_string().contains("shutting down"));
 /// ```
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
-pub enum ConflictError<E> {
+pub enum ConflictError<E = std::convert::Infallible> {
     /// Lost its staging group: another operation on the same target ranked higher.
-    #[error(
-        "operation {op_id} (priority {priority}) was rejected: {reason}; winner {winner_op_id} (priority {winner_priority}). Retry later, raise the priority, or use on_lose = \"requeue\""
-    )]
     Rejected {
         /// This operation.
         op_id: OpId,
@@ -297,9 +299,6 @@ pub enum ConflictError<E> {
     },
     /// Was executing past its grace period when an operation of strictly higher effective
     /// priority arrived; its commit was refused.
-    #[error(
-        "operation {op_id} (priority {priority}) was preempted by {by_op_id} (priority {by_priority}) after its grace period; nothing was committed"
-    )]
     Preempted {
         /// This operation.
         op_id: OpId,
@@ -311,9 +310,6 @@ pub enum ConflictError<E> {
         by_priority: OperationPriority,
     },
     /// Every attempt met a newer version at commit.
-    #[error(
-        "operation {op_id} gave up after {attempts} attempts: {target} changed under every attempt. Raise max_retries or reduce contention"
-    )]
     RetriesExhausted {
         /// This operation.
         op_id: OpId,
@@ -323,9 +319,6 @@ pub enum ConflictError<E> {
         target: EntityKey,
     },
     /// Refused at admission (or displaced by a higher-priority arrival) because staging is full.
-    #[error(
-        "operation {op_id} was refused: {scope} staging capacity of {capacity} is full. Retry later or raise the capacity"
-    )]
     Overloaded {
         /// This operation.
         op_id: OpId,
@@ -335,7 +328,6 @@ pub enum ConflictError<E> {
         scope: OverloadScope,
     },
     /// The runtime is shutting down (or shut down) and did not run this operation to the end.
-    #[error("operation {op_id} did not run: the runtime is shutting down")]
     ShuttingDown {
         /// This operation.
         op_id: OpId,
@@ -343,9 +335,6 @@ pub enum ConflictError<E> {
     /// The call could not finish by the deadline its caller set (`scope().deadline(..)` or
     /// `.timeout(..)`): it was stopped while staged, in its body, or before a commit or a
     /// retry, and nothing was committed.
-    #[error(
-        "operation {op_id} could not finish by its deadline ({after:?} after it was submitted); nothing was committed"
-    )]
     DeadlineExceeded {
         /// This operation.
         op_id: OpId,
@@ -353,10 +342,8 @@ pub enum ConflictError<E> {
         after: std::time::Duration,
     },
     /// The body returned `Err`; nothing was committed and the body was not retried.
-    #[error("the operation's body returned an error: {0}")]
-    Body(#[source] E),
+    Body(E),
     /// The body panicked; nothing was committed. The runtime is unaffected.
-    #[error("operation {op_id}'s body panicked: {message}")]
     Panicked {
         /// This operation.
         op_id: OpId,
@@ -365,9 +352,6 @@ pub enum ConflictError<E> {
     },
     /// Called from the body of an operation that is executing on the same target: running it
     /// would wait for its own ancestor. Change the entity in the ancestor's body instead.
-    #[error(
-        "operation {op_id} targets {target}, which its ancestor {ancestor_op_id} is executing on: a nested operation cannot target its ancestor's entity"
-    )]
     Reentrant {
         /// This operation.
         op_id: OpId,
@@ -377,9 +361,6 @@ pub enum ConflictError<E> {
         ancestor_op_id: OpId,
     },
     /// The body changed the entity's id field; the change was not committed.
-    #[error(
-        "operation {op_id}'s body changed the entity id from {expected} to {found}; ids are immutable"
-    )]
     IdentityChanged {
         /// This operation.
         op_id: OpId,
@@ -389,8 +370,97 @@ pub enum ConflictError<E> {
         found: EntityId,
     },
     /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+impl<E: fmt::Display> fmt::Display for ConflictError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Rejected {
+                op_id,
+                winner_op_id,
+                priority,
+                winner_priority,
+                reason,
+            } => write!(
+                f,
+                "operation {op_id} (priority {priority}) was rejected: {reason}; winner {winner_op_id} (priority {winner_priority}). Retry later, raise the priority, or use on_lose = \"requeue\""
+            ),
+            Self::Preempted {
+                op_id,
+                by_op_id,
+                priority,
+                by_priority,
+            } => write!(
+                f,
+                "operation {op_id} (priority {priority}) was preempted by {by_op_id} (priority {by_priority}) after its grace period; nothing was committed"
+            ),
+            Self::RetriesExhausted {
+                op_id,
+                attempts,
+                target,
+            } => write!(
+                f,
+                "operation {op_id} gave up after {attempts} attempts: {target} changed under every attempt. Raise max_retries or reduce contention"
+            ),
+            Self::Overloaded {
+                op_id,
+                capacity,
+                scope,
+            } => write!(
+                f,
+                "operation {op_id} was refused: {scope} staging capacity of {capacity} is full. Retry later or raise the capacity"
+            ),
+            Self::ShuttingDown { op_id } => write!(
+                f,
+                "operation {op_id} did not run: the runtime is shutting down"
+            ),
+            Self::DeadlineExceeded { op_id, after } => write!(
+                f,
+                "operation {op_id} could not finish by its deadline ({after:?} after it was submitted); nothing was committed"
+            ),
+            Self::Body(e) => write!(f, "the operation's body returned an error: {e}"),
+            Self::Panicked { op_id, message } => {
+                write!(f, "operation {op_id}'s body panicked: {message}")
+            }
+            Self::Reentrant {
+                op_id,
+                target,
+                ancestor_op_id,
+            } => write!(
+                f,
+                "operation {op_id} targets {target}, which its ancestor {ancestor_op_id} is executing on: a nested operation cannot target its ancestor's entity"
+            ),
+            Self::IdentityChanged {
+                op_id,
+                expected,
+                found,
+            } => write!(
+                f,
+                "operation {op_id}'s body changed the entity id from {expected} to {found}; ids are immutable"
+            ),
+            Self::Store(e) => fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+/// An error whenever the body's error can be displayed, so `?` reaches `Box<dyn Error>` and
+/// `anyhow::Error` also for bodies that fail with `anyhow::Error` or `String`. The body's error
+/// is in the message, and available as [`ConflictError::body`]; it is not the `source()`,
+/// since `E` need not be an `Error` itself. A store failure's source is.
+impl<E: fmt::Debug + fmt::Display> std::error::Error for ConflictError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Store(e) => std::error::Error::source(e),
+            _ => None,
+        }
+    }
+}
+
+impl<E> From<StoreError> for ConflictError<E> {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
 }
 
 impl<E> ConflictError<E> {
@@ -442,11 +512,33 @@ impl<E> ConflictError<E> {
         )
     }
 
-    /// The same error with the body error replaced by [`BodyFailed`], so it can be displayed
-    /// (and stored) whatever the body's error type is.
+    /// The same error with the body error replaced by its message ([`BodyFailed`]), so it can
+    /// be stored and shown whatever the body's error type is.
     #[must_use]
-    pub fn erase_body(&self) -> ConflictError<BodyFailed> {
-        self.clone_with_body(|_| BodyFailed)
+    pub fn erase_body(&self) -> ConflictError<BodyFailed>
+    where
+        E: fmt::Display,
+    {
+        self.clone_with_body(|e| BodyFailed {
+            message: e.to_string(),
+        })
+    }
+
+    /// The body's own error, if the body failed.
+    #[must_use]
+    pub fn body(&self) -> Option<&E> {
+        match self {
+            Self::Body(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The body's own error, if the body failed; otherwise the error itself.
+    pub fn into_body(self) -> Result<E, Self> {
+        match self {
+            Self::Body(e) => Ok(e),
+            other => Err(other),
+        }
     }
 
     /// Converts the body error with `f`, keeping every other variant.
@@ -539,10 +631,13 @@ impl<E> ConflictError<E> {
     }
 }
 
-/// Stands for a body error in [`ConflictError::erase_body`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the body returned an error (nothing was committed)")]
-pub struct BodyFailed;
+/// A body error by its message, in [`ConflictError::erase_body`] (what records and events keep).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct BodyFailed {
+    /// The body error's `Display`.
+    pub message: String,
+}
 
 #[cfg(test)]
 mod tests {
@@ -553,13 +648,31 @@ mod tests {
     struct Insufficient;
 
     #[test]
-    fn body_error_is_the_source() {
-        use std::error::Error;
+    fn body_error_is_in_the_message_and_reachable() {
         let e: ConflictError<Insufficient> = ConflictError::Body(Insufficient);
         assert_eq!(e.kind(), OutcomeKind::BodyError);
-        assert_eq!(e.source().unwrap().to_string(), "insufficient funds");
+        assert!(e.to_string().ends_with("insufficient funds"), "{e}");
+        assert_eq!(
+            e.body().map(ToString::to_string).as_deref(),
+            Some("insufficient funds")
+        );
+        assert_eq!(e.erase_body().to_string(), e.to_string());
         let mapped = e.map_body(|_| "x");
         assert!(matches!(mapped, ConflictError::Body("x")));
+    }
+
+    /// `?` reaches `Box<dyn Error>` (and so `anyhow`) for bodies failing with a `String`, which
+    /// is not an `Error`.
+    #[test]
+    fn a_string_body_error_converts_into_box_dyn_error() {
+        fn call() -> Result<(), ConflictError<String>> {
+            Err(ConflictError::Body("no stock".to_string()))
+        }
+        fn caller() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            call()?;
+            Ok(())
+        }
+        assert!(caller().unwrap_err().to_string().contains("no stock"));
     }
 
     #[test]

@@ -27,9 +27,21 @@ where
     E: Entity,
     F: FnMut(E) -> Fut,
     Fut: Future<Output = (E, Result<T, Err>)>,
+    Err: BodyError,
 {
     crate::occ::execute(spec, handle, body)
 }
+
+/// Checked for a fallible body's error type: its message is kept in the operation's record and
+/// in the `ConflictError` the caller gets.
+#[diagnostic::on_unimplemented(
+    message = "the body's error type `{Self}` must implement `Display`",
+    label = "not `Display`",
+    note = "a failed operation's record and its ConflictError carry the body error's message; derive it with `thiserror` or implement `std::fmt::Display`"
+)]
+pub trait BodyError: std::fmt::Display {}
+
+impl<T: std::fmt::Display + ?Sized> BodyError for T {}
 
 /// Normalises what a cleanup handler returns.
 pub fn cleanup_result<T: Into<CleanupAction>>(

@@ -138,11 +138,12 @@ pub mod store;
 
 pub use cleanup::{HealthReport, HealthStatus, Operations, RegistryCounts};
 pub use conflict_core::{
-    CleanupAction, CleanupConfig, CleanupConfigBuilder, CleanupDecision, CleanupError,
+    BodyFailed, CleanupAction, CleanupConfig, CleanupConfigBuilder, CleanupDecision, CleanupError,
     CleanupStrategy, CleanupTrigger, Committed, ConfigError, ConflictError, Entity, EntityId,
     EntityKey, Event, EventKind, OccConfig, OnLose, OpClass, OpId, OperationConfig, OperationInfo,
-    OperationPriority, OperationRecord, OperationStatus, OutcomeKind, OverloadScope, PreEcsConfig,
-    PrioritySet, RejectReason, ResolutionMode, StoreError, Versioned, policy,
+    OperationPriority, OperationRecord, OperationStatus, OutcomeKind, OverloadScope, ParseIdError,
+    PreEcsConfig, PriorityError, PrioritySet, RejectReason, ResolutionMode, StoreError, Versioned,
+    policy,
 };
 pub use conflict_macros::{Entity, cleanup_handler, with_conflict_resolution};
 

@@ -177,7 +177,7 @@ impl<'rt> Operation<'rt> {
         }
     }
 
-    fn finish<T, E>(mut self, result: &Result<Committed<T>, ConflictError<E>>) {
+    fn finish<T, E: std::fmt::Display>(mut self, result: &Result<Committed<T>, ConflictError<E>>) {
         match result {
             Ok(c) => self.end(OutcomeKind::Committed, Some(c.version), None),
             Err(e) => {
@@ -309,6 +309,7 @@ where
     E: Entity,
     F: FnMut(E) -> Fut,
     Fut: Future<Output = (E, Result<T, Err>)>,
+    Err: std::fmt::Display,
 {
     let rt = &handle.rt.inner;
     let mut op = Operation::begin(rt, spec, &handle.key);
@@ -348,6 +349,7 @@ where
     E: Entity,
     F: FnMut(E) -> Fut,
     Fut: Future<Output = (E, Result<T, Err>)>,
+    Err: std::fmt::Display,
 {
     let rt = op.rt;
     let cfg = &op.spec.config;
@@ -398,18 +400,24 @@ where
                 Some(guard)
             }
             Err(StageError::Rejected { winner }) => {
+                // The policy ranks by effective priority, then by submission: say which decided.
+                let reason = if winner.effective_priority > op.effective {
+                    conflict_core::RejectReason::LostPriority
+                } else {
+                    conflict_core::RejectReason::SubmittedLater
+                };
                 op.emit(|| Event::OperationRejected {
                     op: op.info(),
                     winner_op_id: winner.op_id,
                     winner_priority: winner.effective_priority,
-                    reason: conflict_core::RejectReason::LostPriority,
+                    reason,
                 });
                 return Err(ConflictError::Rejected {
                     op_id: op.op_id,
                     winner_op_id: winner.op_id,
                     priority: op.effective,
                     winner_priority: winner.effective_priority,
-                    reason: conflict_core::RejectReason::LostPriority,
+                    reason,
                 });
             }
             Err(StageError::Overloaded { capacity, scope }) => {
