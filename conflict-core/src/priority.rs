@@ -180,7 +180,7 @@ impl<'de> Deserialize<'de> for PrioritySet {
     }
 }
 
-/// The design's operation classes: defaults for priority and retries.
+/// Operation classes: defaults for priority and retries.
 ///
 /// | class | priority | max retries |
 /// |---|---|---|

@@ -24,9 +24,11 @@ impl Default for EntityAttrs {
 
 fn struct_attrs(input: &DeriveInput, errors: &mut Errors) -> EntityAttrs {
     let mut out = EntityAttrs::default();
+    // Across every `#[entity(..)]` on the struct: a key repeated in a second attribute is as
+    // much a mistake as one repeated inside the first.
+    let mut seen_name = false;
+    let mut seen_crate = false;
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("entity")) {
-        let mut seen_name = false;
-        let mut seen_crate = false;
         let r = attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("name") {
                 if seen_name {

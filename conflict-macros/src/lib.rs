@@ -27,10 +27,131 @@ pub fn derive_entity(input: TokenStream) -> TokenStream {
         .into()
 }
 
-/// Turns an `async fn` that mutates an entity into a conflict-resolved operation.
+/// Turns an `async fn` that changes an entity into a conflict-resolved operation.
 ///
-/// See the `conflict_runtime` crate documentation for the generated signature and the
-/// attribute reference in `docs/attributes.md`.
+/// The first parameter is the entity, `&mut E` (or `&mut self` in an `impl` block of the entity);
+/// in the generated function it becomes `&Handle<E>` (`this: &Handle<Self>`). Other parameters stay
+/// and must be `Clone` (the body may run once per OCC attempt). A return type `Result<T, E>` (or a
+/// path ending in `Result`) makes the body fallible: `Err` commits nothing. The generated function
+/// returns `Result<Committed<T>, ConflictError<E>>`.
+///
+/// Every call goes through two stages: **staging**, called *pre-ECS* here (conflicts settled
+/// before execution: competing calls on one entity are ranked by priority *before* any of them runs,
+/// and only the winner executes) and **optimistic concurrency control** (the winner runs on a
+/// snapshot and commits with a version compare, retrying on a conflict).
+///
+/// ```text
+/// #[with_conflict_resolution(
+///     priority = "high",                  // or 1..=10, or CRITICAL/HIGH/NORMAL/LOW/BACKGROUND
+///     op_class = "normal",                // structural | normal | low_priority
+///     mode = "both",                      // none | pre_ecs | occ | both
+///     pre_ecs(staging_timeout_ms = 0, on_lose = "reject", max_staged_per_target = 1024, grace_period_ms = 100),
+///     occ(max_retries = 5, base_delay_ms = 1, backoff_factor = 1.5, max_delay_ms = 100),
+///     cleanup(strategy = "deferred", retention_minutes = 30 /* ... */),
+///     crate = "conflict_runtime",
+/// )]
+/// async fn f(entity: &mut E, other: A /* Clone */) -> R
+/// ```
+///
+/// # Top level
+///
+/// | key | default | accepted | notes |
+/// |---|---|---|---|
+/// | `priority` | from `op_class` (NORMAL = 5) | `1..=10`, `"critical"`…, `CRITICAL`… | the call's own priority; `scope().priority(..)` overrides it per call |
+/// | `op_class` | `"normal"` | `"structural"` (10, 20 retries), `"normal"` (5, 5), `"low_priority"` (2, 3) | defaults of `priority` and `max_retries` |
+/// | `mode` | `"both"` | `"none"`, `"pre_ecs"`, `"occ"`, `"both"` | alternative to naming stages |
+/// | `pre_ecs` | on | `pre_ecs`, `pre_ecs(...)`, `pre_ecs = false` | staging stage |
+/// | `occ` | on | `occ`, `occ(...)`, `occ = false` | OCC retries |
+/// | `cleanup` | defaults below | `cleanup`, `cleanup(...)`, `cleanup = false` (strategy `none`) | zombie records |
+/// | `crate` | `::conflict_runtime` | a path string | for re-exporters |
+///
+/// **Which stages run.** Both, always, unless you switch one off: `pre_ecs = false` (OCC only),
+/// `occ = false` (staging only, a conflict ends the call), or `mode = "..."`, which sets both at once
+/// and may not contradict a named stage. Naming a stage's options — `pre_ecs(...)`, `occ(...)` —
+/// only configures that stage; it never turns the other one off. So
+/// `#[with_conflict_resolution(priority = 5, occ(max_retries = 10))]` stages its calls by priority
+/// *and* retries conflicts.
+///
+/// # `pre_ecs(...)`
+///
+/// | key | default | range | meaning |
+/// |---|---|---|---|
+/// | `staging_timeout_ms` | 0 | 0..=60000 | window a group collects arrivals for; 0: an idle target runs a call at once, later arrivals form the next group. Default 0 because a window makes every call, even uncontended, wait it out. |
+/// | `on_lose` | `"reject"` | `"reject"`, `"requeue"` | losers end with `Rejected`, or wait for the next round |
+/// | `max_staged_per_target` | 1024 | 1..=100000 | bound of a target's staging area (`Overloaded` beyond, unless outranking the weakest) |
+/// | `grace_period_ms` | 100 | 0..=3600000 | protection of an executing call from preemption |
+///
+/// # `occ(...)`
+///
+/// | key | default | range | meaning |
+/// |---|---|---|---|
+/// | `max_retries` | 5 (from `op_class`) | 0..=1000 | retries after the first attempt |
+/// | `base_delay_ms` | 1 | 0..=60000 | ceiling of the first backoff (0: retry at once) |
+/// | `backoff_factor` | 1.5 | 1.0..=10.0 | growth of the ceiling per retry |
+/// | `max_delay_ms` | 100 | `base_delay_ms`..=600000 | cap of the ceiling |
+///
+/// The wait before retry n is uniform in `[0, min(max_delay_ms, base_delay_ms × backoff_factor^(n−1))]`
+/// (zero at every retry when `base_delay_ms = 0`).
+///
+/// # `cleanup(...)`
+///
+/// | key | default | range |
+/// |---|---|---|
+/// | `strategy` | `"deferred"` | `"none"`, `"immediate"`, `"deferred"`, `"lazy"`, `"custom"` |
+/// | `retention_minutes` | 30 | 0..=1440; `deferred` needs > 0 |
+/// | `cleanup_check_interval_seconds` | 60 | 10..=3600 |
+/// | `aggressive_on_memory_pressure` | `true` | bool |
+/// | `memory_pressure_threshold` | 0.8 | 0.1..=1.0 |
+/// | `immediate_cleanup_priorities` | `[CRITICAL]` | list of priorities |
+/// | `debug_retention_priorities` | `[LOW]` | list of priorities |
+/// | `custom_cleanup_handler` | none | a handler name; required by, and only allowed with, `"custom"` |
+/// | `max_zombie_count_per_target` | 100 | 1..=10000 |
+/// | `force_cleanup_threshold` | 1000 | 100..=100000 |
+///
+/// Above `force_cleanup_threshold` kept zombies (all functions together), every new zombie is
+/// removed at once, whatever its strategy and priority; `debug_retention_priorities` keeps records
+/// for `retention_minutes` under `immediate` only while the count is at or under the threshold. So
+/// at most `force_cleanup_threshold + 1` zombies are kept (see the guide's *Cleanup* section).
+///
+/// The same configuration can be built in code with `CleanupConfig::builder()`, whose `build()`
+/// applies the same validation and returns the error.
+///
+/// # Example
+///
+/// ```
+/// use conflict_runtime::prelude::*;
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+/// struct Account { #[entity(id)] id: EntityId, balance: i64 }
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("insufficient funds")]
+/// struct Insufficient;
+///
+/// // Staged by priority (HIGH) and retried on conflicts: naming `occ(...)` does not turn staging off.
+/// #[with_conflict_resolution(priority = HIGH, pre_ecs(on_lose = "requeue"), occ(max_retries = 10))]
+/// async fn withdraw(account: &mut Account, amount: i64) -> Result<i64, Insufficient> {
+///     if account.balance < amount {
+///         return Err(Insufficient); // commits nothing
+///     }
+///     account.balance -= amount;
+///     Ok(account.balance)
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let rt = Runtime::in_memory();
+/// let acct = rt.insert(Account { id: EntityId::new(), balance: 10 }).await.unwrap();
+/// // The generated function takes `&Handle<Account>` and returns
+/// // `Result<Committed<i64>, ConflictError<Insufficient>>`.
+/// assert_eq!(withdraw(&acct, 4).await.unwrap().value, 6);
+/// assert!(matches!(withdraw(&acct, 40).await, Err(ConflictError::Body(Insufficient))));
+/// # }
+/// ```
+///
+/// Every compile-time error, with its message and span, is listed in `docs/attributes.md` of the
+/// repository, each with its trybuild case.
+///
 #[proc_macro_attribute]
 pub fn with_conflict_resolution(args: TokenStream, item: TokenStream) -> TokenStream {
     attribute_on_fn(

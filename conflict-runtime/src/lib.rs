@@ -4,7 +4,8 @@
 //! Annotate an `async fn` that mutates an entity with [`with_conflict_resolution`]. Every call
 //! then goes through two stages:
 //!
-//! 1. **Staging** ("pre-ECS"): calls competing for the same entity are resolved by priority
+//! 1. **Staging** ("pre-ECS" in the attribute, `pre_ecs(...)`: conflicts are settled *before
+//!    execution*): calls competing for the same entity are resolved by priority
 //!    *before* any of them runs. The winner executes; losers are rejected (or requeued) at once,
 //!    so contention does not burn CPU on doomed attempts.
 //! 2. **Optimistic concurrency control**: the winner reads a snapshot (value + version), runs the

@@ -59,7 +59,7 @@ pub(crate) struct Inner {
     pub(crate) lifecycle: Lifecycle,
     pub(crate) cleanup: Arc<Registry>,
     /// A monotonic instant and the wall time at that instant, taken at build: wall times are
-    /// derived from instants (monotonic, like the design's `last_modified`) without a second
+    /// derived from instants (monotonic, like `last_modified` must be) without a second
     /// clock read.
     anchor: (tokio::time::Instant, std::time::SystemTime),
 }
@@ -419,8 +419,7 @@ impl Runtime {
         )
     }
 
-    /// Every annotated function linked into the program, with its configuration (the design's
-    /// callable registry).
+    /// Every annotated function linked into the program, with its configuration.
     #[must_use]
     pub fn registered_operations(&self) -> Vec<&'static OperationSpec> {
         let mut ops: Vec<_> = registry::linked_operations().collect();

@@ -173,7 +173,7 @@ impl CleanupConfig {
         Duration::from_secs(u64::from(self.retention_minutes) * 60)
     }
 
-    /// The design's rule for one record of an operation that did not succeed, given the memory
+    /// The rule for one record of an operation that did not succeed, given the memory
     /// pressure and the number of zombies kept now:
     ///
     /// 1. a priority in `immediate_cleanup_priorities` → immediate;

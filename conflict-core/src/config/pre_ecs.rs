@@ -14,7 +14,7 @@ use super::ConfigError;
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum OnLose {
-    /// End at once with `ConflictError::Rejected` (the design's behaviour).
+    /// End at once with `ConflictError::Rejected` (the default).
     #[default]
     Reject,
     /// Stay staged and compete again when the winner finishes, in priority order.
@@ -56,7 +56,7 @@ impl OnLose {
 /// waits the whole window before it may run, so an uncontended call would pay a fixed delay.
 /// With 0, a call on an idle target runs at once and calls that arrive while it executes form the
 /// next group, which is resolved the moment it finishes: contention is still resolved by
-/// priority, and only contended calls wait. Set a window (the design's grouping) when you want
+/// priority, and only contended calls wait. Set a window (grouping by arrival time) when you want
 /// calls that arrive close together to compete even if the target is idle.
 ///
 /// ```

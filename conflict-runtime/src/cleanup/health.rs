@@ -30,7 +30,7 @@ pub struct FailedHandler {
     pub attempts: u32,
 }
 
-/// The design's health report, serde-serializable.
+/// The health report, serde-serializable.
 ///
 /// Thresholds: more than 10,000 zombies or memory pressure above 0.9 → degraded; any failed
 /// cleanup handler → unhealthy.

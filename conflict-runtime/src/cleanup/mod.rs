@@ -1,5 +1,5 @@
 //! The operation registry and the cleanup of the records of operations that did not succeed
-//! (the design's "zombies").
+//! ("zombies").
 //!
 //! Every operation that ends leaves a record:
 //!
