@@ -24,6 +24,7 @@ use crate::{EntityId, EntityKey, OpId};
 /// // What the derive writes for you:
 /// impl Entity for Counter {
 ///     const TYPE_NAME: &'static str = "Counter";
+///     type Id = EntityId;
 ///     fn entity_id(&self) -> EntityId { self.id }
 /// }
 ///
@@ -34,12 +35,59 @@ pub trait Entity: Clone + Send + Sync + Serialize + DeserializeOwned + 'static {
     /// The stable name of the type: the namespace of its ids in every store.
     const TYPE_NAME: &'static str;
 
+    /// The type of its `#[entity(id)]` field: [`EntityId`], or a newtype around it
+    /// ([`EntityIdType`]) so that ids of different entity types cannot be mixed up.
+    type Id: EntityIdType;
+
     /// The entity's identity.
     fn entity_id(&self) -> EntityId;
 
     /// The store key of this entity.
     fn key(&self) -> EntityKey {
         EntityKey::new(Self::TYPE_NAME, self.entity_id())
+    }
+}
+
+/// What an entity's id can be: [`EntityId`] itself, or a newtype around it such as
+/// `struct ProductId(EntityId)` (`conflict_runtime::typed_id!` writes one), so that a handle to
+/// a `Product` can only be made from a `ProductId`.
+///
+/// ```
+/// use conflict_core::{EntityId, EntityIdType};
+///
+/// #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+/// struct CartId(EntityId);
+///
+/// impl EntityIdType for CartId {
+///     fn from_entity_id(id: EntityId) -> Self { Self(id) }
+///     fn entity_id(&self) -> EntityId { self.0 }
+/// }
+///
+/// let raw = EntityId::new();
+/// assert_eq!(CartId::from_entity_id(raw).entity_id(), raw);
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "the `#[entity(id)]` field must have type `EntityId` or a typed id, found `{Self}`",
+    label = "not an `EntityId` or a typed id",
+    note = "an entity's identity is a framework `EntityId` (a UUID), or a newtype around it implementing `EntityIdType` (`conflict_runtime::typed_id!(ProductId);` writes one)"
+)]
+pub trait EntityIdType:
+    Copy + Eq + std::hash::Hash + std::fmt::Debug + Send + Sync + 'static
+{
+    /// The typed id of a raw one.
+    fn from_entity_id(id: EntityId) -> Self;
+    /// The raw id (what stores key by).
+    fn entity_id(&self) -> EntityId;
+}
+
+impl EntityIdType for EntityId {
+    #[inline]
+    fn from_entity_id(id: EntityId) -> Self {
+        id
+    }
+    #[inline]
+    fn entity_id(&self) -> EntityId {
+        *self
     }
 }
 

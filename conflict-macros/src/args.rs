@@ -431,6 +431,26 @@ pub(crate) struct ConflictArgs {
     pub(crate) krate: syn::Path,
 }
 
+impl ConflictArgs {
+    /// What to expand with when the arguments have errors: the defaults, but the `crate = ".."`
+    /// path if one is given and well-formed, so that the fallback names the right crate.
+    pub(crate) fn fallback(args: proc_macro2::TokenStream) -> Self {
+        let mut out = Self::default();
+        let parsed =
+            syn::parse::Parser::parse2(Punctuated::<Arg, Token![,]>::parse_terminated, args);
+        if let Ok(items) = parsed {
+            for arg in items {
+                if let (true, ArgKind::Value(Value::Str(s, _))) = (arg.key == "crate", &arg.kind) {
+                    if let Ok(path) = syn::parse_str::<syn::Path>(s) {
+                        out.krate = path;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
 impl Default for ConflictArgs {
     fn default() -> Self {
         Self {
@@ -921,5 +941,26 @@ pub(crate) fn config_tokens(cfg: &OperationConfig, krate: &syn::Path) -> TokenSt
                 force_cleanup_threshold: #force,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConflictArgs;
+    use quote::quote;
+
+    /// The fallback after an argument error keeps a well-formed `crate = ".."`, so the
+    /// generated code names the re-exported crate and adds no error of its own.
+    #[test]
+    fn fallback_keeps_the_crate_path() {
+        let f = ConflictArgs::fallback(quote!(crate = "rt", priority = 11));
+        let k = &f.krate;
+        assert_eq!(quote!(#k).to_string(), quote!(rt).to_string());
+        let f = ConflictArgs::fallback(quote!(priority = 11, occ(max_retries = "x")));
+        let k = &f.krate;
+        assert_eq!(
+            quote!(#k).to_string(),
+            quote!(::conflict_runtime).to_string()
+        );
     }
 }

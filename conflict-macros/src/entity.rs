@@ -173,13 +173,17 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
         .map_or_else(|| ident.to_string(), LitStr::value);
     let id_ty = &field.ty;
     // Spanned at the field's type, so a wrong type is reported there.
+    // Through the associated type, whose bound is checked once, at `type Id` (one error for a
+    // wrong field type, at the type).
     let id_expr = quote_spanned! {id_ty.span()=>
-        { #p::entity_id_of(&self.#id_ident) }
+        { #p::raw_id::<Self>(&self.#id_ident) }
     };
+    let id_assoc = quote_spanned!(id_ty.span()=> type Id = #id_ty;);
     Ok(quote! {
         #[automatically_derived]
         impl #p::Entity for #ident {
             const TYPE_NAME: &'static str = #name;
+            #id_assoc
             #[inline]
             fn entity_id(&self) -> #p::EntityId #id_expr
         }

@@ -31,9 +31,9 @@ pub fn derive_entity(input: TokenStream) -> TokenStream {
 ///
 /// The first parameter is the entity, `&mut E` (or `&mut self` in an `impl` block of the entity);
 /// in the generated function it becomes `&Handle<E>` (`this: &Handle<Self>`). Other parameters stay
-/// and must be `Clone` (the body may run once per OCC attempt). A return type `Result<T, E>` (or a
-/// path ending in `Result`) makes the body fallible: `Err` commits nothing. The generated function
-/// returns `Result<Committed<T>, ConflictError<E>>`.
+/// and must be `Clone` (the body may run once per OCC attempt). A return type `Result<T, E>` (or
+/// a path whose last segment is `Result`, e.g. `io::Result<T>`) makes the body fallible: `Err`
+/// commits nothing. The generated function returns `Result<Committed<T>, ConflictError<E>>`.
 ///
 /// Every call goes through two stages: **staging**, called *pre-ECS* here (conflicts settled
 /// before execution: competing calls on one entity are ranked by priority *before* any of them runs,
@@ -158,7 +158,7 @@ pub fn with_conflict_resolution(args: TokenStream, item: TokenStream) -> TokenSt
         args,
         item,
         with_conflict_resolution::expand,
-        Some(args::ConflictArgs::default),
+        Some(args::ConflictArgs::fallback),
     )
 }
 
@@ -172,14 +172,15 @@ fn attribute_on_fn<A: syn::parse::Parse>(
     args: TokenStream,
     item: TokenStream,
     expand: fn(A, syn::ItemFn) -> syn::Result<proc_macro2::TokenStream>,
-    fallback: Option<fn() -> A>,
+    fallback: Option<fn(proc_macro2::TokenStream) -> A>,
 ) -> TokenStream {
     let original = proc_macro2::TokenStream::from(item.clone());
+    let raw_args = proc_macro2::TokenStream::from(args.clone());
     let func = syn::parse::<syn::ItemFn>(item);
     let (arg_error, expanded) = match (syn::parse::<A>(args), func) {
         (Ok(a), Ok(f)) => (None, expand(a, f)),
         (Err(e), Ok(f)) => match fallback {
-            Some(default) => (Some(e), expand(default(), f)),
+            Some(default) => (Some(e), expand(default(raw_args), f)),
             None => (Some(e), Ok(original.clone())),
         },
         (Ok(_), Err(e)) => (None, Err(e)),

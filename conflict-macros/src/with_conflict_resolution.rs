@@ -51,16 +51,32 @@ fn classify(output: &ReturnType) -> Returns {
     Returns::Value(ty)
 }
 
-/// Whether a type names `Self` anywhere (an item nested in a method cannot).
-fn mentions_self(ty: &Type) -> bool {
+/// Whether a type contains an `impl Trait` anywhere.
+fn contains_impl_trait(ty: &Type) -> bool {
     fn walk(ts: TokenStream) -> bool {
         ts.into_iter().any(|tt| match tt {
-            proc_macro2::TokenTree::Ident(i) => i == "Self",
+            proc_macro2::TokenTree::Ident(i) => i == "impl",
             proc_macro2::TokenTree::Group(g) => walk(g.stream()),
             _ => false,
         })
     }
     walk(quote!(#ty))
+}
+
+/// The type parameter a return type is, bare or through a projection (`T`, `T::Out`), if any.
+fn bare_type_param(ty: &Type, generics: &syn::Generics) -> Option<Ident> {
+    let Type::Path(tp) = ty else { return None };
+    let first = match &tp.qself {
+        Some(q) => match &*q.ty {
+            Type::Path(inner) => inner.path.segments.first()?,
+            _ => return None,
+        },
+        None => tp.path.segments.first()?,
+    };
+    generics
+        .type_params()
+        .find(|p| p.ident == first.ident)
+        .map(|p| p.ident.clone())
 }
 
 /// A non-entity argument: the name the outer function uses, the original for the inner one.
@@ -106,6 +122,18 @@ pub(crate) fn expand(args: ConflictArgs, func: ItemFn) -> syn::Result<TokenStrea
             if by_mut_ref {
                 method = true;
                 entity = Some((format_ident!("this"), syn::parse_quote!(Self)));
+                if let Some(named_this) = sig.inputs.iter().skip(1).find_map(|a| match a {
+                    FnArg::Typed(pt) => match &*pt.pat {
+                        Pat::Ident(pi) if pi.ident == "this" => Some(pi.ident.clone()),
+                        _ => None,
+                    },
+                    FnArg::Receiver(_) => None,
+                }) {
+                    errors.spanned(
+                        named_this,
+                        "a method operation's generated function takes `this: &Handle<Self>` first: rename this parameter",
+                    );
+                }
             } else {
                 errors.spanned(
                     r,
@@ -156,6 +184,8 @@ pub(crate) fn expand(args: ConflictArgs, func: ItemFn) -> syn::Result<TokenStrea
         }
     }
     errors.finish()?;
+    // Errors found while expanding (the return type).
+    let mut errors = Errors::default();
     let Some((entity_ident, entity_ty)) = entity else {
         return Err(syn::Error::new(
             Span::call_site(),
@@ -188,23 +218,35 @@ pub(crate) fn expand(args: ConflictArgs, func: ItemFn) -> syn::Result<TokenStrea
             quote!(__conflict_out),
         ),
         Returns::Value(t) => {
+            let msg = "this return type is a `Result` under another name (an alias), which the macro would treat as a plain value and commit even when it is an `Err`: spell it `Result<T, E>`, or as a path whose last segment is `Result` (e.g. `io::Result<T>`)";
             let check = quote_spanned! {t.span()=>
                 {
                     #[allow(unused_imports)]
                     use #p::NotAResult as _;
-                    ::core::assert!(
-                        !<#p::ResultProbe<#t>>::IS_RESULT,
-                        "this return type is a `Result` under another name (an alias), which the macro would treat as a plain value and commit even when it is an `Err`: spell it `Result<T, E>` or as a path ending in `Result` (e.g. `io::Result<T>`)"
-                    );
+                    ::core::assert!(!<#p::ResultProbe<#t>>::IS_RESULT, #msg);
                 }
             };
-            // A constant item is checked whether or not the function is ever called; a generic
-            // function's return type can name its parameters, which only an inline constant
-            // (checked when the function is instantiated) may.
-            // (`Self` cannot be named in an item nested in a method either.)
-            not_a_result = if sig.generics.params.is_empty() && !mentions_self(&t) {
+            not_a_result = if contains_impl_trait(&t) {
+                // An opaque type cannot be named in a path, and cannot be a `Result` a caller
+                // could match on either.
+                quote!()
+            } else if let Some(param) = bare_type_param(&t, &sig.generics) {
+                // A type parameter can be instantiated with a `Result`, which the type checker
+                // cannot rule out here: ask for an explicit choice.
+                errors.spanned(
+                    &t,
+                    format!(
+                        "the return type is the type parameter `{param}`, which could be instantiated with a `Result` and then committed as a value: return `Result<T, E>` for a fallible body, or a concrete type"
+                    ),
+                );
+                quote!()
+            } else if sig.generics.params.is_empty() && !method {
+                // A constant item is checked whether or not the function is ever called.
                 quote_spanned!(t.span()=> const _: () = #check;)
             } else {
+                // A generic function's (or a method's) return type can name parameters (or
+                // `Self`, or the impl's parameters) that an item nested in it cannot: an inline
+                // constant can, and is checked when the function is compiled into the program.
                 quote_spanned!(t.span()=> const #check;)
             };
             (
@@ -214,6 +256,7 @@ pub(crate) fn expand(args: ConflictArgs, func: ItemFn) -> syn::Result<TokenStrea
             )
         }
     };
+    errors.finish()?;
 
     let outer_params = params.iter().map(|prm| {
         let (id, ty) = (&prm.outer, &prm.ty);
@@ -229,8 +272,17 @@ pub(crate) fn expand(args: ConflictArgs, func: ItemFn) -> syn::Result<TokenStrea
     let name_str = name.to_string();
     let (body_item, body_call) = if method {
         let inner = format_ident!("__conflict_body_{}", name);
+        // The user's lint and cfg attributes apply to the body, which lives in this method.
+        let body_attrs = attrs.iter().filter(|a| {
+            [
+                "allow", "warn", "deny", "expect", "forbid", "cfg", "cfg_attr",
+            ]
+            .iter()
+            .any(|k| a.path().is_ident(k))
+        });
         (
             quote! {
+                #(#body_attrs)*
                 #[doc(hidden)]
                 #[allow(clippy::needless_pass_by_value, clippy::unused_async, non_snake_case)]
                 async fn #inner #generics (#inner_inputs) #inner_output #where_clause #block
@@ -249,10 +301,14 @@ pub(crate) fn expand(args: ConflictArgs, func: ItemFn) -> syn::Result<TokenStrea
         }
     };
 
+    // On a method, `expect` goes with the body only (the generated function would not meet it).
+    let outer_attrs = attrs
+        .iter()
+        .filter(|a| !(method && a.path().is_ident("expect")));
     Ok(quote! {
         #body_item
 
-        #(#attrs)*
+        #(#outer_attrs)*
         #vis async fn #name #generics (
             #entity_ident: &#p::Handle<#entity_ty>,
             #(#outer_params),*

@@ -6,8 +6,8 @@ use std::future::Future;
 
 pub use conflict_core::{
     CleanupAction, CleanupConfig, CleanupError, CleanupStrategy, Committed, ConflictError, Entity,
-    EntityId, OccConfig, OnLose, OpClass, OperationConfig, OperationPriority, OperationRecord,
-    PreEcsConfig, PrioritySet, ResolutionMode,
+    EntityId, EntityIdType, OccConfig, OnLose, OpClass, OperationConfig, OperationPriority,
+    OperationRecord, PreEcsConfig, PrioritySet, ResolutionMode,
 };
 pub use inventory;
 pub use std::borrow::Cow;
@@ -105,28 +105,13 @@ pub fn clone_arg<T: ArgClone>(value: &T) -> T {
     value.clone()
 }
 
-/// The type an `#[entity(id)]` field must have.
-#[diagnostic::on_unimplemented(
-    message = "the `#[entity(id)]` field must have type `EntityId`, found `{Self}`",
-    label = "not an `EntityId`",
-    note = "an entity's identity is a framework `EntityId` (a UUID): `#[entity(id)] id: EntityId`"
-)]
-pub trait IdField {
-    /// The id.
-    fn entity_id(&self) -> EntityId;
-}
+pub use serde;
 
-impl IdField for EntityId {
-    #[inline]
-    fn entity_id(&self) -> EntityId {
-        *self
-    }
-}
-
-/// Reads an `#[entity(id)]` field.
+/// The raw id of an entity's `#[entity(id)]` field. Generic over the entity, so that the id
+/// type's bound is the trait's (checked once, at `type Id`): a wrong field type gives one error.
 #[inline(always)]
-pub fn entity_id_of<T: IdField>(field: &T) -> EntityId {
-    field.entity_id()
+pub fn raw_id<E: crate::Entity>(id: &E::Id) -> EntityId {
+    crate::EntityIdType::entity_id(id)
 }
 
 /// A priority checked at compile time (the macro already validated the literal).

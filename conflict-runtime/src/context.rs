@@ -285,10 +285,12 @@ pub fn current_operation() -> Option<OperationContext> {
 /// # }
 /// ```
 pub fn scope() -> Scope {
+    // Starts from the enclosing scope's overrides (a nested scope refines them), but not from a
+    // body's: a body runs with none, so children never inherit their parent's.
     let inherited = inherited();
     Scope {
         current: inherited.current,
-        overrides: Overrides::default(),
+        overrides: inherited.overrides,
     }
 }
 
@@ -296,7 +298,8 @@ pub fn scope() -> Scope {
 /// on losing their staging group, their retry budget, a deadline, their parent.
 ///
 /// The override applies to operations started directly in the future (not to the children they
-/// start in turn, which inherit from their parent as usual).
+/// start in turn, which inherit from their parent as usual). A scope created inside another
+/// starts from the outer one's overrides.
 ///
 /// ```
 /// use conflict_runtime::prelude::*;

@@ -141,12 +141,105 @@ pub use cleanup::{HealthReport, HealthStatus, Operations, RegistryCounts};
 pub use conflict_core::{
     BodyFailed, CleanupAction, CleanupConfig, CleanupConfigBuilder, CleanupDecision, CleanupError,
     CleanupStrategy, CleanupTrigger, Committed, ConfigError, ConflictError, Entity, EntityId,
-    EntityKey, Event, EventKind, OccConfig, OnLose, OpClass, OpId, OperationConfig, OperationInfo,
-    OperationPriority, OperationRecord, OperationStatus, OutcomeKind, OverloadScope, ParseIdError,
-    PreEcsConfig, PriorityError, PrioritySet, RejectReason, ResolutionMode, StoreError, Versioned,
-    policy,
+    EntityIdType, EntityKey, Event, EventKind, OccConfig, OnLose, OpClass, OpId, OperationConfig,
+    OperationInfo, OperationPriority, OperationRecord, OperationStatus, OutcomeKind, OverloadScope,
+    ParseIdError, PreEcsConfig, PriorityError, PrioritySet, RejectReason, ResolutionMode,
+    StoreError, Versioned, policy,
 };
 pub use conflict_macros::{Entity, cleanup_handler, with_conflict_resolution};
+
+/// Declares a typed id: a newtype around [`EntityId`] for one entity type, so that an id of one
+/// entity cannot be used for another (`rt.handle::<Product>(cart_id)` does not compile).
+///
+/// The type is `Copy`, `Eq`, `Ord`, `Hash`, `Debug`, `Display` (the UUID), serializes as the bare
+/// UUID, and implements [`EntityIdType`]; `ProductId::new()` makes a fresh one.
+///
+/// ```
+/// use conflict_runtime::prelude::*;
+///
+/// conflict_runtime::typed_id!(
+///     /// Identifies a product.
+///     pub ProductId
+/// );
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+/// struct Product { #[entity(id)] id: ProductId, stock: u32 }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let rt = Runtime::in_memory();
+/// let id = ProductId::new();
+/// rt.insert(Product { id, stock: 3 }).await.unwrap();
+/// let again: Handle<Product> = rt.handle(id);
+/// assert_eq!(again.id(), id);
+/// assert_eq!(again.load().await.unwrap().value.stock, 3);
+/// # }
+/// ```
+#[macro_export]
+macro_rules! typed_id {
+    ($(#[$meta:meta])* $vis:vis $name:ident) => {
+        $(#[$meta])*
+        #[derive(
+            ::core::marker::Copy,
+            ::core::clone::Clone,
+            ::core::fmt::Debug,
+            ::core::cmp::PartialEq,
+            ::core::cmp::Eq,
+            ::core::cmp::PartialOrd,
+            ::core::cmp::Ord,
+            ::core::hash::Hash,
+        )]
+        $vis struct $name(pub $crate::EntityId);
+
+        // As the bare UUID (what `#[serde(transparent)]` would write; spelled out so that the
+        // user's crate needs no `serde` path of its own).
+        impl $crate::__private::serde::Serialize for $name {
+            fn serialize<S: $crate::__private::serde::Serializer>(
+                &self,
+                serializer: S,
+            ) -> ::core::result::Result<S::Ok, S::Error> {
+                $crate::__private::serde::Serialize::serialize(&self.0, serializer)
+            }
+        }
+
+        impl<'de> $crate::__private::serde::Deserialize<'de> for $name {
+            fn deserialize<D: $crate::__private::serde::Deserializer<'de>>(
+                deserializer: D,
+            ) -> ::core::result::Result<Self, D::Error> {
+                <$crate::EntityId as $crate::__private::serde::Deserialize<'de>>::deserialize(
+                    deserializer,
+                )
+                .map(Self)
+            }
+        }
+
+        impl $name {
+            /// A fresh, random id.
+            #[must_use]
+            #[allow(clippy::new_without_default)]
+            $vis fn new() -> Self {
+                Self($crate::EntityId::new())
+            }
+        }
+
+        impl $crate::EntityIdType for $name {
+            #[inline]
+            fn from_entity_id(id: $crate::EntityId) -> Self {
+                Self(id)
+            }
+            #[inline]
+            fn entity_id(&self) -> $crate::EntityId {
+                self.0
+            }
+        }
+
+        impl ::core::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                ::core::fmt::Display::fmt(&self.0, f)
+            }
+        }
+    };
+}
 
 pub use context::{OperationContext, Scope, current_operation, scope};
 pub use events::{EventSubscriber, Received};

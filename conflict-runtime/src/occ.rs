@@ -68,7 +68,10 @@ impl<'rt> Operation<'rt> {
         let submitted = Instant::now();
         let deadline = frame.overrides.deadline.map(|d| match d {
             context::Deadline::At(at) => at,
-            context::Deadline::After(after) => submitted + after,
+            // Too far to represent: no deadline in practice.
+            context::Deadline::After(after) => submitted
+                .checked_add(after)
+                .unwrap_or_else(|| submitted + std::time::Duration::from_secs(86_400 * 365 * 30)),
         });
         Self {
             rt,
@@ -356,6 +359,10 @@ where
     if !rt.lifecycle.accepting() {
         return Err(ConflictError::ShuttingDown { op_id: op.op_id });
     }
+    if op.deadline.is_some() && op.past_deadline(op.submitted) {
+        // Past before it began: nothing may run, not even the body.
+        return Err(op.deadline_exceeded());
+    }
     if let Some(ancestor) = op.parent.as_ref().and_then(|p| {
         p.find_target(rt.id, &op.target, |id| {
             rt.staging.is_executing(&op.target, id)
@@ -446,6 +453,10 @@ where
     loop {
         attempt += 1;
         op.attempts = attempt;
+        if op.deadline.is_some() && op.past_deadline(Instant::now()) {
+            // No attempt starts after the deadline (a body would run for nothing).
+            return Err(op.deadline_exceeded());
+        }
 
         if !span.is_disabled() {
             span.record("attempt", attempt);
@@ -464,13 +475,20 @@ where
         };
         let snap = match cached {
             Some(s) => s,
-            None => rt
-                .backend
-                .load(&op.target, codec, &cache.slot)
-                .await?
-                .ok_or_else(|| StoreError::NotFound {
+            None => {
+                let load = rt.backend.load(&op.target, codec, &cache.slot);
+                let loaded = match op.deadline {
+                    None => load.await?,
+                    // Boxed: only calls with a deadline pay for the timer.
+                    Some(d) => match Box::pin(tokio::time::timeout_at(d, load)).await {
+                        Ok(loaded) => loaded?,
+                        Err(_) => return Err(op.deadline_exceeded()),
+                    },
+                };
+                loaded.ok_or_else(|| StoreError::NotFound {
                     key: op.target.clone(),
-                })?,
+                })?
+            }
         };
         let current = downcast::<E>(&op.target, &snap)?;
         // The entity's and the arguments' `Clone` (the latter inside `body`, before its future

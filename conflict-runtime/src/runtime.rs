@@ -7,8 +7,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use conflict_core::{
-    CleanupError, ConfigError, Entity, EntityId, EntityKey, OperationRecord, OutcomeKind,
-    StoreError, Versioned,
+    CleanupError, ConfigError, Entity, EntityId, EntityIdType, EntityKey, OperationRecord,
+    OutcomeKind, StoreError, Versioned,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -354,11 +354,12 @@ impl Runtime {
         })
     }
 
-    /// A handle to an entity that already exists (nothing is checked until it is used).
-    pub fn handle<E: Entity>(&self, id: EntityId) -> Handle<E> {
+    /// A handle to an entity that already exists (nothing is checked until it is used). The id
+    /// is the entity's own id type: an [`EntityId`], or its typed id ([`typed_id!`](crate::typed_id)).
+    pub fn handle<E: Entity>(&self, id: E::Id) -> Handle<E> {
         Handle {
             rt: self.clone(),
-            key: EntityKey::new(E::TYPE_NAME, id),
+            key: EntityKey::new(E::TYPE_NAME, id.entity_id()),
             cache: HandleCache::default(),
             _entity: PhantomData,
         }
@@ -648,9 +649,15 @@ impl<E> std::fmt::Debug for Handle<E> {
 }
 
 impl<E: Entity> Handle<E> {
-    /// The entity's id.
+    /// The entity's id, of its own id type.
     #[must_use]
-    pub fn id(&self) -> EntityId {
+    pub fn id(&self) -> E::Id {
+        E::Id::from_entity_id(self.key.id)
+    }
+
+    /// The entity's raw id (what stores key by), whatever its id type.
+    #[must_use]
+    pub fn entity_id(&self) -> EntityId {
         self.key.id
     }
 

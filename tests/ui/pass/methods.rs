@@ -1,5 +1,6 @@
 // `#[with_conflict_resolution]` on methods with `&mut self`: generated as associated functions
 // taking `this: &Handle<Self>`, beside generic and associated free-standing forms.
+#![deny(unused_variables)]
 use conflict_runtime::prelude::*;
 use std::convert::Infallible;
 use std::future::Future;
@@ -32,11 +33,31 @@ impl Stock {
         self.clone()
     }
 
+    /// The user's lint attributes reach the body (which lives in a hidden method).
+    #[allow(unused_variables)]
+    #[with_conflict_resolution]
+    async fn note(&mut self, unused: u32) {}
+
     /// An associated function whose entity is an ordinary parameter.
     #[with_conflict_resolution]
     async fn restock(stock: &mut Stock, n: u32) -> u32 {
         stock.units += n;
         stock.units
+    }
+}
+
+/// A second entity with methods in the same module.
+#[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+struct Jar {
+    #[entity(id)]
+    id: EntityId,
+    coins: u64,
+}
+
+impl Jar {
+    #[with_conflict_resolution]
+    async fn count(&mut self) -> u64 {
+        self.coins
     }
 }
 

@@ -66,6 +66,16 @@ async fn tagged<T: Clone + Send + Sync + 'static>(account: &mut Account, tag: T)
     (tag, account.balance)
 }
 
+/// An opaque return type is a value.
+#[with_conflict_resolution]
+async fn shown(account: &mut Account) -> impl std::fmt::Display + Clone + Send + 'static + use<> {
+    account.balance
+}
+
+fn _shown(h: &Handle<Account>) -> impl Future + '_ {
+    shown(h)
+}
+
 fn _units(h: &Handle<Account>) -> impl Future<Output = Result<Committed<Units>, ConflictError<Infallible>>> + '_ {
     units(h)
 }
