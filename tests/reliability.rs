@@ -9,30 +9,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use conflict_runtime::prelude::*;
-use conflict_runtime::store::{Commit, EntityStore, MemoryStore, Write};
-use conflict_runtime::{OpId, OperationStatus, OutcomeKind};
+use conflict_runtime::store::{EntityStore, MemoryStore};
+use conflict_runtime::{OperationStatus, OutcomeKind};
 use conflict_tests::faults::SlowCommits;
+use conflict_tests::probe::{Overlap, outside_write, wait_in_flight_zero};
 use conflict_tests::{Counter, multi_thread, pg};
 
 // ---------------------------------------------------------------------------------------------
 // 1. Concurrent eviction never lets two staged calls execute on one target.
 
-/// How many bodies run on one target right now, and the most ever seen at once.
-#[derive(Default)]
-struct Overlap {
-    inside: AtomicU64,
-    most: AtomicU64,
-}
-
 /// Staging only (no OCC retry): exclusivity comes from staging alone, so two executing calls on
 /// one target would show as overlapping bodies and as failed commits.
 #[with_conflict_resolution(mode = "pre_ecs", pre_ecs(on_lose = "requeue"))]
 async fn exclusive_bump(c: &mut Counter, overlap: Arc<Overlap>) -> u64 {
-    let now = overlap.inside.fetch_add(1, Ordering::SeqCst) + 1;
-    overlap.most.fetch_max(now, Ordering::SeqCst);
+    let _in = overlap.enter();
     tokio::task::yield_now().await;
     c.value += 1;
-    overlap.inside.fetch_sub(1, Ordering::SeqCst);
     c.value
 }
 
@@ -101,7 +93,7 @@ fn concurrent_evictors_never_let_two_staged_calls_execute_on_one_target() {
         }
         for (_, overlap) in &targets {
             assert_eq!(
-                overlap.most.load(Ordering::SeqCst),
+                overlap.most(),
                 1,
                 "two staged calls executed at once on one target"
             );
@@ -237,21 +229,6 @@ async fn urgent(c: &mut Counter) -> u64 {
     c.value
 }
 
-/// A commit of `value` on `key` at `expected`, from outside the runtime (another process).
-fn outside_write(key: conflict_runtime::EntityKey, expected: u64, value: Counter) -> Commit {
-    Commit {
-        op_id: OpId::from_parts(0xdead, expected),
-        op_type: "outside",
-        priority: OperationPriority::NORMAL,
-        attempt: 1,
-        writes: vec![Write {
-            key,
-            expected_version: expected,
-            value: Arc::new(value),
-        }],
-    }
-}
-
 /// Invariant: a staged call that outranks the executing one takes over when the executing
 /// one's grace period ends — also when it arrived while that one was committing and the commit
 /// then conflicted (the executing one is retrying). Before the fix it waited for the whole
@@ -320,16 +297,6 @@ async fn plain_bump(c: &mut Counter) -> u64 {
     c.value
 }
 
-async fn wait_in_flight_zero(rt: &Runtime) {
-    for _ in 0..10_000 {
-        if rt.metrics().in_flight == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("operations still in flight: {:?}", rt.metrics().in_flight);
-}
-
 /// Runs `calls` calls that their callers drop while the commit is in flight, on `store` (whose
 /// reply, or whose write, is delayed past the callers' patience), and returns the metrics.
 async fn drop_mid_commit(rt: &Runtime, calls: usize, patience: Duration) {
@@ -346,11 +313,7 @@ async fn drop_mid_commit(rt: &Runtime, calls: usize, patience: Duration) {
 /// cancelled zombie a cleanup handler would compensate), one that did not apply is not.
 #[tokio::test(start_paused = true)]
 async fn a_call_dropped_mid_commit_is_counted_by_what_its_commit_did() {
-    let store = SlowCommits::new(Arc::new(MemoryStore::new()));
-    let rt = Runtime::builder()
-        .shared_store(store.clone())
-        .build()
-        .unwrap();
+    let (rt, store) = SlowCommits::memory_runtime();
 
     // The write applies, the reply comes after the caller has left.
     store.delay_after(Duration::from_millis(50));

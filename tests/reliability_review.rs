@@ -2,40 +2,16 @@
 //! problems that remain (they fail on the reviewed code); the `review_holds_*` tests are attacks
 //! that the fixes withstood (they pass).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use conflict_runtime::prelude::*;
-use conflict_runtime::store::{Commit, CommitOutcome, EntityStore, MemoryStore, Write};
-use conflict_runtime::{OpId, OperationContext, OutcomeKind};
+use conflict_runtime::store::{CommitOutcome, EntityStore, MemoryStore};
+use conflict_runtime::{OperationContext, OutcomeKind};
 use conflict_tests::faults::SlowCommits;
+use conflict_tests::probe::{Overlap, outside_write, wait_in_flight_zero};
 use conflict_tests::{Counter, multi_thread};
-
-/// A commit of `value` on `key` at `expected`, from outside the runtime.
-fn outside_write(key: conflict_runtime::EntityKey, expected: u64, value: Counter) -> Commit {
-    Commit {
-        op_id: OpId::from_parts(0xbeef, expected),
-        op_type: "outside",
-        priority: OperationPriority::NORMAL,
-        attempt: 1,
-        writes: vec![Write {
-            key,
-            expected_version: expected,
-            value: Arc::new(value),
-        }],
-    }
-}
-
-async fn wait_in_flight_zero(rt: &Runtime) {
-    for _ in 0..10_000 {
-        if rt.metrics().in_flight == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("operations still in flight: {:?}", rt.metrics().in_flight);
-}
 
 // ---------------------------------------------------------------------------------------------
 // A. A dropped call's detached commit no longer holds its target: the next staged call executes
@@ -57,11 +33,7 @@ async fn staged_only(c: &mut Counter) -> u64 {
 /// `RetriesExhausted` for a staging-only call.
 #[tokio::test(start_paused = true)]
 async fn review_defect_a_dropped_calls_in_flight_commit_still_holds_its_target() {
-    let store = SlowCommits::new(Arc::new(MemoryStore::new()));
-    let rt = Runtime::builder()
-        .shared_store(store.clone())
-        .build()
-        .unwrap();
+    let (rt, store) = SlowCommits::memory_runtime();
     let h = rt.insert(Counter::new()).await.unwrap();
     store.delay_before(Duration::from_millis(50));
 
@@ -199,33 +171,9 @@ async fn review_defect_a_context_from_an_earlier_attempt_of_a_running_parent_is_
 // ---------------------------------------------------------------------------------------------
 // Attacks that held up.
 
-/// Counts the bodies running on one target (decremented on drop, so a cancelled body counts
-/// out too) and the most seen at once.
-#[derive(Default)]
-struct Overlap {
-    inside: AtomicU64,
-    most: AtomicU64,
-}
-
-struct Inside<'a>(&'a Overlap);
-
-impl<'a> Inside<'a> {
-    fn enter(o: &'a Overlap) -> Self {
-        let now = o.inside.fetch_add(1, Ordering::SeqCst) + 1;
-        o.most.fetch_max(now, Ordering::SeqCst);
-        Self(o)
-    }
-}
-
-impl Drop for Inside<'_> {
-    fn drop(&mut self) {
-        self.0.inside.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 #[with_conflict_resolution(mode = "pre_ecs", pre_ecs(on_lose = "requeue", staging_timeout_ms = 1))]
 async fn churn_window(c: &mut Counter, overlap: Arc<Overlap>, sleep_us: u64) -> u64 {
-    let _in = Inside::enter(&overlap);
+    let _in = overlap.enter();
     tokio::time::sleep(Duration::from_micros(sleep_us)).await;
     c.value += 1;
     c.value
@@ -233,7 +181,7 @@ async fn churn_window(c: &mut Counter, overlap: Arc<Overlap>, sleep_us: u64) -> 
 
 #[with_conflict_resolution(mode = "pre_ecs", pre_ecs(on_lose = "reject"))]
 async fn churn_now(c: &mut Counter, overlap: Arc<Overlap>) -> u64 {
-    let _in = Inside::enter(&overlap);
+    let _in = overlap.enter();
     tokio::task::yield_now().await;
     c.value += 1;
     c.value
@@ -292,11 +240,7 @@ fn review_holds_hold_counting_under_cancellation_clones_and_windows() {
         stop.store(true, Ordering::Relaxed);
         evictor.await.unwrap();
         for (_, overlap) in &targets {
-            assert_eq!(
-                overlap.most.load(Ordering::SeqCst),
-                1,
-                "two bodies overlapped"
-            );
+            assert_eq!(overlap.most(), 1, "two bodies overlapped");
         }
         let status = rt.staging_status();
         assert_eq!(status.total_staged, 0);
@@ -314,11 +258,7 @@ fn review_holds_hold_counting_under_cancellation_clones_and_windows() {
 /// Shutdown while a dropped call's commit is in flight waits for it and counts it committed.
 #[tokio::test(start_paused = true)]
 async fn review_holds_shutdown_waits_for_a_detached_commit_and_counts_it() {
-    let store = SlowCommits::new(Arc::new(MemoryStore::new()));
-    let rt = Runtime::builder()
-        .shared_store(store.clone())
-        .build()
-        .unwrap();
+    let (rt, store) = SlowCommits::memory_runtime();
     let h = rt.insert(Counter::new()).await.unwrap();
     store.delay_after(Duration::from_millis(200));
     let r = tokio::time::timeout(Duration::from_millis(10), review_touch(&h)).await;

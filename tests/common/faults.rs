@@ -47,6 +47,20 @@ impl SlowCommits {
         self.commits_applied.load(Ordering::SeqCst)
     }
 
+    /// A runtime on the embedded store behind a `SlowCommits` (no delay yet), and the wrapper.
+    ///
+    /// # Panics
+    /// If the runtime configuration of the test binary is invalid.
+    #[must_use]
+    pub fn memory_runtime() -> (conflict_runtime::Runtime, Arc<Self>) {
+        let store = Self::new(Arc::new(conflict_runtime::store::MemoryStore::new()));
+        let rt = conflict_runtime::Runtime::builder()
+            .shared_store(store.clone())
+            .build()
+            .expect("runtime configuration");
+        (rt, store)
+    }
+
     /// The wrapped store.
     #[must_use]
     pub fn inner(&self) -> &Arc<dyn EntityStore> {

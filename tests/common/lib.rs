@@ -4,6 +4,7 @@ use conflict_runtime::prelude::*;
 
 pub mod faults;
 pub mod pg;
+pub mod probe;
 pub mod suite;
 
 /// A counter entity: `value` counts committed increments.
