@@ -656,6 +656,14 @@ impl Staging {
         }
     }
 
+    /// The executing operation leaves its target: the next group (if any) is resolved.
+    fn hand_on(&self, st: &mut TargetState) {
+        st.executing = None;
+        if !st.staged.is_empty() || st.collecting_until.is_some() {
+            self.reconcile(st, Instant::now());
+        }
+    }
+
     /// Whether `op_id` is the operation executing on `key` (it holds the target).
     pub(crate) fn is_executing(&self, key: &EntityKey, op_id: OpId) -> bool {
         let guard = self.cells.guard();
@@ -950,12 +958,7 @@ impl Drop for ExecGuard<'_> {
                 // operation's until the commit settles, and its `CommitSlot` hands it on.
                 e.orphaned = true;
             }
-            Some(e) if e.cand.op_id == self.op_id => {
-                st.executing = None;
-                if !st.staged.is_empty() || st.collecting_until.is_some() {
-                    self.staging.reconcile(&mut st, Instant::now());
-                }
-            }
+            Some(e) if e.cand.op_id == self.op_id => self.staging.hand_on(&mut st),
             _ => st.preempted.retain(|(id, _)| *id != self.op_id),
         }
     }
@@ -996,10 +999,7 @@ impl Drop for CommitSlot {
                     e.orphaned
                 });
                 if orphaned {
-                    st.executing = None;
-                    if !st.staged.is_empty() || st.collecting_until.is_some() {
-                        staging.reconcile(&mut st, Instant::now());
-                    }
+                    staging.hand_on(&mut st);
                 }
             }
         }
