@@ -119,7 +119,34 @@ impl OperationContext {
 #[derive(Default)]
 pub(crate) struct Frame {
     current: Current,
-    overrides: Overrides,
+    priority: Option<OperationPriority>,
+    /// The rarer overrides, boxed: every body runs in a frame, and a small frame is cheap to
+    /// move in and out of the task-local.
+    rest: Option<Box<Overrides>>,
+}
+
+impl Frame {
+    fn new(current: Current, o: Overrides) -> Self {
+        let rare = o.on_lose.is_some() || o.max_retries.is_some() || o.deadline.is_some();
+        Self {
+            current,
+            priority: o.priority,
+            rest: rare.then(|| Box::new(o)),
+        }
+    }
+
+    fn overrides(&self) -> Overrides {
+        match &self.rest {
+            Some(o) => Overrides {
+                priority: self.priority,
+                ..**o
+            },
+            None => Overrides {
+                priority: self.priority,
+                ..Overrides::default()
+            },
+        }
+    }
 }
 
 /// Per-call overrides set by a [`Scope`] (each `None`: the attribute's setting).
@@ -229,7 +256,7 @@ pub(crate) fn inherited() -> Inherited {
     FRAME
         .try_with(|f| Inherited {
             current: f.current.context(),
-            overrides: f.overrides,
+            overrides: f.overrides(),
         })
         .unwrap_or(Inherited {
             current: None,
@@ -243,7 +270,8 @@ pub(crate) fn run_as<F: Future>(op: LazyLink, fut: F) -> impl Future<Output = F:
     FRAME.scope(
         Frame {
             current: Current::Lazy(op),
-            overrides: Overrides::default(),
+            priority: None,
+            rest: None,
         },
         fut,
     )
@@ -390,10 +418,10 @@ impl Scope {
     pub async fn run<F: Future>(self, fut: F) -> F::Output {
         FRAME
             .scope(
-                Frame {
-                    current: self.current.map_or(Current::None, Current::Ready),
-                    overrides: self.overrides,
-                },
+                Frame::new(
+                    self.current.map_or(Current::None, Current::Ready),
+                    self.overrides,
+                ),
                 fut,
             )
             .await

@@ -376,18 +376,22 @@ where
     }
 
     let exec = if cfg.mode.staging() {
+        let overridden;
         let pre_ecs = match op.on_lose {
-            Some(on_lose) => conflict_core::PreEcsConfig {
-                on_lose,
-                ..cfg.pre_ecs
-            },
-            None => cfg.pre_ecs,
+            Some(on_lose) => {
+                overridden = conflict_core::PreEcsConfig {
+                    on_lose,
+                    ..cfg.pre_ecs
+                };
+                &overridden
+            }
+            None => &cfg.pre_ecs,
         };
         let entered = rt.staging.enter(
             &op.target,
             &cache.cell,
             op.candidate(),
-            &pre_ecs,
+            pre_ecs,
             &rt.lifecycle.abort,
             op.submitted,
         );
