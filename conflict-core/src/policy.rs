@@ -1,4 +1,7 @@
-//! The pure rules of the staging stage: who wins a group, who may preempt whom.
+//! The pure rules of the staging stage: who wins a group ([`rank`], [`select_winner`]), who
+//! admission control displaces ([`select_weakest`]), and when a staged operation may preempt
+//! the executing one ([`preemption`]). The runtime's staging areas call these; nothing else
+//! there decides by priority.
 //!
 //! ```
 //! use conflict_core::policy::{select_winner, Candidate};
@@ -84,16 +87,69 @@ pub fn effective_priority(
     parent_effective.map_or(own, |p| own.max(p))
 }
 
-/// Whether an arriving operation may preempt the executing one: only after the executing one's
-/// grace period, and only with a strictly higher effective priority.
+/// What the staging stage knows about the operation executing on a target (the incumbent),
+/// for [`preemption`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Incumbent {
+    /// Its effective priority.
+    pub priority: OperationPriority,
+    /// How long it has been executing.
+    pub executing_for: Duration,
+    /// Its grace period: no preemption before it has executed this long.
+    pub grace: Duration,
+    /// Whether it is committing (no preemption while it is: its commit is already on the way).
+    pub committing: bool,
+}
+
+/// Whether `challenger` outranks the executing operation's priority `incumbent` enough to
+/// preempt it at all: strictly higher. Equal priorities never preempt (arrival order decides
+/// only between staged operations, never against the one that executes).
 #[must_use]
-pub fn may_preempt(
-    executing: OperationPriority,
-    executing_for: Duration,
-    grace_period: Duration,
-    arriving: OperationPriority,
-) -> bool {
-    arriving > executing && executing_for >= grace_period
+pub fn outranks(challenger: OperationPriority, incumbent: OperationPriority) -> bool {
+    challenger > incumbent
+}
+
+/// What a staged operation may do about the executing one.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Preemption {
+    /// It does not outrank the executing operation: it waits for that one to end.
+    Never,
+    /// It outranks it, but the executing operation is committing: ask again when the commit
+    /// phase ends (a conflicting commit leaves it executing, between attempts).
+    AfterCommit,
+    /// It outranks it; the executing operation's grace period ends in this long.
+    After(Duration),
+    /// It outranks it and the grace period is over: preempt now.
+    Now,
+}
+
+/// The preemption rule, the only place it is written: a staged operation preempts the
+/// executing one when its effective priority is strictly higher ([`outranks`]), the executing
+/// one is not committing, and the executing one has run for at least its grace period.
+///
+/// ```
+/// use std::time::Duration;
+/// use conflict_core::policy::{preemption, Incumbent, Preemption};
+/// use conflict_core::OperationPriority as P;
+///
+/// let ms = Duration::from_millis;
+/// let low = Incumbent { priority: P::LOW, executing_for: ms(30), grace: ms(100), committing: false };
+/// assert_eq!(preemption(&low, P::CRITICAL), Preemption::After(ms(70)));
+/// assert_eq!(preemption(&Incumbent { executing_for: ms(100), ..low }, P::CRITICAL), Preemption::Now);
+/// assert_eq!(preemption(&Incumbent { committing: true, ..low }, P::CRITICAL), Preemption::AfterCommit);
+/// assert_eq!(preemption(&low, P::LOW), Preemption::Never);
+/// ```
+#[must_use]
+pub fn preemption(incumbent: &Incumbent, challenger: OperationPriority) -> Preemption {
+    if !outranks(challenger, incumbent.priority) {
+        Preemption::Never
+    } else if incumbent.committing {
+        Preemption::AfterCommit
+    } else if incumbent.executing_for >= incumbent.grace {
+        Preemption::Now
+    } else {
+        Preemption::After(incumbent.grace - incumbent.executing_for)
+    }
 }
 
 #[cfg(test)]
@@ -181,21 +237,50 @@ mod tests {
     }
 
     #[test]
-    fn preemption_needs_strictly_higher_priority_and_an_expired_grace() {
-        let g = Duration::from_millis(100);
-        assert!(!may_preempt(
-            P::LOW,
-            Duration::from_millis(99),
-            g,
-            P::CRITICAL
-        ));
-        assert!(may_preempt(
-            P::LOW,
-            Duration::from_millis(100),
-            g,
-            P::CRITICAL
-        ));
-        assert!(!may_preempt(P::HIGH, Duration::from_secs(9), g, P::HIGH));
-        assert!(!may_preempt(P::HIGH, Duration::from_secs(9), g, P::NORMAL));
+    fn preemption_needs_strictly_higher_priority_no_commit_and_an_expired_grace() {
+        let ms = Duration::from_millis;
+        let inc = |priority, executing_for, committing| Incumbent {
+            priority,
+            executing_for: ms(executing_for),
+            grace: ms(100),
+            committing,
+        };
+        assert_eq!(
+            preemption(&inc(P::LOW, 99, false), P::CRITICAL),
+            Preemption::After(ms(1))
+        );
+        assert_eq!(
+            preemption(&inc(P::LOW, 100, false), P::CRITICAL),
+            Preemption::Now
+        );
+        assert_eq!(
+            preemption(&inc(P::LOW, 900, false), P::NORMAL),
+            Preemption::Now
+        );
+        assert_eq!(
+            preemption(&inc(P::LOW, 900, true), P::CRITICAL),
+            Preemption::AfterCommit
+        );
+        assert_eq!(
+            preemption(&inc(P::HIGH, 9_000, false), P::HIGH),
+            Preemption::Never
+        );
+        assert_eq!(
+            preemption(&inc(P::HIGH, 9_000, true), P::NORMAL),
+            Preemption::Never
+        );
+        assert!(outranks(P::HIGH, P::NORMAL));
+        assert!(!outranks(P::HIGH, P::HIGH));
+    }
+
+    #[test]
+    fn a_zero_grace_allows_preemption_at_once() {
+        let inc = Incumbent {
+            priority: P::LOW,
+            executing_for: Duration::ZERO,
+            grace: Duration::ZERO,
+            committing: false,
+        };
+        assert_eq!(preemption(&inc, P::NORMAL), Preemption::Now);
     }
 }

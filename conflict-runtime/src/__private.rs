@@ -13,8 +13,8 @@ pub use inventory;
 pub use std::borrow::Cow;
 
 pub use crate::cleanup::{CleanupHandlerRegistration, HandlerFuture};
+pub use crate::handle::Handle;
 pub use crate::registry::{EntityRegistration, OperationRegistration, OperationSpec};
-pub use crate::runtime::Handle;
 
 /// Runs one call of an annotated function. (Returns the executor's future itself: an `async fn`
 /// here would add a layer that the whole call's state is moved through.)

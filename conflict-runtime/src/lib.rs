@@ -129,6 +129,8 @@ pub mod __private;
 pub mod cleanup;
 mod context;
 mod events;
+mod handle;
+mod lifecycle;
 mod metrics;
 mod occ;
 pub mod prelude;
@@ -243,12 +245,13 @@ macro_rules! typed_id {
 
 pub use context::{OperationContext, Scope, current_operation, scope};
 pub use events::{EventSubscriber, Received};
+pub use handle::Handle;
 pub use metrics::{
     CleanupMetrics, GroupSizeSnapshot, HistogramSnapshot, MetricsSnapshot, OpTypeSnapshot,
     RetryStats,
 };
 pub use registry::{EntityRegistration, OperationSpec, linked_entities, linked_operations};
-pub use runtime::{Handle, Runtime, RuntimeBuilder, ShutdownReport};
+pub use runtime::{Runtime, RuntimeBuilder, ShutdownReport};
 pub use staging::{StagingStatus, TargetStatus};
 
 /// The README's code blocks, compiled and run as doctests.

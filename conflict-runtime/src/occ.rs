@@ -20,9 +20,10 @@ use tracing::Instrument;
 
 use crate::cleanup::Finished;
 use crate::context::{self, LazyLink, OperationContext};
+use crate::handle::{Handle, HandleCache, downcast};
 use crate::metrics::{Counter, Ending};
 use crate::registry::OperationSpec;
-use crate::runtime::{Handle, HandleCache, Inner, downcast};
+use crate::runtime::Inner;
 use crate::staging::{ExecGuard, StageError, Watch};
 use crate::store::{Cas, CommitInfo, EntityCodec, Snapshot, StoredValue, Write};
 
@@ -175,9 +176,7 @@ impl<'rt> Operation<'rt> {
             attempts: self.attempts,
             duration,
         });
-        if self.rt.lifecycle.draining() {
-            self.rt.lifecycle.drained.notify_waiters();
-        }
+        self.rt.lifecycle.operation_ended();
     }
 
     fn finish<T, E: std::fmt::Display>(mut self, result: &Result<Committed<T>, ConflictError<E>>) {
@@ -342,6 +341,11 @@ enum Interrupt {
     Deadline,
 }
 
+/// One call's way through the two stages, as named steps: [`admit`](Operation::admit),
+/// [`stage`](Operation::stage), then per attempt [`snapshot`](Operation::snapshot),
+/// [`run_body`](Operation::run_body), [`commit`](Operation::commit) and, on a conflict,
+/// [`back_off`](Operation::back_off). Each step returns the call's error when the call ends
+/// there.
 async fn run<E, F, Fut, T, Err>(
     op: &mut Operation<'_>,
     cache: &HandleCache,
@@ -354,30 +358,78 @@ where
     Fut: Future<Output = (E, Result<T, Err>)>,
     Err: std::fmt::Display,
 {
-    let rt = op.rt;
-    let cfg = &op.spec.config;
-    if !rt.lifecycle.accepting() {
-        return Err(ConflictError::ShuttingDown { op_id: op.op_id });
+    op.admit()?;
+    let exec = op.stage(cache).await?;
+    let exec = exec.as_ref();
+    let max_attempts = op.max_attempts();
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        op.begin_attempt(attempt, span)?;
+        let snap = op.snapshot::<E, Err>(exec, cache, attempt).await?;
+        let (entity, value) = op.run_body(exec, &snap, &mut body).await?;
+        match op.commit(exec, cache, &snap, entity, attempt).await? {
+            Cas::Committed(version) => {
+                return Ok(Committed {
+                    value,
+                    version,
+                    op_id: op.op_id,
+                    attempts: attempt,
+                });
+            }
+            Cas::Conflict(actual) => {
+                op.back_off(exec, snap.version, actual, attempt, max_attempts)
+                    .await?;
+            }
+        }
     }
-    if op.deadline.is_some() && op.past_deadline(op.submitted) {
-        // Past before it began: nothing may run, not even the body.
-        return Err(op.deadline_exceeded());
-    }
-    if let Some(ancestor) = op.parent.as_ref().and_then(|p| {
-        p.find_target(rt.id, &op.target, |id| {
-            rt.staging.is_executing(&op.target, id)
-        })
-    }) {
-        return Err(ConflictError::Reentrant {
-            op_id: op.op_id,
-            target: op.target.clone(),
-            ancestor_op_id: ancestor,
-        });
+}
+
+impl<'rt> Operation<'rt> {
+    /// Whether the call may start at all: the runtime accepts calls, its deadline has not
+    /// passed, and no running ancestor holds its target (a nested call on its parent's target
+    /// would wait for itself).
+    fn admit<Err>(&self) -> Result<(), ConflictError<Err>> {
+        let rt = self.rt;
+        if !rt.lifecycle.accepting() {
+            return Err(ConflictError::ShuttingDown { op_id: self.op_id });
+        }
+        if self.deadline.is_some() && self.past_deadline(self.submitted) {
+            // Past before it began: nothing may run, not even the body.
+            return Err(self.deadline_exceeded());
+        }
+        if let Some(ancestor) = self.parent.as_ref().and_then(|p| {
+            p.find_target(rt.id, &self.target, |id| {
+                rt.staging.is_executing(&self.target, id)
+            })
+        }) {
+            return Err(ConflictError::Reentrant {
+                op_id: self.op_id,
+                target: self.target.clone(),
+                ancestor_op_id: ancestor,
+            });
+        }
+        Ok(())
     }
 
-    let exec = if cfg.mode.staging() {
+    /// Stage one: waits in the target's staging area until this call executes there (a guard
+    /// that holds the target), or ends the call (rejected, overloaded, shutting down, past its
+    /// deadline). `None` when the function runs without staging.
+    async fn stage<'c, Err>(
+        &mut self,
+        cache: &'c HandleCache,
+    ) -> Result<Option<ExecGuard<'c>>, ConflictError<Err>>
+    where
+        'rt: 'c,
+    {
+        let rt = self.rt;
+        let cfg = &self.spec.config;
+        if !cfg.mode.staging() {
+            self.started = Some(self.submitted);
+            return Ok(None);
+        }
         let overridden;
-        let pre_ecs = match op.on_lose {
+        let pre_ecs = match self.on_lose {
             Some(on_lose) => {
                 overridden = conflict_core::PreEcsConfig {
                     on_lose,
@@ -388,113 +440,146 @@ where
             None => &cfg.pre_ecs,
         };
         let entered = rt.staging.enter(
-            &op.target,
+            &self.target,
             &cache.cell,
-            op.candidate(),
+            self.candidate(),
             pre_ecs,
             &rt.lifecycle.abort,
-            op.submitted,
+            self.submitted,
         );
-        let entered = match op.deadline {
+        let entered = match self.deadline {
             None => entered.await,
             // Boxed: only calls with a deadline pay for the timer. Leaving a staging area
             // early is a cancellation it is built for (the waiter withdraws in `Drop`).
             Some(d) => match Box::pin(tokio::time::timeout_at(d, entered)).await {
                 Ok(entered) => entered,
-                Err(_) => return Err(op.deadline_exceeded()),
+                Err(_) => return Err(self.deadline_exceeded()),
             },
         };
         match entered {
             Ok((guard, waited)) => {
                 // An operation that ran at once started when it was submitted: no clock read.
-                op.started = Some(if waited { Instant::now() } else { op.submitted });
-                Some(guard)
-            }
-            Err(StageError::Rejected { winner }) => {
-                // The policy ranks by effective priority, then by submission: say which decided.
-                let reason = if winner.effective_priority > op.effective {
-                    conflict_core::RejectReason::LostPriority
+                self.started = Some(if waited {
+                    Instant::now()
                 } else {
-                    conflict_core::RejectReason::SubmittedLater
-                };
-                op.emit(|| Event::OperationRejected {
-                    op: op.info(),
-                    winner_op_id: winner.op_id,
-                    winner_priority: winner.effective_priority,
-                    reason,
+                    self.submitted
                 });
-                return Err(ConflictError::Rejected {
-                    op_id: op.op_id,
-                    winner_op_id: winner.op_id,
-                    priority: op.effective,
-                    winner_priority: winner.effective_priority,
-                    reason,
-                });
+                Ok(Some(guard))
             }
-            Err(StageError::Overloaded { capacity, scope }) => {
-                return Err(ConflictError::Overloaded {
-                    op_id: op.op_id,
-                    capacity,
-                    scope,
-                });
-            }
-            Err(StageError::ShuttingDown) => {
-                return Err(ConflictError::ShuttingDown { op_id: op.op_id });
-            }
+            Err(StageError::Rejected { winner }) => Err(self.rejected(winner)),
+            Err(StageError::Overloaded { capacity, scope }) => Err(ConflictError::Overloaded {
+                op_id: self.op_id,
+                capacity,
+                scope,
+            }),
+            Err(StageError::ShuttingDown) => Err(ConflictError::ShuttingDown { op_id: self.op_id }),
         }
-    } else {
-        op.started = Some(op.submitted);
-        None
-    };
+    }
 
-    let max_retries = match op.max_retries {
-        Some(n) if cfg.mode.occ() => n,
-        _ => cfg.effective_max_retries(),
-    };
-    let max_attempts = max_retries.saturating_add(1);
-    let codec = EntityCodec::of::<E>();
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        op.attempts = attempt;
-        if op.deadline.is_some() && op.past_deadline(Instant::now()) {
-            // No attempt starts after the deadline (a body would run for nothing).
-            return Err(op.deadline_exceeded());
+    fn rejected<Err>(&self, winner: Candidate) -> ConflictError<Err> {
+        // The policy ranks by effective priority, then by submission: say which decided.
+        let reason = if winner.effective_priority > self.effective {
+            conflict_core::RejectReason::LostPriority
+        } else {
+            conflict_core::RejectReason::SubmittedLater
+        };
+        self.emit(|| Event::OperationRejected {
+            op: self.info(),
+            winner_op_id: winner.op_id,
+            winner_priority: winner.effective_priority,
+            reason,
+        });
+        ConflictError::Rejected {
+            op_id: self.op_id,
+            winner_op_id: winner.op_id,
+            priority: self.effective,
+            winner_priority: winner.effective_priority,
+            reason,
         }
+    }
 
+    /// Attempts allowed: the retry budget (the call's override, else the function's) plus one.
+    fn max_attempts(&self) -> u32 {
+        let cfg = &self.spec.config;
+        let max_retries = match self.max_retries {
+            Some(n) if cfg.mode.occ() => n,
+            _ => cfg.effective_max_retries(),
+        };
+        max_retries.saturating_add(1)
+    }
+
+    /// Counts and announces attempt number `attempt`, unless the deadline has passed (no
+    /// attempt starts after it: a body would run for nothing).
+    fn begin_attempt<Err>(
+        &mut self,
+        attempt: u32,
+        span: &tracing::Span,
+    ) -> Result<(), ConflictError<Err>> {
+        self.attempts = attempt;
+        if self.deadline.is_some() && self.past_deadline(Instant::now()) {
+            return Err(self.deadline_exceeded());
+        }
         if !span.is_disabled() {
             span.record("attempt", attempt);
         }
-        rt.metrics.add(Counter::Attempts, 1);
-        op.emit(|| Event::OperationStarted {
-            op: op.info(),
+        self.rt.metrics.add(Counter::Attempts, 1);
+        self.emit(|| Event::OperationStarted {
+            op: self.info(),
             attempt,
         });
+        Ok(())
+    }
 
-        // A staged winner on a database store starts from what the previous commit through
-        // staging wrote (first attempt only; a retry always loads).
-        let cached = match (&exec, attempt) {
+    /// The entity's current value and version. A staged winner on a database store starts
+    /// from what the previous commit through staging wrote (first attempt only; a retry always
+    /// loads).
+    async fn snapshot<E: Entity, Err>(
+        &self,
+        exec: Option<&ExecGuard<'_>>,
+        cache: &HandleCache,
+        attempt: u32,
+    ) -> Result<Snapshot, ConflictError<Err>> {
+        let rt = self.rt;
+        let cached = match (exec, attempt) {
             (Some(guard), 1) if rt.backend.is_remote() => guard.last_snapshot(),
             _ => None,
         };
-        let snap = match cached {
-            Some(s) => s,
-            None => {
-                let load = rt.backend.load(&op.target, codec, &cache.slot);
-                let loaded = match op.deadline {
-                    None => load.await?,
-                    // Boxed: only calls with a deadline pay for the timer.
-                    Some(d) => match Box::pin(tokio::time::timeout_at(d, load)).await {
-                        Ok(loaded) => loaded?,
-                        Err(_) => return Err(op.deadline_exceeded()),
-                    },
-                };
-                loaded.ok_or_else(|| StoreError::NotFound {
-                    key: op.target.clone(),
-                })?
-            }
+        if let Some(s) = cached {
+            return Ok(s);
+        }
+        let load = rt
+            .backend
+            .load(&self.target, EntityCodec::of::<E>(), &cache.slot);
+        let loaded = match self.deadline {
+            None => load.await?,
+            // Boxed: only calls with a deadline pay for the timer.
+            Some(d) => match Box::pin(tokio::time::timeout_at(d, load)).await {
+                Ok(loaded) => loaded?,
+                Err(_) => return Err(self.deadline_exceeded()),
+            },
         };
-        let current = downcast::<E>(&op.target, &snap)?;
+        Ok(loaded.ok_or_else(|| StoreError::NotFound {
+            key: self.target.clone(),
+        })?)
+    }
+
+    /// Runs the body on a private copy of the snapshot's entity, as this operation (nested
+    /// calls see it as their parent), interruptible by preemption, shutdown and the deadline.
+    /// Returns the changed entity and the body's value; a body error, a panic or a changed id
+    /// ends the call.
+    async fn run_body<E, F, Fut, T, Err>(
+        &self,
+        exec: Option<&ExecGuard<'_>>,
+        snap: &Snapshot,
+        body: &mut F,
+    ) -> Result<(E, T), ConflictError<Err>>
+    where
+        E: Entity,
+        F: FnMut(E) -> Fut,
+        Fut: Future<Output = (E, Result<T, Err>)>,
+    {
+        let rt = self.rt;
+        let current = downcast::<E>(&self.target, snap)?;
         // The entity's and the arguments' `Clone` (the latter inside `body`, before its future
         // exists) are user code too: a panic there ends the call as `Panicked`, like one in the
         // body, instead of unwinding into the caller's task.
@@ -503,7 +588,7 @@ where
             Ok(fut) => fut,
             Err(payload) => {
                 return Err(ConflictError::Panicked {
-                    op_id: op.op_id,
+                    op_id: self.op_id,
                     message: panic_message(payload.as_ref()),
                 });
             }
@@ -511,54 +596,76 @@ where
         let body_fut = context::run_as(
             LazyLink::new(
                 rt.id,
-                op.op_id,
-                op.target.clone(),
-                op.effective,
-                op.parent.clone(),
+                self.op_id,
+                self.target.clone(),
+                self.effective,
+                self.parent.clone(),
             ),
             AssertUnwindSafe(body_fut).catch_unwind(),
         );
-        let body_run = interruptible(rt, exec.as_ref(), op.seq, op.deadline, body_fut);
+        let body_run = interruptible(rt, exec, self.seq, self.deadline, body_fut);
         let (entity, out) = match body_run.await {
             Ok(Ok(pair)) => pair,
             Ok(Err(payload)) => {
                 return Err(ConflictError::Panicked {
-                    op_id: op.op_id,
+                    op_id: self.op_id,
                     message: panic_message(payload.as_ref()),
                 });
             }
-            Err(Interrupt::Abort) => return Err(ConflictError::ShuttingDown { op_id: op.op_id }),
-            Err(Interrupt::Preempted(by)) => return Err(op.preempted(by)),
-            Err(Interrupt::Deadline) => return Err(op.deadline_exceeded()),
+            Err(interrupt) => return Err(self.interrupted(interrupt)),
         };
         let value = out.map_err(ConflictError::Body)?;
         let found = entity.entity_id();
-        if found != op.target.id {
+        if found != self.target.id {
             return Err(ConflictError::IdentityChanged {
-                op_id: op.op_id,
-                expected: op.target.id,
+                op_id: self.op_id,
+                expected: self.target.id,
                 found,
             });
         }
-        if op.deadline.is_some() && op.past_deadline(Instant::now()) {
-            return Err(op.deadline_exceeded());
+        Ok((entity, value))
+    }
+
+    fn interrupted<Err>(&self, interrupt: Interrupt) -> ConflictError<Err> {
+        match interrupt {
+            Interrupt::Abort => ConflictError::ShuttingDown { op_id: self.op_id },
+            Interrupt::Preempted(by) => self.preempted(by),
+            Interrupt::Deadline => self.deadline_exceeded(),
         }
-        if let Some(guard) = &exec {
-            guard.begin_commit().map_err(|by| op.preempted(by))?;
+    }
+
+    /// Compares and commits `entity` against the snapshot's version: `Committed` with the new
+    /// version, or `Conflict` with what the store holds. Enters the commit phase first (no
+    /// preemption from there on), unless the deadline passed, the call was preempted or the
+    /// runtime aborts.
+    async fn commit<E: Entity, Err>(
+        &mut self,
+        exec: Option<&ExecGuard<'_>>,
+        cache: &HandleCache,
+        snap: &Snapshot,
+        entity: E,
+        attempt: u32,
+    ) -> Result<Cas, ConflictError<Err>> {
+        let rt = self.rt;
+        if self.deadline.is_some() && self.past_deadline(Instant::now()) {
+            return Err(self.deadline_exceeded());
+        }
+        if let Some(guard) = exec {
+            guard.begin_commit().map_err(|by| self.preempted(by))?;
         }
         if rt.lifecycle.abort.is_set() {
-            return Err(ConflictError::ShuttingDown { op_id: op.op_id });
+            return Err(ConflictError::ShuttingDown { op_id: self.op_id });
         }
         let value_written: StoredValue = Arc::new(entity);
         let write = Write {
-            key: op.target.clone(),
+            key: self.target.clone(),
             expected_version: snap.version,
             value: value_written.clone(),
         };
         let info = CommitInfo {
-            op_id: op.op_id,
-            op_type: op.spec.name,
-            priority: op.effective,
+            op_id: self.op_id,
+            op_type: self.spec.name,
+            priority: self.effective,
             attempt,
         };
         let at = Instant::now();
@@ -571,9 +678,9 @@ where
             // leaves now can neither cut it short nor have it miscounted (see
             // `Operation::drop`), and it keeps the target until it settles (`CommitSlot`).
             Some((h, commit)) => {
-                let slot = exec.as_ref().map(|g| g.commit_slot(rt, &op.target));
-                let (value, last_modified) = (value_written.clone(), rt.wall_time(at));
-                let task = op.in_flight.insert(h.spawn(async move {
+                let slot = exec.map(|g| g.commit_slot(&rt.staging, &self.target));
+                let (value, last_modified) = (value_written, rt.wall_time(at));
+                let task = self.in_flight.insert(h.spawn(async move {
                     let r = commit.await;
                     if let Some(slot) = slot {
                         slot.settle(match &r {
@@ -588,11 +695,11 @@ where
                     r
                 }));
                 let joined = task.await;
-                op.in_flight = None;
+                self.in_flight = None;
                 flatten_commit(joined)
             }
             None => {
-                let remember = exec.as_ref().filter(|_| rt.backend.is_remote());
+                let remember = exec.filter(|_| rt.backend.is_remote());
                 let outcome = rt
                     .backend
                     .commit_one(info, write, &cache.slot, rt.wall_time(at))
@@ -610,70 +717,72 @@ where
                 outcome
             }
         };
-        match outcome? {
-            Cas::Committed(version) => {
-                op.committed_at = Some(at);
-                return Ok(Committed {
-                    value,
-                    version,
-                    op_id: op.op_id,
-                    attempts: attempt,
-                });
-            }
-            Cas::Conflict(actual) => {
-                rt.metrics.add(Counter::OccConflicts, 1);
-                op.conflicts += 1;
-                tracing::debug!(
-                    expected_version = snap.version,
-                    actual_version = ?actual,
-                    "conflict at commit"
-                );
-                op.emit(|| Event::OperationConflict {
-                    op: op.info(),
-                    attempt,
-                    expected_version: snap.version,
-                    actual_version: actual,
-                });
-                if let Some(guard) = &exec {
-                    guard.end_commit();
-                }
-                if attempt >= max_attempts {
-                    return Err(ConflictError::RetriesExhausted {
-                        op_id: op.op_id,
-                        attempts: attempt,
-                        target: op.target.clone(),
-                    });
-                }
-                let delay = cfg.occ.backoff_delay(attempt, fastrand::f64());
-                if op.deadline.is_some() && op.past_deadline(Instant::now() + delay) {
-                    // The retry could not even start in time.
-                    return Err(op.deadline_exceeded());
-                }
-                rt.metrics.add(Counter::OccRetries, 1);
-                tracing::debug!(
-                    next_attempt = attempt + 1,
-                    delay_us = delay.as_micros() as u64,
-                    "retrying"
-                );
-                op.emit(|| Event::OperationRetry {
-                    op: op.info(),
-                    attempt: attempt + 1,
-                    delay,
-                });
-                if !delay.is_zero() {
-                    // Boxed: a timer is large and only retries need one.
-                    let sleep = Box::pin(tokio::time::sleep(delay));
-                    match interruptible(rt, exec.as_ref(), op.seq, None, sleep).await {
-                        Ok(()) => {}
-                        Err(Interrupt::Abort) => {
-                            return Err(ConflictError::ShuttingDown { op_id: op.op_id });
-                        }
-                        Err(Interrupt::Preempted(by)) => return Err(op.preempted(by)),
-                        Err(Interrupt::Deadline) => return Err(op.deadline_exceeded()),
-                    }
-                }
-            }
+        let outcome = outcome?;
+        if let Cas::Committed(_) = outcome {
+            self.committed_at = Some(at);
         }
+        Ok(outcome)
+    }
+
+    /// After a conflicting commit (the store holds `actual`, not `expected`): leaves the commit
+    /// phase, then ends the call if the retry budget or the deadline is spent, else waits the
+    /// backoff delay (interruptible like the body) before the next attempt.
+    async fn back_off<Err>(
+        &mut self,
+        exec: Option<&ExecGuard<'_>>,
+        expected: u64,
+        actual: Option<u64>,
+        attempt: u32,
+        max_attempts: u32,
+    ) -> Result<(), ConflictError<Err>> {
+        let rt = self.rt;
+        rt.metrics.add(Counter::OccConflicts, 1);
+        self.conflicts += 1;
+        tracing::debug!(
+            expected_version = expected,
+            actual_version = ?actual,
+            "conflict at commit"
+        );
+        self.emit(|| Event::OperationConflict {
+            op: self.info(),
+            attempt,
+            expected_version: expected,
+            actual_version: actual,
+        });
+        if let Some(guard) = exec {
+            guard.end_commit();
+        }
+        if attempt >= max_attempts {
+            return Err(ConflictError::RetriesExhausted {
+                op_id: self.op_id,
+                attempts: attempt,
+                target: self.target.clone(),
+            });
+        }
+        let delay = self.spec.config.occ.backoff_delay(attempt, fastrand::f64());
+        if self.deadline.is_some() && self.past_deadline(Instant::now() + delay) {
+            // The retry could not even start in time.
+            return Err(self.deadline_exceeded());
+        }
+        rt.metrics.add(Counter::OccRetries, 1);
+        tracing::debug!(
+            next_attempt = attempt + 1,
+            delay_us = delay.as_micros() as u64,
+            "retrying"
+        );
+        self.emit(|| Event::OperationRetry {
+            op: self.info(),
+            attempt: attempt + 1,
+            delay,
+        });
+        if !delay.is_zero() {
+            // Boxed: a timer is large and only retries need one.
+            let sleep = Box::pin(tokio::time::sleep(delay));
+            interruptible(rt, exec, self.seq, None, sleep)
+                .await
+                .map_err(|i| self.interrupted(i))?;
+        }
+        Ok(())
     }
 }
 

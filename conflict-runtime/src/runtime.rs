@@ -1,26 +1,28 @@
-//! The runtime: builder, entity handles, shutdown.
+//! The runtime: its builder, its shared state (`Inner`), and its public facade (inserting,
+//! handles, status, shutdown). Calls run in `occ`; handles are in `handle`; the shutdown state
+//! machine is in `lifecycle`.
 
 use std::collections::BTreeMap;
-use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use conflict_core::{
-    CleanupError, ConfigError, Entity, EntityId, EntityIdType, EntityKey, OperationRecord,
-    OutcomeKind, StoreError, Versioned,
+    CleanupError, ConfigError, Entity, EntityIdType, EntityKey, OperationRecord, OutcomeKind,
+    StoreError,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 
 use crate::cleanup::{
     Handler, Handlers, HealthReport, MemoryPressure, Operations, Registry, SystemMemory,
 };
 use crate::events::{EventBus, EventSubscriber};
+use crate::handle::Handle;
+use crate::lifecycle::Lifecycle;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::registry::{self, OperationSpec};
-use crate::staging::{Staging, StagingStatus, TargetCell};
-use crate::store::{Backend, EntityCodec, EntityStore, MemoryStore, SlotCache, Snapshot};
+use crate::staging::{Staging, StagingStatus};
+use crate::store::{Backend, EntityStore, MemoryStore, SlotCache};
 
 /// The framework's runtime: a store, the staging coordinator, events and metrics.
 ///
@@ -53,7 +55,7 @@ pub(crate) struct Inner {
     pub(crate) id: u64,
     seq: AtomicU64,
     pub(crate) backend: Backend,
-    pub(crate) staging: Staging,
+    pub(crate) staging: Arc<Staging>,
     pub(crate) events: EventBus,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) lifecycle: Lifecycle,
@@ -76,66 +78,6 @@ impl Inner {
     #[inline]
     pub(crate) fn next_seq(&self) -> u64 {
         self.seq.fetch_add(1, Ordering::Relaxed) + 1
-    }
-}
-
-const RUNNING: u8 = 0;
-const SHUTTING_DOWN: u8 = 1;
-const STOPPED: u8 = 2;
-
-pub(crate) struct Lifecycle {
-    state: AtomicU8,
-    /// Told whenever an operation ends during shutdown.
-    pub(crate) drained: Notify,
-    pub(crate) abort: AbortSignal,
-}
-
-impl Lifecycle {
-    #[inline]
-    pub(crate) fn accepting(&self) -> bool {
-        self.state.load(Ordering::SeqCst) == RUNNING
-    }
-
-    #[inline]
-    pub(crate) fn draining(&self) -> bool {
-        self.state.load(Ordering::Relaxed) != RUNNING
-    }
-}
-
-const ABORT_SHARDS: usize = 8;
-
-/// Wakes every executing or staged operation when shutdown gives up waiting.
-pub(crate) struct AbortSignal {
-    flag: AtomicBool,
-    // Sharded so that operations registering for the wake-up do not all contend on one lock.
-    notify: [Notify; ABORT_SHARDS],
-}
-
-impl AbortSignal {
-    fn new() -> Self {
-        Self {
-            flag: AtomicBool::new(false),
-            notify: std::array::from_fn(|_| Notify::new()),
-        }
-    }
-
-    #[inline]
-    pub(crate) fn is_set(&self) -> bool {
-        self.flag.load(Ordering::Acquire)
-    }
-
-    /// A future completing at the abort. Create it before checking [`is_set`](Self::is_set):
-    /// it sees every abort that happens after its creation, polled or not.
-    #[inline]
-    pub(crate) fn notified(&self, seq: u64) -> tokio::sync::futures::Notified<'_> {
-        self.notify[(seq as usize) % ABORT_SHARDS].notified()
-    }
-
-    fn trigger(&self) {
-        self.flag.store(true, Ordering::Release);
-        for n in &self.notify {
-            n.notify_waiters();
-        }
     }
 }
 
@@ -289,14 +231,10 @@ impl RuntimeBuilder {
                 id: fastrand::u64(..),
                 seq: AtomicU64::new(0),
                 backend,
-                staging: Staging::new(self.max_staged_total, metrics.clone()),
+                staging: Arc::new(Staging::new(self.max_staged_total, metrics.clone())),
                 events: EventBus::new(self.event_capacity),
                 metrics,
-                lifecycle: Lifecycle {
-                    state: AtomicU8::new(RUNNING),
-                    drained: Notify::new(),
-                    abort: AbortSignal::new(),
-                },
+                lifecycle: Lifecycle::new(),
                 cleanup,
                 anchor: (tokio::time::Instant::now(), std::time::SystemTime::now()),
             }),
@@ -343,26 +281,14 @@ impl Runtime {
                 self.inner.wall_time(tokio::time::Instant::now()),
             )
             .await?;
-        Ok(Handle {
-            rt: self.clone(),
-            key,
-            cache: HandleCache {
-                slot,
-                cell: OnceLock::new(),
-            },
-            _entity: PhantomData,
-        })
+        Ok(Handle::new(self.clone(), key, slot))
     }
 
     /// A handle to an entity that already exists (nothing is checked until it is used). The id
     /// is the entity's own id type: an [`EntityId`], or its typed id ([`typed_id!`](crate::typed_id)).
     pub fn handle<E: Entity>(&self, id: E::Id) -> Handle<E> {
-        Handle {
-            rt: self.clone(),
-            key: EntityKey::new(E::TYPE_NAME, id.entity_id()),
-            cache: HandleCache::default(),
-            _entity: PhantomData,
-        }
+        let key = EntityKey::new(E::TYPE_NAME, id.entity_id());
+        Handle::new(self.clone(), key, SlotCache::default())
     }
 
     /// Subscribes to operation events (see [`EventSubscriber`]).
@@ -501,25 +427,18 @@ impl Runtime {
     pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
         let inner = &self.inner;
         let started = tokio::time::Instant::now();
-        let first = inner
-            .lifecycle
-            .state
-            .compare_exchange(RUNNING, SHUTTING_DOWN, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok();
+        let first = inner.lifecycle.begin_shutdown();
         let staged_ended = if first { inner.staging.shut_down() } else { 0 };
         let deadline = started + timeout;
         let mut timed_out = false;
-        if !wait_drained(inner, Some(deadline)).await {
+        if !inner.lifecycle.wait_drained(&inner.metrics, deadline).await {
             timed_out = true;
             inner.lifecycle.abort.trigger();
             inner.staging.wake_executing();
             // Stopped operations end as soon as their callers poll them; a caller that never
             // polls again cannot be waited for, so this second wait is bounded too.
-            wait_drained(
-                inner,
-                Some(tokio::time::Instant::now() + timeout.max(Duration::from_millis(100))),
-            )
-            .await;
+            let again = tokio::time::Instant::now() + timeout.max(Duration::from_millis(100));
+            inner.lifecycle.wait_drained(&inner.metrics, again).await;
         }
         // Cleanup handlers get what is left of the timeout; then they and the sweeper stop.
         inner
@@ -527,7 +446,7 @@ impl Runtime {
             .wait_idle(Some(deadline.max(tokio::time::Instant::now())))
             .await;
         inner.cleanup.stop_tasks();
-        inner.lifecycle.state.store(STOPPED, Ordering::SeqCst);
+        inner.lifecycle.stopped();
         // One snapshot for all three figures, so that `submitted = Σ outcomes + still_running`
         // holds exactly even while late callers are still being refused.
         let m = inner.metrics.snapshot();
@@ -538,24 +457,6 @@ impl Runtime {
             timed_out,
             still_running: m.in_flight,
             elapsed: started.elapsed(),
-        }
-    }
-}
-
-/// Waits until no operation is in flight or the deadline passes; true if drained.
-async fn wait_drained(inner: &Inner, deadline: Option<tokio::time::Instant>) -> bool {
-    loop {
-        let notified = inner.lifecycle.drained.notified();
-        if inner.metrics.in_flight() == 0 {
-            return true;
-        }
-        match deadline {
-            Some(d) => {
-                if tokio::time::timeout_at(d, notified).await.is_err() {
-                    return inner.metrics.in_flight() == 0;
-                }
-            }
-            None => notified.await,
         }
     }
 }
@@ -592,122 +493,4 @@ impl ShutdownReport {
     pub fn ended(&self) -> u64 {
         self.outcomes.values().sum()
     }
-}
-
-/// A typed reference to one stored entity: what annotated functions take in place of `&mut E`.
-///
-/// Cheap to clone (a runtime `Arc` and a key); `Send + Sync`.
-pub struct Handle<E> {
-    pub(crate) rt: Runtime,
-    pub(crate) key: EntityKey,
-    pub(crate) cache: HandleCache,
-    _entity: PhantomData<fn() -> E>,
-}
-
-/// What a handle remembers so that calls through it skip map lookups: the embedded store's
-/// slot of its entity and its target's staging cell. The cell is *held* by the cache (see
-/// `staging`'s module docs): it stays in the staging map while a handle caching it lives, and
-/// the handle's drop releases it.
-#[derive(Default)]
-pub(crate) struct HandleCache {
-    pub(crate) slot: SlotCache,
-    pub(crate) cell: OnceLock<Arc<TargetCell>>,
-}
-
-impl<E> Clone for Handle<E> {
-    fn clone(&self) -> Self {
-        let cell = OnceLock::new();
-        if let Some(c) = self.cache.cell.get() {
-            let _ = cell.set(c.hold_again());
-        }
-        Self {
-            rt: self.rt.clone(),
-            key: self.key.clone(),
-            cache: HandleCache {
-                slot: self.cache.slot.clone(),
-                cell,
-            },
-            _entity: PhantomData,
-        }
-    }
-}
-
-impl<E> Drop for Handle<E> {
-    fn drop(&mut self) {
-        if let Some(cell) = self.cache.cell.take() {
-            // The last hold on an idle target's cell evicts it: staging memory follows the
-            // live handles.
-            self.rt.inner.staging.release_hold(&self.key, &cell);
-        }
-    }
-}
-
-impl<E> std::fmt::Debug for Handle<E> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Handle({})", self.key)
-    }
-}
-
-impl<E: Entity> Handle<E> {
-    /// The entity's id, of its own id type.
-    #[must_use]
-    pub fn id(&self) -> E::Id {
-        E::Id::from_entity_id(self.key.id)
-    }
-
-    /// The entity's raw id (what stores key by), whatever its id type.
-    #[must_use]
-    pub fn entity_id(&self) -> EntityId {
-        self.key.id
-    }
-
-    /// The entity's store key.
-    #[must_use]
-    pub fn key(&self) -> &EntityKey {
-        &self.key
-    }
-
-    /// The runtime this handle belongs to.
-    #[must_use]
-    pub fn runtime(&self) -> &Runtime {
-        &self.rt
-    }
-
-    /// Reads the current value and version.
-    pub async fn load(&self) -> Result<Versioned<E>, StoreError> {
-        let snap = self.snapshot().await?;
-        Ok(Versioned {
-            value: downcast::<E>(&self.key, &snap)?.clone(),
-            version: snap.version,
-            last_modified: snap.last_modified,
-        })
-    }
-
-    pub(crate) async fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        self.rt
-            .inner
-            .backend
-            .load(&self.key, EntityCodec::of::<E>(), &self.cache.slot)
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                key: self.key.clone(),
-            })
-    }
-}
-
-/// The typed value inside a snapshot.
-pub(crate) fn downcast<'s, E: Entity>(
-    key: &EntityKey,
-    snap: &'s Snapshot,
-) -> Result<&'s E, StoreError> {
-    snap.value
-        .as_any()
-        .downcast_ref::<E>()
-        .ok_or_else(|| StoreError::Codec {
-            key: key.clone(),
-            message: format!(
-                "the store returned a value that is not a `{}`",
-                std::any::type_name::<E>()
-            ),
-        })
 }

@@ -1,18 +1,21 @@
 //! Stage one: per-target staging areas that resolve competing operations by priority before any
 //! of them runs.
 //!
-//! Each target has a small state machine guarded by a short critical section (never held across
-//! an `.await`):
+//! Each target has a small state machine (its `Phase`) guarded by a short critical section
+//! (never held across an `.await`):
 //!
-//! * **idle**: an arriving operation with `staging_timeout_ms = 0` becomes the executing one at
-//!   once; with a window it opens a *collecting* group and waits in it.
-//! * **collecting**: arrivals join the group until the window closes; then the best member (see
-//!   [`conflict_core::policy`]) executes and the others are rejected (`on_lose = "reject"`) or
-//!   stay staged for the next round (`"requeue"`).
-//! * **executing**: arrivals are staged and form the next group, resolved the moment the
-//!   executing operation ends (commit, error, panic, cancellation, preemption). A staged
-//!   operation that outranks the executing one takes over when the executing one's grace
-//!   period has expired (preemption).
+//! * **`Idle`**: an arriving operation with `staging_timeout_ms = 0` becomes the executing one at
+//!   once; with a window it opens a collecting group and waits in it.
+//! * **`Collecting { until }`**: arrivals join the group until the window closes; then the best
+//!   member (by [`policy::rank`]) executes and the others are rejected (`on_lose = "reject"`)
+//!   or stay staged for the next round (`"requeue"`).
+//! * **`Executing`**: arrivals are staged and form the next group, resolved the moment the
+//!   executing operation ends (commit, error, panic, cancellation, preemption). Whether a
+//!   staged operation takes over before that is [`policy::preemption`]'s call: it must outrank
+//!   the executing one, which must not be committing and must have used up its grace period.
+//!
+//! No decision by priority is made here: ranking, displacement ([`policy::select_weakest_by`])
+//! and preemption are `conflict_core::policy`'s pure functions.
 //!
 //! Nothing here spawns a task: the staged operations' own futures wait for their decision (a
 //! oneshot) and for the next deadline (window end, grace end), and whichever wakes first drives
@@ -43,8 +46,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
+use crate::lifecycle::AbortSignal;
 use crate::metrics::{Counter, Metrics};
-use crate::runtime::{AbortSignal, Inner};
 use crate::store::Snapshot;
 
 type CellMap = papaya::HashMap<EntityKey, Arc<TargetCell>, foldhash::fast::RandomState>;
@@ -104,8 +107,7 @@ struct TargetState {
     /// Handles caching this cell plus calls holding it without a handle's cache (see the
     /// module docs). The cell is evicted when this drops to zero while idle.
     holders: u32,
-    executing: Option<Executing>,
-    collecting_until: Option<Instant>,
+    phase: Phase,
     staged: StagedSet,
     /// Operations preempted while executing, with who preempted them, until they notice.
     preempted: Vec<(OpId, Candidate)>,
@@ -113,6 +115,63 @@ struct TargetState {
     /// winner starts from it instead of loading. The store's compare-and-swap still decides;
     /// a stale snapshot (a write from elsewhere) only costs a conflict and a fresh load.
     last: Option<Snapshot>,
+}
+
+/// Where a target's state machine is (see the module docs). Collecting and executing exclude
+/// each other: a window opens only on an idle target, and nothing executes until it closes.
+#[derive(Default)]
+enum Phase {
+    /// Nothing executes and no window is open (operations may be staged only for the instant
+    /// between a window's end and the group's resolution, under the lock).
+    #[default]
+    Idle,
+    /// A staging window is open until `until`: arrivals join the group.
+    Collecting { until: Instant },
+    /// An operation holds the target.
+    Executing(Executing),
+}
+
+impl Phase {
+    fn executing(&self) -> Option<&Executing> {
+        match self {
+            Self::Executing(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    fn executing_mut(&mut self) -> Option<&mut Executing> {
+        match self {
+            Self::Executing(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The executing operation if `op_id` is it.
+    fn executing_as(&mut self, op_id: OpId) -> Option<&mut Executing> {
+        self.executing_mut().filter(|e| e.cand.op_id == op_id)
+    }
+
+    fn is_executing(&self, op_id: OpId) -> bool {
+        self.executing().is_some_and(|e| e.cand.op_id == op_id)
+    }
+
+    /// The executing operation leaves; the phase becomes idle.
+    fn take_executing(&mut self) -> Option<Executing> {
+        match std::mem::take(self) {
+            Self::Executing(e) => Some(e),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+
+    fn collecting_until(&self) -> Option<Instant> {
+        match self {
+            Self::Collecting { until } => Some(*until),
+            _ => None,
+        }
+    }
 }
 
 struct Executing {
@@ -212,7 +271,8 @@ impl StagedSet {
 
     /// The weakest member (admission control displaces it first).
     fn weakest(&self) -> Option<&Staged> {
-        self.heap.iter().min()
+        let all = self.heap.as_slice();
+        policy::select_weakest_by(all, |s| s.cand).map(|i| &all[i])
     }
 
     /// Removes the member that is `op_id`, if staged (O(n): cancellation and displacement only).
@@ -290,10 +350,7 @@ impl TargetCell {
 impl TargetState {
     /// Nothing staged, executing, collecting or waiting to notice a preemption.
     fn is_idle(&self) -> bool {
-        self.executing.is_none()
-            && self.staged.is_empty()
-            && self.collecting_until.is_none()
-            && self.preempted.is_empty()
+        matches!(self.phase, Phase::Idle) && self.staged.is_empty() && self.preempted.is_empty()
     }
 
     /// Who preempted `op_id`. Only preemption takes the executing slot from a live guard, and
@@ -311,6 +368,16 @@ impl TargetState {
 }
 
 impl Executing {
+    /// What the preemption rule needs to know about this operation at `now`.
+    fn incumbent(&self, now: Instant) -> policy::Incumbent {
+        policy::Incumbent {
+            priority: self.cand.effective_priority,
+            executing_for: now.saturating_duration_since(self.started),
+            grace: self.grace,
+            committing: self.committing,
+        }
+    }
+
     fn new(cand: Candidate, grace: Duration, now: Instant) -> Self {
         Self {
             cand,
@@ -438,10 +505,9 @@ impl Staging {
                 }));
                 continue;
             }
-            let idle =
-                st.executing.is_none() && st.collecting_until.is_none() && st.staged.is_empty();
+            let idle = matches!(st.phase, Phase::Idle) && st.staged.is_empty();
             if idle && cfg.staging_timeout_ms == 0 {
-                st.executing = Some(Executing::new(cand, grace, submitted));
+                st.phase = Phase::Executing(Executing::new(cand, grace, submitted));
                 self.metrics.add(Counter::StagingGroups, 1);
                 drop(st);
                 let guard = ExecGuard {
@@ -454,7 +520,9 @@ impl Staging {
             let now = Instant::now();
             self.admit(&mut st, cand, cfg)?;
             if idle {
-                st.collecting_until = Some(now + Duration::from_millis(cfg.staging_timeout_ms));
+                st.phase = Phase::Collecting {
+                    until: now + Duration::from_millis(cfg.staging_timeout_ms),
+                };
             }
             let (tx, rx) = oneshot::channel();
             st.staged.push(Staged {
@@ -466,11 +534,9 @@ impl Staging {
             self.metrics.add(Counter::Staged, 1);
             // A newcomer that outranks the executing operation may take over now (if its grace
             // has run out); nothing else can change by an arrival.
-            if st
-                .executing
-                .as_ref()
-                .is_some_and(|e| cand.effective_priority > e.cand.effective_priority)
-            {
+            if st.phase.executing().is_some_and(|e| {
+                policy::outranks(cand.effective_priority, e.cand.effective_priority)
+            }) {
                 self.reconcile(&mut st, now);
             }
             drop(st);
@@ -540,60 +606,47 @@ impl Staging {
     /// Drives a target's state machine as far as it can go at `now`; returns when staged
     /// operations should look again (window end or grace end), if ever.
     fn reconcile(&self, st: &mut TargetState, now: Instant) -> Option<Instant> {
-        if let Some(until) = st.collecting_until {
+        if let Some(until) = st.phase.collecting_until() {
             if now < until {
                 return Some(until);
             }
-            st.collecting_until = None;
+            st.phase = Phase::Idle;
         }
         loop {
-            if st.staged.is_empty() {
+            let best = st.staged.peek()?;
+            let Some(ex) = st.phase.executing() else {
+                self.resolve_group(st, now);
+                if st.phase.executing().is_none() {
+                    // Every candidate had gone; look at the rest (if any) again.
+                    continue;
+                }
                 return None;
+            };
+            match policy::preemption(&ex.incumbent(now), best.cand.effective_priority) {
+                policy::Preemption::Never | policy::Preemption::AfterCommit => return None,
+                policy::Preemption::After(left) => return Some(now + left),
+                policy::Preemption::Now => {}
             }
-            match &st.executing {
-                None => {
-                    self.resolve_group(st, now);
-                    if st.executing.is_none() {
-                        // Every candidate had gone; look at the rest (if any) again.
-                        continue;
-                    }
-                    return None;
-                }
-                Some(ex) => {
-                    let (committing, ex_priority, grace_end) = (
-                        ex.committing,
-                        ex.cand.effective_priority,
-                        ex.started + ex.grace,
-                    );
-                    let best = st.staged.peek()?;
-                    if committing || best.cand.effective_priority <= ex_priority {
-                        return None;
-                    }
-                    if now < grace_end {
-                        return Some(grace_end);
-                    }
-                    // Preempt: the executing operation's commit will be refused and its body is
-                    // woken; the best staged operation executes in its place.
-                    let staged = st.staged.pop()?;
-                    self.release_permits(1);
-                    let (by, by_grace) = (staged.cand, staged.grace);
-                    if staged.tx.send(Decision::Run).is_err() {
-                        // Its caller is gone (its waiter will not find itself staged and will
-                        // release nothing, since it never executed). Try the next best.
-                        continue;
-                    }
-                    if let Some(old) = st.executing.take() {
-                        st.preempted.push((old.cand.op_id, by));
-                        // Wakes the preempted body so it stops now instead of at its commit.
-                        if let Some(w) = old.waker {
-                            w.wake();
-                        }
-                    }
-                    st.executing = Some(Executing::new(by, by_grace, now));
-                    self.metrics.add(Counter::Preemptions, 1);
-                    return None;
+            // Preempt: the executing operation's commit will be refused and its body is
+            // woken; the best staged operation executes in its place.
+            let staged = st.staged.pop()?;
+            self.release_permits(1);
+            let (by, by_grace) = (staged.cand, staged.grace);
+            if staged.tx.send(Decision::Run).is_err() {
+                // Its caller is gone (its waiter will not find itself staged and will
+                // release nothing, since it never executed). Try the next best.
+                continue;
+            }
+            if let Some(old) = st.phase.take_executing() {
+                st.preempted.push((old.cand.op_id, by));
+                // Wakes the preempted body so it stops now instead of at its commit.
+                if let Some(w) = old.waker {
+                    w.wake();
                 }
             }
+            st.phase = Phase::Executing(Executing::new(by, by_grace, now));
+            self.metrics.add(Counter::Preemptions, 1);
+            return None;
         }
     }
 
@@ -609,7 +662,7 @@ impl Staging {
                 break (staged.cand, staged.grace);
             }
         };
-        st.executing = Some(Executing::new(winner, grace, now));
+        st.phase = Phase::Executing(Executing::new(winner, grace, now));
         self.metrics.add(Counter::StagingGroups, 1);
         self.metrics.group_size(group_size);
         if group_size > 1 {
@@ -633,7 +686,9 @@ impl Staging {
         let mut n = 0;
         for (_, cell) in self.cells.iter(&guard) {
             let mut st = cell.lock();
-            st.collecting_until = None;
+            if st.phase.collecting_until().is_some() {
+                st.phase = Phase::Idle;
+            }
             let all = st.staged.take_all();
             self.release_permits(all.len());
             for s in all {
@@ -649,7 +704,11 @@ impl Staging {
     pub(crate) fn wake_executing(&self) {
         let guard = self.cells.guard();
         for (_, cell) in self.cells.iter(&guard) {
-            let waker = cell.lock().executing.as_mut().and_then(|e| e.waker.take());
+            let waker = cell
+                .lock()
+                .phase
+                .executing_mut()
+                .and_then(|e| e.waker.take());
             if let Some(w) = waker {
                 w.wake();
             }
@@ -658,8 +717,8 @@ impl Staging {
 
     /// The executing operation leaves its target: the next group (if any) is resolved.
     fn hand_on(&self, st: &mut TargetState) {
-        st.executing = None;
-        if !st.staged.is_empty() || st.collecting_until.is_some() {
+        st.phase.take_executing();
+        if !st.staged.is_empty() || st.phase.collecting_until().is_some() {
             self.reconcile(st, Instant::now());
         }
     }
@@ -667,12 +726,9 @@ impl Staging {
     /// Whether `op_id` is the operation executing on `key` (it holds the target).
     pub(crate) fn is_executing(&self, key: &EntityKey, op_id: OpId) -> bool {
         let guard = self.cells.guard();
-        self.cells.get(key, &guard).is_some_and(|c| {
-            c.lock()
-                .executing
-                .as_ref()
-                .is_some_and(|e| e.cand.op_id == op_id)
-        })
+        self.cells
+            .get(key, &guard)
+            .is_some_and(|c| c.lock().phase.is_executing(op_id))
     }
 
     /// Removes the state of targets that are idle and held by nobody (normally none: the last
@@ -701,15 +757,16 @@ impl Staging {
         let mut targets = Vec::new();
         for (key, cell) in self.cells.iter(&guard) {
             let st = cell.lock();
-            if st.staged.is_empty() && st.executing.is_none() && st.collecting_until.is_none() {
+            if st.staged.is_empty() && matches!(st.phase, Phase::Idle) {
                 continue;
             }
+            let executing = st.phase.executing();
             targets.push(TargetStatus {
                 target: key.clone(),
                 staged: st.staged.len(),
-                executing: st.executing.as_ref().map(|e| e.cand.op_id),
-                executing_priority: st.executing.as_ref().map(|e| e.cand.effective_priority),
-                collecting: st.collecting_until.is_some(),
+                executing: executing.map(|e| e.cand.op_id),
+                executing_priority: executing.map(|e| e.cand.effective_priority),
+                collecting: st.phase.collecting_until().is_some(),
             });
         }
         targets.sort_by(|a, b| a.target.cmp(&b.target));
@@ -804,18 +861,18 @@ impl Waiter<'_> {
     /// When this waiter should look at its target again, if ever.
     fn next_wake(&self, cand: Candidate) -> Wake {
         let st = self.cell.lock();
-        if let Some(until) = st.collecting_until {
-            return Wake::At(until);
-        }
-        match &st.executing {
-            Some(e) if cand.effective_priority > e.cand.effective_priority => {
-                if e.committing {
-                    Wake::CommitEnd
-                } else {
-                    Wake::At(e.started + e.grace)
+        match &st.phase {
+            Phase::Collecting { until } => Wake::At(*until),
+            Phase::Executing(e) => {
+                match policy::preemption(&e.incumbent(Instant::now()), cand.effective_priority) {
+                    policy::Preemption::Never => Wake::Never,
+                    policy::Preemption::AfterCommit => Wake::CommitEnd,
+                    policy::Preemption::After(_) | policy::Preemption::Now => {
+                        Wake::At(e.started + e.grace)
+                    }
                 }
             }
-            _ => Wake::Never,
+            Phase::Idle => Wake::Never,
         }
     }
 }
@@ -838,8 +895,8 @@ impl Drop for Waiter<'_> {
             // Leaving unblocks nobody (decisions are made by rank, not position), so there is
             // nothing to reconcile; but the last member of a collecting group closes its window,
             // which nobody else would wake for.
-            if st.staged.is_empty() {
-                st.collecting_until = None;
+            if st.staged.is_empty() && st.phase.collecting_until().is_some() {
+                st.phase = Phase::Idle;
             }
             return;
         }
@@ -869,11 +926,9 @@ impl ExecGuard<'_> {
     /// returns who preempted it.
     pub(crate) fn begin_commit(&self) -> Result<(), Candidate> {
         let mut st = self.cell.lock();
-        if let Some(e) = st.executing.as_mut() {
-            if e.cand.op_id == self.op_id {
-                e.committing = true;
-                return Ok(());
-            }
+        if let Some(e) = st.phase.executing_as(self.op_id) {
+            e.committing = true;
+            return Ok(());
         }
         Err(st.preemptor(self.op_id))
     }
@@ -881,16 +936,14 @@ impl ExecGuard<'_> {
     /// Leaves the commit phase after a conflict; a waiting preemptor may take over now.
     pub(crate) fn end_commit(&self) {
         let mut st = self.cell.lock();
-        if let Some(e) = st.executing.as_mut() {
-            if e.cand.op_id == self.op_id {
-                e.committing = false;
-                if !st.staged.is_empty() {
-                    self.staging.reconcile(&mut st, Instant::now());
-                    drop(st);
-                    // Staged operations that outrank this one stopped watching its grace end
-                    // while it committed: they look again (and preempt at the grace end).
-                    self.cell.commit_ended.notify_waiters();
-                }
+        if let Some(e) = st.phase.executing_as(self.op_id) {
+            e.committing = false;
+            if !st.staged.is_empty() {
+                self.staging.reconcile(&mut st, Instant::now());
+                drop(st);
+                // Staged operations that outrank this one stopped watching its grace end
+                // while it committed: they look again (and preempt at the grace end).
+                self.cell.commit_ended.notify_waiters();
             }
         }
     }
@@ -898,7 +951,7 @@ impl ExecGuard<'_> {
     /// For a commit that runs in a task of its own: the slot stays this operation's until the
     /// returned [`CommitSlot`] settles, even if this guard (the call) is dropped first. Called
     /// in the commit phase (no preemption), so the operation is the executing one.
-    pub(crate) fn commit_slot(&self, rt: &Arc<Inner>, key: &EntityKey) -> CommitSlot {
+    pub(crate) fn commit_slot(&self, staging: &Arc<Staging>, key: &EntityKey) -> CommitSlot {
         let cell = match &self.cell {
             CellRef::Cached(c) => Arc::clone(c),
             CellRef::Held(h) => Arc::clone(&h.cell),
@@ -907,14 +960,12 @@ impl ExecGuard<'_> {
             let mut st = cell.lock();
             // The slot's own hold: the cell is released (and evicted if idle) by the slot.
             st.holders += 1;
-            if let Some(e) = st.executing.as_mut() {
-                if e.cand.op_id == self.op_id {
-                    e.commit_in_flight = true;
-                }
+            if let Some(e) = st.phase.executing_as(self.op_id) {
+                e.commit_in_flight = true;
             }
         }
         CommitSlot {
-            rt: Arc::clone(rt),
+            staging: Arc::clone(staging),
             key: key.clone(),
             cell,
             op_id: self.op_id,
@@ -936,8 +987,8 @@ impl ExecGuard<'_> {
     /// unless the operation has already been preempted. One short critical section.
     pub(crate) fn watch(&self, waker: &Waker) -> Watch {
         let mut st = self.cell.lock();
-        match st.executing.as_mut() {
-            Some(e) if e.cand.op_id == self.op_id => {
+        match st.phase.executing_as(self.op_id) {
+            Some(e) => {
                 match &e.waker {
                     Some(w) if w.will_wake(waker) => {}
                     _ => e.waker = Some(waker.clone()),
@@ -952,14 +1003,14 @@ impl ExecGuard<'_> {
 impl Drop for ExecGuard<'_> {
     fn drop(&mut self) {
         let mut st = self.cell.lock();
-        match st.executing.as_mut() {
-            Some(e) if e.cand.op_id == self.op_id && e.commit_in_flight => {
+        match st.phase.executing_as(self.op_id) {
+            Some(e) if e.commit_in_flight => {
                 // The call was dropped while its commit runs on: the target stays this
                 // operation's until the commit settles, and its `CommitSlot` hands it on.
                 e.orphaned = true;
             }
-            Some(e) if e.cand.op_id == self.op_id => self.staging.hand_on(&mut st),
-            _ => st.preempted.retain(|(id, _)| *id != self.op_id),
+            Some(_) => self.staging.hand_on(&mut st),
+            None => st.preempted.retain(|(id, _)| *id != self.op_id),
         }
     }
 }
@@ -969,7 +1020,7 @@ impl Drop for ExecGuard<'_> {
 /// if the call was dropped meanwhile, releases the executing slot the call's guard left
 /// behind. So a dropped call's commit keeps its target until it is known whether it applied.
 pub(crate) struct CommitSlot {
-    rt: Arc<Inner>,
+    staging: Arc<Staging>,
     key: EntityKey,
     cell: Arc<TargetCell>,
     op_id: OpId,
@@ -985,16 +1036,12 @@ impl CommitSlot {
 
 impl Drop for CommitSlot {
     fn drop(&mut self) {
-        let staging = &self.rt.staging;
+        let staging = &self.staging;
         {
             let mut st = self.cell.lock();
-            let ours = st
-                .executing
-                .as_ref()
-                .is_some_and(|e| e.cand.op_id == self.op_id);
-            if ours {
+            if st.phase.is_executing(self.op_id) {
                 st.last = self.wrote.take();
-                let orphaned = st.executing.as_mut().is_some_and(|e| {
+                let orphaned = st.phase.executing_as(self.op_id).is_some_and(|e| {
                     e.commit_in_flight = false;
                     e.orphaned
                 });
