@@ -56,8 +56,15 @@ pub enum CleanupStrategy {
 }
 
 impl CleanupStrategy {
-    /// Every strategy, in declaration order.
-    pub const ALL: [Self; 5] = [
+    /// Every strategy, in declaration order: the vocabulary of `cleanup(strategy = "...")`.
+    ///
+    /// ```
+    /// use conflict_core::CleanupStrategy;
+    /// for s in CleanupStrategy::ALL {
+    ///     assert_eq!(CleanupStrategy::from_name(s.name()), Some(*s));
+    /// }
+    /// ```
+    pub const ALL: &'static [Self] = &[
         Self::None,
         Self::Immediate,
         Self::Deferred,
