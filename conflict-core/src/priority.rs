@@ -42,10 +42,10 @@ impl OperationPriority {
     /// use conflict_core::OperationPriority;
     /// for p in OperationPriority::NAMED {
     ///     let name = p.name().unwrap();
-    ///     assert_eq!(OperationPriority::from_name(name), Some(*p));
+    ///     assert_eq!(OperationPriority::from_name(name), Some(p));
     /// }
     /// ```
-    pub const NAMED: &'static [Self] = &[
+    pub const NAMED: [Self; 5] = [
         Self::CRITICAL,
         Self::HIGH,
         Self::NORMAL,
@@ -227,10 +227,10 @@ impl OpClass {
     /// ```
     /// use conflict_core::OpClass;
     /// for c in OpClass::ALL {
-    ///     assert_eq!(OpClass::from_name(c.name()), Some(*c));
+    ///     assert_eq!(OpClass::from_name(c.name()), Some(c));
     /// }
     /// ```
-    pub const ALL: &'static [Self] = &[Self::Structural, Self::Normal, Self::LowPriority];
+    pub const ALL: [Self; 3] = [Self::Structural, Self::Normal, Self::LowPriority];
 
     /// The class's default priority.
     #[must_use]
@@ -308,7 +308,7 @@ mod tests {
             .filter(|p| p.name().is_some())
             .collect();
         with_name.reverse();
-        assert_eq!(OperationPriority::NAMED, with_name.as_slice());
+        assert_eq!(OperationPriority::NAMED.as_slice(), with_name.as_slice());
     }
 
     #[test]

@@ -423,7 +423,7 @@ impl FromValue for syn::Path {
 macro_rules! core_vocabulary {
     ($($t:ty),*) => {$(
         impl Vocabulary for $t {
-            const ALL: &'static [Self] = <$t>::ALL;
+            const ALL: &'static [Self] = &<$t>::ALL;
 
             fn name(self) -> &'static str {
                 <$t>::name(self)
@@ -582,13 +582,13 @@ mod tests {
     /// The value vocabularies are core's: every name core knows is accepted and listed.
     #[test]
     fn core_vocabularies_accept_and_list_every_core_name() {
-        for &s in CleanupStrategy::ALL {
+        for s in CleanupStrategy::ALL {
             assert_eq!(<CleanupStrategy as Vocabulary>::find(s.name()), Some(s));
             assert!(
                 <CleanupStrategy as Vocabulary>::list('"').contains(&format!("\"{}\"", s.name()))
             );
         }
-        for &m in ResolutionMode::ALL {
+        for m in ResolutionMode::ALL {
             assert_eq!(<ResolutionMode as Vocabulary>::find(m.name()), Some(m));
         }
         assert_eq!(<OnLose as Vocabulary>::list('"'), "\"reject\", \"requeue\"");

@@ -213,7 +213,7 @@ mod tests {
     /// Every variant names its own path (a swapped arm would name another variant).
     #[test]
     fn enums_name_their_variant() {
-        for &s in CleanupStrategy::ALL {
+        for s in CleanupStrategy::ALL {
             let want = format!("{s:?}");
             assert_eq!(
                 expr(&s),

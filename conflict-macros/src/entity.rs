@@ -1,7 +1,7 @@
 //! `#[derive(Entity)]`.
 
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
+use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields};
 
@@ -48,11 +48,12 @@ struct Flag;
 
 impl FromArg for Flag {
     fn from_arg(arg: &Arg, errors: &mut Errors) -> Option<(Self, TokenStream)> {
-        if let ArgKind::Flag = arg.kind {
-            return Some((Self, arg.tokens()));
+        if !matches!(arg.kind, ArgKind::Flag) {
+            errors.spanned(&arg.key, "`id` takes no value: write `#[entity(id)]`");
         }
-        errors.spanned(&arg.key, "`id` takes no value: write `#[entity(id)]`");
-        None
+        // Even with a value the field is marked as the id, so that the mistake is not reported
+        // a second time as a missing id field.
+        Some((Self, arg.key.to_token_stream()))
     }
 }
 

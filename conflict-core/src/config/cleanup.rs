@@ -61,10 +61,10 @@ impl CleanupStrategy {
     /// ```
     /// use conflict_core::CleanupStrategy;
     /// for s in CleanupStrategy::ALL {
-    ///     assert_eq!(CleanupStrategy::from_name(s.name()), Some(*s));
+    ///     assert_eq!(CleanupStrategy::from_name(s.name()), Some(s));
     /// }
     /// ```
-    pub const ALL: &'static [Self] = &[
+    pub const ALL: [Self; 5] = [
         Self::None,
         Self::Immediate,
         Self::Deferred,

@@ -148,10 +148,10 @@ impl ResolutionMode {
     /// ```
     /// use conflict_core::ResolutionMode;
     /// for m in ResolutionMode::ALL {
-    ///     assert_eq!(ResolutionMode::from_name(m.name()), Some(*m));
+    ///     assert_eq!(ResolutionMode::from_name(m.name()), Some(m));
     /// }
     /// ```
-    pub const ALL: &'static [Self] = &[Self::None, Self::PreEcs, Self::Occ, Self::Both];
+    pub const ALL: [Self; 4] = [Self::None, Self::PreEcs, Self::Occ, Self::Both];
 
     /// Whether competing calls are staged and resolved by priority.
     #[must_use]
@@ -266,7 +266,7 @@ mod tests {
 
     #[test]
     fn mode_round_trips_and_switches() {
-        for &m in ResolutionMode::ALL {
+        for m in ResolutionMode::ALL {
             assert_eq!(ResolutionMode::from_name(m.name()), Some(m));
             assert_eq!(ResolutionMode::from_stages(m.staging(), m.occ()), m);
         }

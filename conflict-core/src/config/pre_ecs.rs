@@ -27,10 +27,10 @@ impl OnLose {
     /// ```
     /// use conflict_core::OnLose;
     /// for o in OnLose::ALL {
-    ///     assert_eq!(OnLose::from_name(o.name()), Some(*o));
+    ///     assert_eq!(OnLose::from_name(o.name()), Some(o));
     /// }
     /// ```
-    pub const ALL: &'static [Self] = &[Self::Reject, Self::Requeue];
+    pub const ALL: [Self; 2] = [Self::Reject, Self::Requeue];
 
     /// Parses `reject` or `requeue`.
     #[must_use]
