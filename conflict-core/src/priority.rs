@@ -36,6 +36,22 @@ impl OperationPriority {
     pub const MIN: Self = Self(1);
     /// The highest valid priority.
     pub const MAX: Self = Self(10);
+    /// The levels with a name, highest first: the names `priority = ...` accepts besides numbers.
+    ///
+    /// ```
+    /// use conflict_core::OperationPriority;
+    /// for p in OperationPriority::NAMED {
+    ///     let name = p.name().unwrap();
+    ///     assert_eq!(OperationPriority::from_name(name), Some(p));
+    /// }
+    /// ```
+    pub const NAMED: [Self; 5] = [
+        Self::CRITICAL,
+        Self::HIGH,
+        Self::NORMAL,
+        Self::LOW,
+        Self::BACKGROUND,
+    ];
 
     /// A priority from a number in `1..=10`.
     pub const fn new(value: u8) -> Result<Self, PriorityError> {
@@ -206,6 +222,16 @@ pub enum OpClass {
 }
 
 impl OpClass {
+    /// Every class, in declaration order: the vocabulary of `op_class = "..."`.
+    ///
+    /// ```
+    /// use conflict_core::OpClass;
+    /// for c in OpClass::ALL {
+    ///     assert_eq!(OpClass::from_name(c.name()), Some(c));
+    /// }
+    /// ```
+    pub const ALL: [Self; 3] = [Self::Structural, Self::Normal, Self::LowPriority];
+
     /// The class's default priority.
     #[must_use]
     pub const fn default_priority(self) -> OperationPriority {
@@ -276,6 +302,13 @@ mod tests {
             );
         }
         assert_eq!(OperationPriority::from_name("urgent"), None);
+        // `NAMED` (the macro's vocabulary) is exactly the levels that have a name, highest first.
+        let mut with_name: Vec<_> = (1..=10)
+            .filter_map(|v| OperationPriority::new(v).ok())
+            .filter(|p| p.name().is_some())
+            .collect();
+        with_name.reverse();
+        assert_eq!(OperationPriority::NAMED.as_slice(), with_name.as_slice());
     }
 
     #[test]

@@ -1,427 +1,21 @@
-//! The attribute grammar: `#[with_conflict_resolution(...)]` parsed into typed configuration.
+//! The grammar of `#[with_conflict_resolution(...)]`: the top level and its three sections as
+//! typed structs, one [`Attr`] per key, resolved into an [`OperationConfig`].
 //!
-//! ```text
-//! args     := arg (',' arg)* ','?
-//! arg      := key | key '=' value | key '(' args ')'
-//! value    := int | '-' int | float | string | bool | ident | '[' value,* ']'
-//! ```
-//!
-//! Parsing is two steps: tokens into a small tree of [`Arg`]s (syntax errors stop here, with
-//! the span of the unexpected token), then the tree into an [`OperationConfig`], collecting
-//! every semantic error (unknown or repeated keys, wrong literal types, values out of range,
-//! contradictions) into one combined error, each with the span of the offending tokens. Ranges
-//! are checked by `conflict_core`'s own `validate()` so compile-time and start-up checks agree.
-
-use std::collections::HashMap;
+//! Each section's keys are an enum read by an exhaustive `match`, and the value vocabularies are
+//! `conflict_core`'s (see [`crate::attr`]). Every mistake is collected (unknown or repeated keys,
+//! wrong literal types, values out of range, contradictions) and reported together, each at the
+//! span of the offending tokens. Ranges are checked by `conflict_core`'s own `validate()`, so
+//! compile-time and start-up checks agree.
 
 use conflict_core::{
     CleanupConfig, CleanupStrategy, ConfigError, OccConfig, OnLose, OpClass, OperationConfig,
     OperationPriority, PreEcsConfig, PrioritySet, ResolutionMode,
 };
-use proc_macro2::{Span, TokenStream};
-use quote::{ToTokens, quote};
-use syn::ext::IdentExt;
+use proc_macro2::TokenStream;
 use syn::parse::{Parse, ParseStream};
-use syn::punctuated::Punctuated;
-use syn::{Ident, LitBool, LitFloat, LitInt, LitStr, Token, bracketed, parenthesized};
 
-/// A literal value, with its tokens for error spans.
-#[derive(Clone)]
-pub(crate) enum Value {
-    Int(i128, TokenStream),
-    Float(f64, TokenStream),
-    Str(String, TokenStream),
-    Bool(bool, TokenStream),
-    Ident(Ident),
-    List(Vec<Value>, TokenStream),
-}
-
-impl Value {
-    fn tokens(&self) -> TokenStream {
-        match self {
-            Self::Int(_, t) | Self::Float(_, t) | Self::Str(_, t) | Self::Bool(_, t) => t.clone(),
-            Self::Ident(i) => i.to_token_stream(),
-            Self::List(_, t) => t.clone(),
-        }
-    }
-
-    fn describe(&self) -> &'static str {
-        match self {
-            Self::Int(..) => "an integer",
-            Self::Float(..) => "a float",
-            Self::Str(..) => "a string",
-            Self::Bool(..) => "a bool",
-            Self::Ident(_) => "an identifier",
-            Self::List(..) => "a list",
-        }
-    }
-}
-
-impl Parse for Value {
-    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
-        let la = input.lookahead1();
-        // `-` first: a negative literal is two tokens, and keeping both gives the error span
-        // `-1` rather than `-`.
-        if la.peek(Token![-]) {
-            let minus: Token![-] = input.parse()?;
-            let la = input.lookahead1();
-            if la.peek(LitInt) {
-                let lit: LitInt = input.parse()?;
-                let v: i128 = lit.base10_parse()?;
-                Ok(Self::Int(-v, quote!(#minus #lit)))
-            } else if la.peek(LitFloat) {
-                let lit: LitFloat = input.parse()?;
-                let v: f64 = lit.base10_parse()?;
-                Ok(Self::Float(-v, quote!(#minus #lit)))
-            } else {
-                Err(la.error())
-            }
-        } else if la.peek(LitInt) {
-            let lit: LitInt = input.parse()?;
-            Ok(Self::Int(lit.base10_parse()?, lit.to_token_stream()))
-        } else if la.peek(LitFloat) {
-            let lit: LitFloat = input.parse()?;
-            Ok(Self::Float(lit.base10_parse()?, lit.to_token_stream()))
-        } else if la.peek(LitStr) {
-            let lit: LitStr = input.parse()?;
-            Ok(Self::Str(lit.value(), lit.to_token_stream()))
-        } else if la.peek(LitBool) {
-            let lit: LitBool = input.parse()?;
-            Ok(Self::Bool(lit.value, lit.to_token_stream()))
-        } else if la.peek(syn::token::Bracket) {
-            let content;
-            let bracket = bracketed!(content in input);
-            let items = Punctuated::<Value, Token![,]>::parse_terminated(&content)?;
-            let mut tokens = TokenStream::new();
-            bracket.surround(&mut tokens, |t| items.to_tokens_with(t));
-            Ok(Self::List(items.into_iter().collect(), tokens))
-        } else if la.peek(Ident::peek_any) {
-            Ok(Self::Ident(input.call(Ident::parse_any)?))
-        } else {
-            Err(la.error())
-        }
-    }
-}
-
-trait ToTokensWith {
-    fn to_tokens_with(&self, tokens: &mut TokenStream);
-}
-
-impl ToTokensWith for Punctuated<Value, Token![,]> {
-    fn to_tokens_with(&self, tokens: &mut TokenStream) {
-        for pair in self.pairs() {
-            tokens.extend(pair.value().tokens());
-            if let Some(p) = pair.punct() {
-                p.to_tokens(tokens);
-            }
-        }
-    }
-}
-
-/// One `key`, `key = value` or `key(...)`.
-pub(crate) struct Arg {
-    key: Ident,
-    kind: ArgKind,
-}
-
-enum ArgKind {
-    Flag,
-    Value(Value),
-    List(Vec<Arg>, TokenStream),
-}
-
-impl Arg {
-    fn tokens(&self) -> TokenStream {
-        let key = &self.key;
-        match &self.kind {
-            ArgKind::Flag => key.to_token_stream(),
-            ArgKind::Value(v) => {
-                let v = v.tokens();
-                quote!(#key = #v)
-            }
-            ArgKind::List(_, t) => quote!(#key #t),
-        }
-    }
-}
-
-impl Parse for Arg {
-    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
-        let key = input.call(Ident::parse_any)?;
-        let kind = if input.peek(Token![=]) {
-            input.parse::<Token![=]>()?;
-            ArgKind::Value(input.parse()?)
-        } else if input.peek(syn::token::Paren) {
-            let content;
-            let paren = parenthesized!(content in input);
-            let items = Punctuated::<Arg, Token![,]>::parse_terminated(&content)?;
-            let mut tokens = TokenStream::new();
-            paren.surround(&mut tokens, |t| {
-                for pair in items.pairs() {
-                    t.extend(pair.value().tokens());
-                    if let Some(p) = pair.punct() {
-                        p.to_tokens(t);
-                    }
-                }
-            });
-            ArgKind::List(items.into_iter().collect(), tokens)
-        } else if input.is_empty() || input.peek(Token![,]) {
-            ArgKind::Flag
-        } else {
-            return Err(input.error("expected `=`, `(...)`, `,` or the end of the arguments"));
-        };
-        Ok(Self { key, kind })
-    }
-}
-
-/// Collects errors so that all of them are reported together.
-#[derive(Default)]
-pub(crate) struct Errors(Option<syn::Error>);
-
-impl Errors {
-    pub(crate) fn push(&mut self, e: syn::Error) {
-        match &mut self.0 {
-            Some(all) => all.combine(e),
-            None => self.0 = Some(e),
-        }
-    }
-
-    pub(crate) fn spanned(&mut self, tokens: impl ToTokens, msg: impl std::fmt::Display) {
-        self.push(syn::Error::new_spanned(tokens, msg));
-    }
-
-    pub(crate) fn finish(self) -> syn::Result<()> {
-        self.0.map_or(Ok(()), Err)
-    }
-}
-
-/// Rejects keys given twice, at the second occurrence.
-fn check_duplicates(args: &[Arg], errors: &mut Errors) {
-    let mut seen: HashMap<String, ()> = HashMap::new();
-    for a in args {
-        let k = a.key.unraw().to_string();
-        if seen.insert(k.clone(), ()).is_some() {
-            errors.spanned(&a.key, format!("`{k}` given twice"));
-        }
-    }
-}
-
-fn unknown(errors: &mut Errors, key: &Ident, place: &str, expected: &[&str]) {
-    let list = expected
-        .iter()
-        .map(|k| format!("`{k}`"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    errors.spanned(
-        key,
-        format!("unknown argument `{key}`{place}: expected one of {list}"),
-    );
-}
-
-/// Reads `key = value`; reports a shape error otherwise.
-fn value_of<'a>(arg: &'a Arg, errors: &mut Errors, form: &str) -> Option<&'a Value> {
-    match &arg.kind {
-        ArgKind::Value(v) => Some(v),
-        _ => {
-            errors.spanned(arg.tokens(), format!("expected `{} = {form}`", arg.key));
-            None
-        }
-    }
-}
-
-fn int<T: TryFrom<i128>>(key: &Ident, v: &Value, errors: &mut Errors) -> Option<T> {
-    match v {
-        Value::Int(i, t) => {
-            if *i < 0 {
-                errors.spanned(t, format!("`{key}` must not be negative, got {i}"));
-                return None;
-            }
-            match T::try_from(*i) {
-                Ok(x) => Some(x),
-                Err(_) => {
-                    errors.spanned(t, format!("`{key}` = {i} is too large"));
-                    None
-                }
-            }
-        }
-        other => {
-            errors.spanned(
-                other.tokens(),
-                format!(
-                    "expected an integer for `{key}`, found {}",
-                    other.describe()
-                ),
-            );
-            None
-        }
-    }
-}
-
-fn float(key: &Ident, v: &Value, errors: &mut Errors) -> Option<f64> {
-    match v {
-        Value::Float(f, _) => Some(*f),
-        Value::Int(i, _) => Some(*i as f64),
-        other => {
-            errors.spanned(
-                other.tokens(),
-                format!("expected a number for `{key}`, found {}", other.describe()),
-            );
-            None
-        }
-    }
-}
-
-fn boolean(key: &Ident, v: &Value, errors: &mut Errors) -> Option<bool> {
-    match v {
-        Value::Bool(b, _) => Some(*b),
-        other => {
-            errors.spanned(
-                other.tokens(),
-                format!(
-                    "expected `true` or `false` for `{key}`, found {}",
-                    other.describe()
-                ),
-            );
-            None
-        }
-    }
-}
-
-fn string<'a>(key: &Ident, v: &'a Value, errors: &mut Errors) -> Option<&'a str> {
-    match v {
-        Value::Str(s, _) => Some(s),
-        other => {
-            errors.spanned(
-                other.tokens(),
-                format!(
-                    "expected a string literal for `{key}`, found {}",
-                    other.describe()
-                ),
-            );
-            None
-        }
-    }
-}
-
-/// A string naming one of a fixed set of choices.
-fn choice<T>(
-    key: &Ident,
-    v: &Value,
-    errors: &mut Errors,
-    parse: fn(&str) -> Option<T>,
-    choices: &[&str],
-) -> Option<T> {
-    let s = string(key, v, errors)?;
-    let r = parse(s);
-    if r.is_none() {
-        let list = choices
-            .iter()
-            .map(|c| format!("\"{c}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        errors.spanned(
-            v.tokens(),
-            format!("unknown `{key}` \"{s}\": expected one of {list}"),
-        );
-    }
-    r
-}
-
-fn priority(key: &Ident, v: &Value, errors: &mut Errors) -> Option<OperationPriority> {
-    const HELP: &str =
-        "1..=10 or one of CRITICAL (10), HIGH (8), NORMAL (5), LOW (2), BACKGROUND (1)";
-    let r = match v {
-        Value::Int(i, _) => u8::try_from(*i)
-            .ok()
-            .and_then(|p| OperationPriority::new(p).ok()),
-        Value::Str(s, _) => OperationPriority::from_name(s),
-        Value::Ident(i) => OperationPriority::from_name(&i.to_string()),
-        _ => None,
-    };
-    if r.is_none() {
-        let shown = match v {
-            Value::Int(i, _) => i.to_string(),
-            Value::Str(s, _) => format!("\"{s}\""),
-            Value::Ident(i) => i.to_string(),
-            other => other.describe().to_string(),
-        };
-        errors.spanned(
-            v.tokens(),
-            format!("invalid priority {shown} for `{key}`: expected {HELP}"),
-        );
-    }
-    r
-}
-
-fn priority_list(key: &Ident, v: &Value, errors: &mut Errors) -> Option<PrioritySet> {
-    match v {
-        Value::List(items, _) => {
-            let mut set = PrioritySet::EMPTY;
-            let mut ok = true;
-            for item in items {
-                match priority(key, item, errors) {
-                    Some(p) => set = set.with(p),
-                    None => ok = false,
-                }
-            }
-            ok.then_some(set)
-        }
-        other => {
-            errors.spanned(
-                other.tokens(),
-                format!("expected a list of priorities for `{key}`, e.g. `{key} = [CRITICAL, 8]`"),
-            );
-            None
-        }
-    }
-}
-
-/// How a stage was named: `stage`, `stage(...)`, `stage = false`.
-pub(crate) enum Stage {
-    On(Vec<Arg>),
-    Off,
-}
-
-fn stage(arg: Arg, errors: &mut Errors) -> Option<(Stage, TokenStream)> {
-    let tokens = arg.tokens();
-    let key = arg.key;
-    match arg.kind {
-        ArgKind::Flag => Some((Stage::On(Vec::new()), tokens)),
-        ArgKind::List(items, _) => Some((Stage::On(items), tokens)),
-        ArgKind::Value(Value::Bool(true, _)) => Some((Stage::On(Vec::new()), tokens)),
-        ArgKind::Value(Value::Bool(false, _)) => Some((Stage::Off, tokens)),
-        ArgKind::Value(_) => {
-            errors.spanned(
-                &tokens,
-                format!("expected `{key}`, `{key}(...)` or `{key} = false`"),
-            );
-            None
-        }
-    }
-}
-
-/// Where each configured field came from, to point errors from `validate()` at it.
-#[derive(Default)]
-struct Spans(HashMap<&'static str, TokenStream>);
-
-impl Spans {
-    fn set(&mut self, field: &'static str, tokens: TokenStream) {
-        self.0.insert(field, tokens);
-    }
-    fn get(&self, field: &str, fallback: &TokenStream) -> TokenStream {
-        self.0
-            .get(field)
-            .cloned()
-            .unwrap_or_else(|| fallback.clone())
-    }
-}
-
-/// Reports a failed `validate()` at the field it names.
-fn report(err: ConfigError, spans: &Spans, fallback: &TokenStream, errors: &mut Errors) {
-    let at = err
-        .field()
-        .map_or_else(|| fallback.clone(), |f| spans.get(f, fallback));
-    errors.spanned(at, err);
-}
+use crate::attr::{Arg, ArgKind, Attr, FromArg, Value, Vocabulary, key_of, keys};
+use crate::errors::Errors;
 
 /// The arguments of `#[with_conflict_resolution(...)]`.
 pub(crate) struct ConflictArgs {
@@ -429,26 +23,6 @@ pub(crate) struct ConflictArgs {
     pub(crate) config: OperationConfig,
     /// The path of the runtime crate (`crate = "..."`), `::conflict_runtime` by default.
     pub(crate) krate: syn::Path,
-}
-
-impl ConflictArgs {
-    /// What to expand with when the arguments have errors: the defaults, but the `crate = ".."`
-    /// path if one is given and well-formed, so that the fallback names the right crate.
-    pub(crate) fn fallback(args: proc_macro2::TokenStream) -> Self {
-        let mut out = Self::default();
-        let parsed =
-            syn::parse::Parser::parse2(Punctuated::<Arg, Token![,]>::parse_terminated, args);
-        if let Ok(items) = parsed {
-            for arg in items {
-                if let (true, ArgKind::Value(Value::Str(s, _))) = (arg.key == "crate", &arg.kind) {
-                    if let Ok(path) = syn::parse_str::<syn::Path>(s) {
-                        out.krate = path;
-                    }
-                }
-            }
-        }
-        out
-    }
 }
 
 impl Default for ConflictArgs {
@@ -460,494 +34,537 @@ impl Default for ConflictArgs {
     }
 }
 
-const TOP_KEYS: &[&str] = &[
-    "priority", "op_class", "mode", "pre_ecs", "occ", "cleanup", "crate",
-];
-const OCC_KEYS: &[&str] = &[
-    "max_retries",
-    "base_delay_ms",
-    "backoff_factor",
-    "max_delay_ms",
-];
-const PRE_ECS_KEYS: &[&str] = &[
-    "staging_timeout_ms",
-    "on_lose",
-    "max_staged_per_target",
-    "grace_period_ms",
-];
-const CLEANUP_KEYS: &[&str] = &[
-    "strategy",
-    "retention_minutes",
-    "cleanup_check_interval_seconds",
-    "aggressive_on_memory_pressure",
-    "memory_pressure_threshold",
-    "immediate_cleanup_priorities",
-    "debug_retention_priorities",
-    "custom_cleanup_handler",
-    "max_zombie_count_per_target",
-    "force_cleanup_threshold",
-];
-
 impl Parse for ConflictArgs {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
-        let args: Vec<Arg> = Punctuated::<Arg, Token![,]>::parse_terminated(input)?
-            .into_iter()
-            .collect();
+        let args = Arg::parse_list(input)?;
         let mut errors = Errors::default();
-        check_duplicates(&args, &mut errors);
-        let mut out = Self::default();
-        let mut priority_set = None;
-        let mut op_class = None;
-        let mut mode: Option<ResolutionMode> = None;
-        let mut pre_ecs = None;
-        let mut occ = None;
-        let mut cleanup = None;
-
-        for arg in args {
-            match arg.key.unraw().to_string().as_str() {
-                "priority" => {
-                    if let Some(v) = value_of(
-                        &arg,
-                        &mut errors,
-                        "<1..=10 or CRITICAL/HIGH/NORMAL/LOW/BACKGROUND>",
-                    ) {
-                        priority_set = priority(&arg.key, v, &mut errors);
-                    }
-                }
-                "op_class" => {
-                    if let Some(v) = value_of(
-                        &arg,
-                        &mut errors,
-                        "\"structural\" | \"normal\" | \"low_priority\"",
-                    ) {
-                        op_class = choice(
-                            &arg.key,
-                            v,
-                            &mut errors,
-                            OpClass::from_name,
-                            &["structural", "normal", "low_priority"],
-                        );
-                    }
-                }
-                "mode" => {
-                    if let Some(v) = value_of(
-                        &arg,
-                        &mut errors,
-                        "\"none\" | \"pre_ecs\" | \"occ\" | \"both\"",
-                    ) {
-                        mode = choice(
-                            &arg.key,
-                            v,
-                            &mut errors,
-                            ResolutionMode::from_name,
-                            &["none", "pre_ecs", "occ", "both"],
-                        );
-                    }
-                }
-                "pre_ecs" => pre_ecs = stage(arg, &mut errors),
-                "occ" => occ = stage(arg, &mut errors),
-                "cleanup" => cleanup = stage(arg, &mut errors),
-                "crate" => {
-                    if let Some(v) = value_of(&arg, &mut errors, "\"path::to::conflict_runtime\"") {
-                        if let Some(s) = string(&arg.key, v, &mut errors) {
-                            match syn::parse_str::<syn::Path>(s) {
-                                Ok(p) => out.krate = p,
-                                Err(_) => {
-                                    errors.spanned(v.tokens(), format!("`{s}` is not a path"))
-                                }
-                            }
-                        }
-                    }
-                }
-                _ => unknown(&mut errors, &arg.key, "", TOP_KEYS),
-            }
-        }
-
-        let cfg = &mut out.config;
-        let class = op_class.unwrap_or_default();
-        cfg.op_class = class;
-        cfg.priority = priority_set.unwrap_or(class.default_priority());
-        cfg.occ.max_retries = class.default_max_retries();
-
-        // Which stages run: both, unless `mode` says otherwise or a stage is switched off with
-        // `stage = false`. Naming a stage's options only configures it; it never turns the
-        // other stage off.
-        let off = |s: &Option<(Stage, TokenStream)>| matches!(s, Some((Stage::Off, _)));
-        cfg.mode = match &mode {
-            Some(m) => {
-                for (name, s, enabled) in
-                    [("pre_ecs", &pre_ecs, m.staging()), ("occ", &occ, m.occ())]
-                {
-                    if let Some((st, tokens)) = s {
-                        let contradicts = match st {
-                            Stage::On(_) => !enabled,
-                            Stage::Off => enabled,
-                        };
-                        if contradicts {
-                            let stages = match m {
-                                ResolutionMode::None => "neither stage",
-                                ResolutionMode::PreEcs => "pre_ecs only",
-                                ResolutionMode::Occ => "occ only",
-                                ResolutionMode::Both => "both stages",
-                            };
-                            errors.spanned(
-                                tokens,
-                                format!(
-                                    "`{name}` contradicts `mode = \"{}\"`, which runs {stages}: remove one of them",
-                                    m.name()
-                                ),
-                            );
-                        }
-                    }
-                }
-                *m
-            }
-            None => ResolutionMode::from_stages(!off(&pre_ecs), !off(&occ)),
-        };
-
-        if let Some((Stage::On(items), tokens)) = occ {
-            parse_occ(items, &mut cfg.occ, &tokens, &mut errors);
-        }
-        if let Some((Stage::On(items), tokens)) = pre_ecs {
-            parse_pre_ecs(items, &mut cfg.pre_ecs, &tokens, &mut errors);
-        }
-        match cleanup {
-            Some((Stage::On(items), tokens)) => {
-                parse_cleanup(items, &mut cfg.cleanup, &tokens, &mut errors);
-            }
-            Some((Stage::Off, _)) => cfg.cleanup = CleanupConfig::DISABLED,
-            None => {}
-        }
+        let out = Top::read(&args, &mut errors).resolve(&mut errors);
         errors.finish()?;
         Ok(out)
     }
 }
 
-fn parse_occ(items: Vec<Arg>, occ: &mut OccConfig, tokens: &TokenStream, errors: &mut Errors) {
-    check_duplicates(&items, errors);
-    let mut spans = Spans::default();
-    let mut given = Vec::new();
-    for arg in &items {
-        let key = arg.key.unraw().to_string();
-        let Some(field) = OCC_KEYS.iter().find(|k| **k == key) else {
-            unknown(errors, &arg.key, " in `occ(...)`", OCC_KEYS);
-            continue;
-        };
-        let Some(v) = value_of(arg, errors, "<number>") else {
-            continue;
-        };
-        spans.set(field, v.tokens());
-        let ok = match *field {
-            "max_retries" => int(&arg.key, v, errors).map(|x| occ.max_retries = x),
-            "base_delay_ms" => int(&arg.key, v, errors).map(|x| occ.base_delay_ms = x),
-            "backoff_factor" => float(&arg.key, v, errors).map(|x| occ.backoff_factor = x),
-            _ => int(&arg.key, v, errors).map(|x| occ.max_delay_ms = x),
-        };
-        if ok.is_some() {
-            given.push(*field);
-        }
-    }
-    // Each field alone against the defaults first, so every range error is reported, then the
-    // combination.
-    let mut alone_failed = false;
-    for field in &given {
-        let mut probe = OccConfig::DEFAULT;
-        match *field {
-            "max_retries" => probe.max_retries = occ.max_retries,
-            "base_delay_ms" => {
-                probe.base_delay_ms = occ.base_delay_ms;
-                probe.max_delay_ms = OccConfig::MAX_DELAY_MS;
+impl ConflictArgs {
+    /// What to expand with when the arguments have errors: the defaults, but the `crate = ".."`
+    /// path if one is given and well-formed, so that the fallback names the right crate.
+    pub(crate) fn fallback(args: TokenStream) -> Self {
+        let mut out = Self::default();
+        if let Ok(items) = syn::parse::Parser::parse2(Arg::parse_list, args) {
+            // The errors were reported by the failed parse already.
+            let top = Top::read(&items, &mut Errors::default());
+            if let Some(path) = top.krate.get() {
+                out.krate = path.clone();
             }
-            "backoff_factor" => probe.backoff_factor = occ.backoff_factor,
-            _ => probe.max_delay_ms = occ.max_delay_ms.max(probe.base_delay_ms),
         }
-        if let Err(e) = probe.validate() {
-            alone_failed = true;
-            report(e, &spans, tokens, errors);
+        out
+    }
+}
+
+/// A list of keys with one slot each: the top level, or a section such as `occ(...)`.
+trait Section: Default {
+    /// The keys.
+    type Key: Vocabulary;
+    /// Where the keys are, for "unknown argument `x` in `occ(...)`" (empty at the top level).
+    const PLACE: &'static str;
+
+    /// Reads `arg` into the slot of `key`.
+    fn set(&mut self, key: Self::Key, arg: &Arg, errors: &mut Errors);
+
+    /// The tokens of `key`'s value, if it was given and well-formed.
+    fn tokens(&self, key: Self::Key) -> Option<&TokenStream>;
+
+    /// Reads every argument, reporting unknown and repeated keys and malformed values.
+    fn read(items: &[Arg], errors: &mut Errors) -> Self {
+        let mut section = Self::default();
+        for arg in items {
+            let key = key_of::<Self::Key>(arg, errors, |k| {
+                format!(
+                    "unknown argument `{k}`{}: expected one of {}",
+                    Self::PLACE,
+                    Self::Key::list('`')
+                )
+            });
+            if let Some(key) = key {
+                section.set(key, arg, errors);
+            }
+        }
+        section
+    }
+
+    /// Reports a failed `validate()` at the value of the key it names, or at the whole section.
+    fn report(&self, err: &ConfigError, section: &TokenStream, errors: &mut Errors) {
+        let at = err
+            .field()
+            .and_then(Self::Key::find)
+            .and_then(|k| self.tokens(k));
+        errors.spanned(at.unwrap_or(section), err);
+    }
+}
+
+/// Writes a given value over its field of the configuration.
+fn write<T: Clone>(attr: &Attr<T>, field: &mut T) {
+    if let Some(v) = attr.get() {
+        *field = v.clone();
+    }
+}
+
+/// How a stage was named: `stage`, `stage(...)` or `stage = true` turn it on (with options),
+/// `stage = false` turns it off. The tokens are the whole argument.
+enum Stage {
+    On(Vec<Arg>),
+    Off,
+}
+
+impl FromArg for Stage {
+    fn from_arg(arg: &Arg, errors: &mut Errors) -> Option<(Self, TokenStream)> {
+        let stage = match &arg.kind {
+            ArgKind::Flag | ArgKind::Value(Value::Bool(true, _)) => Self::On(Vec::new()),
+            ArgKind::List(items, _) => Self::On(items.clone()),
+            ArgKind::Value(Value::Bool(false, _)) => Self::Off,
+            ArgKind::Value(_) => {
+                let key = &arg.key;
+                errors.spanned(
+                    arg.tokens(),
+                    format!("expected `{key}`, `{key}(...)` or `{key} = false`"),
+                );
+                return None;
+            }
+        };
+        Some((stage, arg.tokens()))
+    }
+}
+
+keys! {
+    /// The keys of `#[with_conflict_resolution(...)]`.
+    enum TopKey {
+        Priority = "priority",
+        OpClass = "op_class",
+        Mode = "mode",
+        PreEcs = "pre_ecs",
+        Occ = "occ",
+        Cleanup = "cleanup",
+        Crate = "crate",
+    }
+}
+
+/// The top level.
+#[derive(Default)]
+struct Top {
+    priority: Attr<OperationPriority>,
+    op_class: Attr<OpClass>,
+    mode: Attr<ResolutionMode>,
+    pre_ecs: Attr<Stage>,
+    occ: Attr<Stage>,
+    cleanup: Attr<Stage>,
+    krate: Attr<syn::Path>,
+}
+
+impl Section for Top {
+    type Key = TopKey;
+    const PLACE: &'static str = "";
+
+    fn set(&mut self, key: TopKey, arg: &Arg, errors: &mut Errors) {
+        match key {
+            TopKey::Priority => self.priority.set(arg, errors),
+            TopKey::OpClass => self.op_class.set(arg, errors),
+            TopKey::Mode => self.mode.set(arg, errors),
+            TopKey::PreEcs => self.pre_ecs.set(arg, errors),
+            TopKey::Occ => self.occ.set(arg, errors),
+            TopKey::Cleanup => self.cleanup.set(arg, errors),
+            TopKey::Crate => self.krate.set(arg, errors),
         }
     }
-    if !alone_failed {
-        if let Err(e) = occ.validate() {
-            report(e, &spans, tokens, errors);
+
+    fn tokens(&self, key: TopKey) -> Option<&TokenStream> {
+        match key {
+            TopKey::Priority => self.priority.tokens(),
+            TopKey::OpClass => self.op_class.tokens(),
+            TopKey::Mode => self.mode.tokens(),
+            TopKey::PreEcs => self.pre_ecs.tokens(),
+            TopKey::Occ => self.occ.tokens(),
+            TopKey::Cleanup => self.cleanup.tokens(),
+            TopKey::Crate => self.krate.tokens(),
         }
     }
 }
 
-fn parse_pre_ecs(
-    items: Vec<Arg>,
-    pre: &mut PreEcsConfig,
-    tokens: &TokenStream,
-    errors: &mut Errors,
-) {
-    check_duplicates(&items, errors);
-    let mut spans = Spans::default();
-    let mut given = Vec::new();
-    for arg in &items {
-        let key = arg.key.unraw().to_string();
-        let Some(field) = PRE_ECS_KEYS.iter().find(|k| **k == key) else {
-            unknown(errors, &arg.key, " in `pre_ecs(...)`", PRE_ECS_KEYS);
-            continue;
-        };
-        let Some(v) = value_of(arg, errors, "<value>") else {
-            continue;
-        };
-        spans.set(field, v.tokens());
-        let ok = match *field {
-            "staging_timeout_ms" => int(&arg.key, v, errors).map(|x| pre.staging_timeout_ms = x),
-            "on_lose" => choice(
-                &arg.key,
-                v,
-                errors,
-                OnLose::from_name,
-                &["reject", "requeue"],
-            )
-            .map(|x| pre.on_lose = x),
-            "max_staged_per_target" => {
-                int(&arg.key, v, errors).map(|x| pre.max_staged_per_target = x)
+impl Top {
+    /// The configuration: defaults from `op_class`, then the given values, then the sections.
+    fn resolve(self, errors: &mut Errors) -> ConflictArgs {
+        let mut out = ConflictArgs::default();
+        write(&self.krate, &mut out.krate);
+        let cfg = &mut out.config;
+        let class = self.op_class.get().copied().unwrap_or_default();
+        cfg.op_class = class;
+        cfg.priority = class.default_priority();
+        write(&self.priority, &mut cfg.priority);
+        cfg.occ.max_retries = class.default_max_retries();
+        cfg.mode = self.mode(errors);
+
+        let Self {
+            pre_ecs,
+            occ,
+            cleanup,
+            ..
+        } = self;
+        if let Some((Stage::On(items), tokens)) = occ.into_inner() {
+            Occ::read(&items, errors).apply(&mut cfg.occ, &tokens, errors);
+        }
+        if let Some((Stage::On(items), tokens)) = pre_ecs.into_inner() {
+            PreEcs::read(&items, errors).apply(&mut cfg.pre_ecs, &tokens, errors);
+        }
+        match cleanup.into_inner() {
+            Some((Stage::On(items), tokens)) => {
+                Cleanup::read(&items, errors).apply(&mut cfg.cleanup, &tokens, errors);
             }
-            _ => int(&arg.key, v, errors).map(|x| pre.grace_period_ms = x),
+            Some((Stage::Off, _)) => cfg.cleanup = CleanupConfig::DISABLED,
+            None => {}
+        }
+        out
+    }
+
+    /// Which stages run: both, unless `mode` says otherwise or a stage is switched off with
+    /// `stage = false`. Naming a stage's options only configures it; it never turns the other
+    /// stage off. A stage named against `mode` is a contradiction.
+    fn mode(&self, errors: &mut Errors) -> ResolutionMode {
+        let Some(&mode) = self.mode.get() else {
+            let on = |s: &Attr<Stage>| !matches!(s.get(), Some(Stage::Off));
+            return ResolutionMode::from_stages(on(&self.pre_ecs), on(&self.occ));
         };
-        if ok.is_some() {
-            given.push(*field);
+        let stages = match mode {
+            ResolutionMode::None => "neither stage",
+            ResolutionMode::PreEcs => "pre_ecs only",
+            ResolutionMode::Occ => "occ only",
+            ResolutionMode::Both => "both stages",
+        };
+        for (key, stage, enabled) in [
+            (TopKey::PreEcs, &self.pre_ecs, mode.staging()),
+            (TopKey::Occ, &self.occ, mode.occ()),
+        ] {
+            let contradicts = match stage.get() {
+                Some(Stage::On(_)) => !enabled,
+                Some(Stage::Off) => enabled,
+                None => false,
+            };
+            if let (true, Some(tokens)) = (contradicts, stage.tokens()) {
+                errors.spanned(
+                    tokens,
+                    format!(
+                        "`{}` contradicts `mode = \"{}\"`, which runs {stages}: remove one of them",
+                        key.name(),
+                        mode.name()
+                    ),
+                );
+            }
+        }
+        mode
+    }
+}
+
+keys! {
+    /// The keys of `occ(...)`.
+    enum OccKey {
+        MaxRetries = "max_retries",
+        BaseDelayMs = "base_delay_ms",
+        BackoffFactor = "backoff_factor",
+        MaxDelayMs = "max_delay_ms",
+    }
+}
+
+/// `occ(...)`.
+#[derive(Default)]
+struct Occ {
+    max_retries: Attr<u32>,
+    base_delay_ms: Attr<u64>,
+    backoff_factor: Attr<f64>,
+    max_delay_ms: Attr<u64>,
+}
+
+impl Section for Occ {
+    type Key = OccKey;
+    const PLACE: &'static str = " in `occ(...)`";
+
+    fn set(&mut self, key: OccKey, arg: &Arg, errors: &mut Errors) {
+        match key {
+            OccKey::MaxRetries => self.max_retries.set(arg, errors),
+            OccKey::BaseDelayMs => self.base_delay_ms.set(arg, errors),
+            OccKey::BackoffFactor => self.backoff_factor.set(arg, errors),
+            OccKey::MaxDelayMs => self.max_delay_ms.set(arg, errors),
         }
     }
-    // No rule spans two staging fields, so checking each given field alone reports them all.
-    for field in given {
-        let mut probe = PreEcsConfig::DEFAULT;
-        match field {
-            "staging_timeout_ms" => probe.staging_timeout_ms = pre.staging_timeout_ms,
-            "max_staged_per_target" => probe.max_staged_per_target = pre.max_staged_per_target,
-            "grace_period_ms" => probe.grace_period_ms = pre.grace_period_ms,
-            _ => continue,
-        }
-        if let Err(e) = probe.validate() {
-            report(e, &spans, tokens, errors);
+
+    fn tokens(&self, key: OccKey) -> Option<&TokenStream> {
+        match key {
+            OccKey::MaxRetries => self.max_retries.tokens(),
+            OccKey::BaseDelayMs => self.base_delay_ms.tokens(),
+            OccKey::BackoffFactor => self.backoff_factor.tokens(),
+            OccKey::MaxDelayMs => self.max_delay_ms.tokens(),
         }
     }
 }
 
-fn parse_cleanup(
-    items: Vec<Arg>,
-    c: &mut CleanupConfig,
-    tokens: &TokenStream,
-    errors: &mut Errors,
-) {
-    check_duplicates(&items, errors);
-    let mut spans = Spans::default();
-    for arg in &items {
-        let key = arg.key.unraw().to_string();
-        let Some(field) = CLEANUP_KEYS.iter().find(|k| **k == key) else {
-            unknown(errors, &arg.key, " in `cleanup(...)`", CLEANUP_KEYS);
-            continue;
-        };
-        let Some(v) = value_of(arg, errors, "<value>") else {
-            continue;
-        };
-        spans.set(field, v.tokens());
-        let k = &arg.key;
-        match *field {
-            "strategy" => {
-                if let Some(s) = choice(
-                    k,
-                    v,
-                    errors,
-                    CleanupStrategy::from_name,
-                    &["none", "immediate", "deferred", "lazy", "custom"],
-                ) {
-                    c.strategy = s;
+impl Occ {
+    /// Writes the given values over `occ` and checks them: each alone against the defaults
+    /// first, so that every range error is reported, then (if those pass) the combination.
+    fn apply(&self, occ: &mut OccConfig, section: &TokenStream, errors: &mut Errors) {
+        write(&self.max_retries, &mut occ.max_retries);
+        write(&self.base_delay_ms, &mut occ.base_delay_ms);
+        write(&self.backoff_factor, &mut occ.backoff_factor);
+        write(&self.max_delay_ms, &mut occ.max_delay_ms);
+        let mut alone_failed = false;
+        for &key in OccKey::ALL.iter().filter(|k| self.tokens(**k).is_some()) {
+            let mut probe = OccConfig::DEFAULT;
+            match key {
+                OccKey::MaxRetries => probe.max_retries = occ.max_retries,
+                OccKey::BaseDelayMs => {
+                    probe.base_delay_ms = occ.base_delay_ms;
+                    probe.max_delay_ms = OccConfig::MAX_DELAY_MS;
+                }
+                OccKey::BackoffFactor => probe.backoff_factor = occ.backoff_factor,
+                OccKey::MaxDelayMs => {
+                    probe.max_delay_ms = occ.max_delay_ms.max(probe.base_delay_ms)
                 }
             }
-            "retention_minutes" => {
-                if let Some(x) = int(k, v, errors) {
-                    c.retention_minutes = x;
-                }
-            }
-            "cleanup_check_interval_seconds" => {
-                if let Some(x) = int(k, v, errors) {
-                    c.cleanup_check_interval_seconds = x;
-                }
-            }
-            "aggressive_on_memory_pressure" => {
-                if let Some(x) = boolean(k, v, errors) {
-                    c.aggressive_on_memory_pressure = x;
-                }
-            }
-            "memory_pressure_threshold" => {
-                if let Some(x) = float(k, v, errors) {
-                    c.memory_pressure_threshold = x;
-                }
-            }
-            "immediate_cleanup_priorities" => {
-                if let Some(x) = priority_list(k, v, errors) {
-                    c.immediate_cleanup_priorities = x;
-                }
-            }
-            "debug_retention_priorities" => {
-                if let Some(x) = priority_list(k, v, errors) {
-                    c.debug_retention_priorities = x;
-                }
-            }
-            "custom_cleanup_handler" => {
-                if let Some(x) = string(k, v, errors) {
-                    c.custom_cleanup_handler = Some(x.to_string().into());
-                }
-            }
-            "max_zombie_count_per_target" => {
-                if let Some(x) = int(k, v, errors) {
-                    c.max_zombie_count_per_target = x;
-                }
-            }
-            _ => {
-                if let Some(x) = int(k, v, errors) {
-                    c.force_cleanup_threshold = x;
-                }
+            if let Err(e) = probe.validate() {
+                alone_failed = true;
+                self.report(&e, section, errors);
             }
         }
-    }
-    // Report every failing rule: validate, blame the field, neutralise it, repeat.
-    let mut probe = c.clone();
-    for _ in 0..=CLEANUP_KEYS.len() {
-        let Err(e) = probe.validate() else { break };
-        let field = e.field();
-        // For "custom needs a handler" and "deferred needs retention", blame what was written.
-        let blame = match field {
-            Some("custom_cleanup_handler") if !spans.0.contains_key("custom_cleanup_handler") => {
-                Some("strategy")
-            }
-            Some("retention_minutes") if !spans.0.contains_key("retention_minutes") => {
-                Some("strategy")
-            }
-            f => f,
-        };
-        let at = blame.map_or_else(|| tokens.clone(), |f| spans.get(f, tokens));
-        errors.spanned(at, &e);
-        let d = CleanupConfig::DEFAULT;
-        match field {
-            Some("retention_minutes") => probe.retention_minutes = d.retention_minutes,
-            Some("cleanup_check_interval_seconds") => {
-                probe.cleanup_check_interval_seconds = d.cleanup_check_interval_seconds;
-            }
-            Some("memory_pressure_threshold") => {
-                probe.memory_pressure_threshold = d.memory_pressure_threshold;
-            }
-            Some("max_zombie_count_per_target") => {
-                probe.max_zombie_count_per_target = d.max_zombie_count_per_target;
-            }
-            Some("force_cleanup_threshold") => {
-                probe.force_cleanup_threshold = d.force_cleanup_threshold
-            }
-            Some("custom_cleanup_handler") => {
-                probe.strategy = CleanupStrategy::Custom;
-                probe.custom_cleanup_handler = Some("_".into());
-            }
-            _ => break,
+        if let (false, Err(e)) = (alone_failed, occ.validate()) {
+            self.report(&e, section, errors);
         }
     }
 }
 
-/// The configuration as a constant expression of `#krate::__private` types.
-pub(crate) fn config_tokens(cfg: &OperationConfig, krate: &syn::Path) -> TokenStream {
-    let p = quote!(#krate::__private);
-    let prio = |x: OperationPriority| {
-        let v = x.get();
-        quote!(#p::priority(#v))
-    };
-    let set = |s: PrioritySet| {
-        let items = s.iter().map(prio);
-        quote!(#p::PrioritySet::EMPTY #(.with(#items))*)
-    };
-    let priority = prio(cfg.priority);
-    let op_class = match cfg.op_class {
-        OpClass::Structural => quote!(Structural),
-        OpClass::Normal => quote!(Normal),
-        OpClass::LowPriority => quote!(LowPriority),
-    };
-    let mode = match cfg.mode {
-        ResolutionMode::None => quote!(None),
-        ResolutionMode::PreEcs => quote!(PreEcs),
-        ResolutionMode::Occ => quote!(Occ),
-        ResolutionMode::Both => quote!(Both),
-    };
-    let PreEcsConfig {
-        staging_timeout_ms,
-        on_lose,
-        max_staged_per_target,
-        grace_period_ms,
-    } = cfg.pre_ecs;
-    let on_lose = match on_lose {
-        OnLose::Reject => quote!(Reject),
-        OnLose::Requeue => quote!(Requeue),
-    };
-    let OccConfig {
-        max_retries,
-        base_delay_ms,
-        backoff_factor,
-        max_delay_ms,
-    } = cfg.occ;
-    let backoff_factor = proc_macro2::Literal::f64_suffixed(backoff_factor);
-    let c = &cfg.cleanup;
-    let strategy = Ident::new(
-        match c.strategy {
-            CleanupStrategy::None => "None",
-            CleanupStrategy::Immediate => "Immediate",
-            CleanupStrategy::Deferred => "Deferred",
-            CleanupStrategy::Lazy => "Lazy",
-            CleanupStrategy::Custom => "Custom",
-        },
-        Span::call_site(),
-    );
-    let retention_minutes = c.retention_minutes;
-    let interval = c.cleanup_check_interval_seconds;
-    let aggressive = c.aggressive_on_memory_pressure;
-    let threshold = proc_macro2::Literal::f64_suffixed(c.memory_pressure_threshold);
-    let immediate = set(c.immediate_cleanup_priorities);
-    let debug = set(c.debug_retention_priorities);
-    let handler = match &c.custom_cleanup_handler {
-        Some(h) => {
-            let h = h.as_ref();
-            quote!(::core::option::Option::Some(#p::Cow::Borrowed(#h)))
+keys! {
+    /// The keys of `pre_ecs(...)`.
+    enum PreEcsKey {
+        StagingTimeoutMs = "staging_timeout_ms",
+        OnLose = "on_lose",
+        MaxStagedPerTarget = "max_staged_per_target",
+        GracePeriodMs = "grace_period_ms",
+    }
+}
+
+/// `pre_ecs(...)`.
+#[derive(Default)]
+struct PreEcs {
+    staging_timeout_ms: Attr<u64>,
+    on_lose: Attr<OnLose>,
+    max_staged_per_target: Attr<u32>,
+    grace_period_ms: Attr<u64>,
+}
+
+impl Section for PreEcs {
+    type Key = PreEcsKey;
+    const PLACE: &'static str = " in `pre_ecs(...)`";
+
+    fn set(&mut self, key: PreEcsKey, arg: &Arg, errors: &mut Errors) {
+        match key {
+            PreEcsKey::StagingTimeoutMs => self.staging_timeout_ms.set(arg, errors),
+            PreEcsKey::OnLose => self.on_lose.set(arg, errors),
+            PreEcsKey::MaxStagedPerTarget => self.max_staged_per_target.set(arg, errors),
+            PreEcsKey::GracePeriodMs => self.grace_period_ms.set(arg, errors),
         }
-        None => quote!(::core::option::Option::None),
-    };
-    let max_zombies = c.max_zombie_count_per_target;
-    let force = c.force_cleanup_threshold;
-    quote! {
-        #p::OperationConfig {
-            priority: #priority,
-            op_class: #p::OpClass::#op_class,
-            mode: #p::ResolutionMode::#mode,
-            pre_ecs: #p::PreEcsConfig {
-                staging_timeout_ms: #staging_timeout_ms,
-                on_lose: #p::OnLose::#on_lose,
-                max_staged_per_target: #max_staged_per_target,
-                grace_period_ms: #grace_period_ms,
-            },
-            occ: #p::OccConfig {
-                max_retries: #max_retries,
-                base_delay_ms: #base_delay_ms,
-                backoff_factor: #backoff_factor,
-                max_delay_ms: #max_delay_ms,
-            },
-            cleanup: #p::CleanupConfig {
-                strategy: #p::CleanupStrategy::#strategy,
-                retention_minutes: #retention_minutes,
-                cleanup_check_interval_seconds: #interval,
-                aggressive_on_memory_pressure: #aggressive,
-                memory_pressure_threshold: #threshold,
-                immediate_cleanup_priorities: #immediate,
-                debug_retention_priorities: #debug,
-                custom_cleanup_handler: #handler,
-                max_zombie_count_per_target: #max_zombies,
-                force_cleanup_threshold: #force,
-            },
+    }
+
+    fn tokens(&self, key: PreEcsKey) -> Option<&TokenStream> {
+        match key {
+            PreEcsKey::StagingTimeoutMs => self.staging_timeout_ms.tokens(),
+            PreEcsKey::OnLose => self.on_lose.tokens(),
+            PreEcsKey::MaxStagedPerTarget => self.max_staged_per_target.tokens(),
+            PreEcsKey::GracePeriodMs => self.grace_period_ms.tokens(),
+        }
+    }
+}
+
+impl PreEcs {
+    /// Writes the given values over `pre` and checks them. No rule spans two staging fields, so
+    /// checking each given field alone reports them all.
+    fn apply(&self, pre: &mut PreEcsConfig, section: &TokenStream, errors: &mut Errors) {
+        write(&self.staging_timeout_ms, &mut pre.staging_timeout_ms);
+        write(&self.on_lose, &mut pre.on_lose);
+        write(&self.max_staged_per_target, &mut pre.max_staged_per_target);
+        write(&self.grace_period_ms, &mut pre.grace_period_ms);
+        for &key in PreEcsKey::ALL.iter().filter(|k| self.tokens(**k).is_some()) {
+            let mut probe = PreEcsConfig::DEFAULT;
+            match key {
+                PreEcsKey::StagingTimeoutMs => probe.staging_timeout_ms = pre.staging_timeout_ms,
+                PreEcsKey::MaxStagedPerTarget => {
+                    probe.max_staged_per_target = pre.max_staged_per_target;
+                }
+                PreEcsKey::GracePeriodMs => probe.grace_period_ms = pre.grace_period_ms,
+                // Any member of the vocabulary is valid.
+                PreEcsKey::OnLose => continue,
+            }
+            if let Err(e) = probe.validate() {
+                self.report(&e, section, errors);
+            }
+        }
+    }
+}
+
+keys! {
+    /// The keys of `cleanup(...)`.
+    enum CleanupKey {
+        Strategy = "strategy",
+        RetentionMinutes = "retention_minutes",
+        CleanupCheckIntervalSeconds = "cleanup_check_interval_seconds",
+        AggressiveOnMemoryPressure = "aggressive_on_memory_pressure",
+        MemoryPressureThreshold = "memory_pressure_threshold",
+        ImmediateCleanupPriorities = "immediate_cleanup_priorities",
+        DebugRetentionPriorities = "debug_retention_priorities",
+        CustomCleanupHandler = "custom_cleanup_handler",
+        MaxZombieCountPerTarget = "max_zombie_count_per_target",
+        ForceCleanupThreshold = "force_cleanup_threshold",
+    }
+}
+
+/// `cleanup(...)`.
+#[derive(Default)]
+struct Cleanup {
+    strategy: Attr<CleanupStrategy>,
+    retention_minutes: Attr<u32>,
+    cleanup_check_interval_seconds: Attr<u32>,
+    aggressive_on_memory_pressure: Attr<bool>,
+    memory_pressure_threshold: Attr<f64>,
+    immediate_cleanup_priorities: Attr<PrioritySet>,
+    debug_retention_priorities: Attr<PrioritySet>,
+    custom_cleanup_handler: Attr<String>,
+    max_zombie_count_per_target: Attr<u32>,
+    force_cleanup_threshold: Attr<u32>,
+}
+
+impl Section for Cleanup {
+    type Key = CleanupKey;
+    const PLACE: &'static str = " in `cleanup(...)`";
+
+    fn set(&mut self, key: CleanupKey, arg: &Arg, errors: &mut Errors) {
+        use CleanupKey as K;
+        match key {
+            K::Strategy => self.strategy.set(arg, errors),
+            K::RetentionMinutes => self.retention_minutes.set(arg, errors),
+            K::CleanupCheckIntervalSeconds => self.cleanup_check_interval_seconds.set(arg, errors),
+            K::AggressiveOnMemoryPressure => self.aggressive_on_memory_pressure.set(arg, errors),
+            K::MemoryPressureThreshold => self.memory_pressure_threshold.set(arg, errors),
+            K::ImmediateCleanupPriorities => self.immediate_cleanup_priorities.set(arg, errors),
+            K::DebugRetentionPriorities => self.debug_retention_priorities.set(arg, errors),
+            K::CustomCleanupHandler => self.custom_cleanup_handler.set(arg, errors),
+            K::MaxZombieCountPerTarget => self.max_zombie_count_per_target.set(arg, errors),
+            K::ForceCleanupThreshold => self.force_cleanup_threshold.set(arg, errors),
+        }
+    }
+
+    fn tokens(&self, key: CleanupKey) -> Option<&TokenStream> {
+        use CleanupKey as K;
+        match key {
+            K::Strategy => self.strategy.tokens(),
+            K::RetentionMinutes => self.retention_minutes.tokens(),
+            K::CleanupCheckIntervalSeconds => self.cleanup_check_interval_seconds.tokens(),
+            K::AggressiveOnMemoryPressure => self.aggressive_on_memory_pressure.tokens(),
+            K::MemoryPressureThreshold => self.memory_pressure_threshold.tokens(),
+            K::ImmediateCleanupPriorities => self.immediate_cleanup_priorities.tokens(),
+            K::DebugRetentionPriorities => self.debug_retention_priorities.tokens(),
+            K::CustomCleanupHandler => self.custom_cleanup_handler.tokens(),
+            K::MaxZombieCountPerTarget => self.max_zombie_count_per_target.tokens(),
+            K::ForceCleanupThreshold => self.force_cleanup_threshold.tokens(),
+        }
+    }
+}
+
+impl Cleanup {
+    /// Writes the given values over `c` and reports every failing rule: validate, blame the
+    /// field, neutralise it, repeat.
+    fn apply(&self, c: &mut CleanupConfig, section: &TokenStream, errors: &mut Errors) {
+        use CleanupKey as K;
+        write(&self.strategy, &mut c.strategy);
+        write(&self.retention_minutes, &mut c.retention_minutes);
+        write(
+            &self.cleanup_check_interval_seconds,
+            &mut c.cleanup_check_interval_seconds,
+        );
+        write(
+            &self.aggressive_on_memory_pressure,
+            &mut c.aggressive_on_memory_pressure,
+        );
+        write(
+            &self.memory_pressure_threshold,
+            &mut c.memory_pressure_threshold,
+        );
+        write(
+            &self.immediate_cleanup_priorities,
+            &mut c.immediate_cleanup_priorities,
+        );
+        write(
+            &self.debug_retention_priorities,
+            &mut c.debug_retention_priorities,
+        );
+        if let Some(name) = self.custom_cleanup_handler.get() {
+            c.custom_cleanup_handler = Some(name.clone().into());
+        }
+        write(
+            &self.max_zombie_count_per_target,
+            &mut c.max_zombie_count_per_target,
+        );
+        write(
+            &self.force_cleanup_threshold,
+            &mut c.force_cleanup_threshold,
+        );
+
+        let mut probe = c.clone();
+        for _ in 0..=K::ALL.len() {
+            let Err(e) = probe.validate() else { break };
+            let Some(key) = e.field().and_then(K::find) else {
+                errors.spanned(section, &e);
+                break;
+            };
+            // "custom needs a handler" and "deferred needs retention": blame what was written.
+            let blame = match key {
+                K::CustomCleanupHandler | K::RetentionMinutes if self.tokens(key).is_none() => {
+                    K::Strategy
+                }
+                other => other,
+            };
+            errors.spanned(self.tokens(blame).unwrap_or(section), &e);
+            let d = CleanupConfig::DEFAULT;
+            match key {
+                K::RetentionMinutes => probe.retention_minutes = d.retention_minutes,
+                K::CleanupCheckIntervalSeconds => {
+                    probe.cleanup_check_interval_seconds = d.cleanup_check_interval_seconds;
+                }
+                K::MemoryPressureThreshold => {
+                    probe.memory_pressure_threshold = d.memory_pressure_threshold;
+                }
+                K::MaxZombieCountPerTarget => {
+                    probe.max_zombie_count_per_target = d.max_zombie_count_per_target;
+                }
+                K::ForceCleanupThreshold => {
+                    probe.force_cleanup_threshold = d.force_cleanup_threshold;
+                }
+                K::CustomCleanupHandler => {
+                    probe.strategy = CleanupStrategy::Custom;
+                    probe.custom_cleanup_handler = Some("_".into());
+                }
+                // No rule is about these alone: nothing to neutralise, stop.
+                K::Strategy
+                | K::AggressiveOnMemoryPressure
+                | K::ImmediateCleanupPriorities
+                | K::DebugRetentionPriorities => break,
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::ConflictArgs;
+    use super::*;
     use quote::quote;
+
+    fn parse(tokens: TokenStream) -> Result<OperationConfig, Vec<String>> {
+        syn::parse2::<ConflictArgs>(tokens)
+            .map(|a| a.config)
+            .map_err(|e| e.into_iter().map(|e| e.to_string()).collect())
+    }
 
     /// The fallback after an argument error keeps a well-formed `crate = ".."`, so the
     /// generated code names the re-exported crate and adds no error of its own.
@@ -961,6 +578,116 @@ mod tests {
         assert_eq!(
             quote!(#k).to_string(),
             quote!(::conflict_runtime).to_string()
+        );
+    }
+
+    /// Every key of every section reaches its own field (a swapped arm would move a value).
+    #[test]
+    fn every_key_reaches_its_field() {
+        let cfg = parse(quote!(
+            priority = HIGH,
+            op_class = "structural",
+            mode = "pre_ecs",
+            pre_ecs(
+                staging_timeout_ms = 7,
+                on_lose = "requeue",
+                max_staged_per_target = 9,
+                grace_period_ms = 11
+            ),
+            cleanup(
+                strategy = "custom",
+                retention_minutes = 3,
+                cleanup_check_interval_seconds = 13,
+                aggressive_on_memory_pressure = false,
+                memory_pressure_threshold = 0.5,
+                immediate_cleanup_priorities = [8],
+                debug_retention_priorities = [1, 2],
+                custom_cleanup_handler = "audit",
+                max_zombie_count_per_target = 17,
+                force_cleanup_threshold = 190
+            ),
+        ))
+        .unwrap();
+        assert_eq!(cfg.priority, OperationPriority::HIGH);
+        assert_eq!(cfg.op_class, OpClass::Structural);
+        assert_eq!(cfg.mode, ResolutionMode::PreEcs);
+        assert_eq!(cfg.occ.max_retries, 20, "structural's default");
+        let p = cfg.pre_ecs;
+        assert_eq!(
+            (
+                p.staging_timeout_ms,
+                p.on_lose,
+                p.max_staged_per_target,
+                p.grace_period_ms
+            ),
+            (7, OnLose::Requeue, 9, 11)
+        );
+        let c = cfg.cleanup;
+        assert_eq!(c.strategy, CleanupStrategy::Custom);
+        assert_eq!(
+            (c.retention_minutes, c.cleanup_check_interval_seconds),
+            (3, 13)
+        );
+        assert!(!c.aggressive_on_memory_pressure);
+        assert!((c.memory_pressure_threshold - 0.5).abs() < f64::EPSILON);
+        assert_eq!(
+            c.immediate_cleanup_priorities,
+            PrioritySet::EMPTY.with(OperationPriority::HIGH)
+        );
+        assert_eq!(c.debug_retention_priorities.iter().count(), 2);
+        assert_eq!(c.custom_cleanup_handler.as_deref(), Some("audit"));
+        assert_eq!(
+            (c.max_zombie_count_per_target, c.force_cleanup_threshold),
+            (17, 190)
+        );
+
+        let o = parse(quote!(occ(
+            max_retries = 2,
+            base_delay_ms = 3,
+            backoff_factor = 2,
+            max_delay_ms = 4
+        )))
+        .unwrap()
+        .occ;
+        assert_eq!((o.max_retries, o.base_delay_ms, o.max_delay_ms), (2, 3, 4));
+        assert!((o.backoff_factor - 2.0).abs() < f64::EPSILON);
+    }
+
+    /// A repeat is one error at its key, in a section and of a whole section alike.
+    #[test]
+    fn repeats_are_refused_everywhere() {
+        assert_eq!(
+            parse(quote!(occ(max_retries = 1, max_retries = 2))).unwrap_err(),
+            ["`max_retries` given twice"]
+        );
+        assert_eq!(
+            parse(quote!(occ(max_retries = 1), occ(base_delay_ms = 2))).unwrap_err(),
+            ["`occ` given twice"]
+        );
+    }
+
+    /// Only `= false` or `mode` turn a stage off; naming one stage's options keeps the other.
+    #[test]
+    fn stage_selection() {
+        assert_eq!(
+            parse(quote!(occ(max_retries = 1))).unwrap().mode,
+            ResolutionMode::Both
+        );
+        assert_eq!(
+            parse(quote!(pre_ecs = false)).unwrap().mode,
+            ResolutionMode::Occ
+        );
+        assert_eq!(
+            parse(quote!(occ = false, pre_ecs)).unwrap().mode,
+            ResolutionMode::PreEcs
+        );
+        assert_eq!(
+            parse(quote!(cleanup = false)).unwrap().cleanup,
+            CleanupConfig::DISABLED
+        );
+        assert_eq!(
+            parse(quote!(mode = "none", occ = true)).unwrap_err(),
+            ["`occ` contradicts `mode = \"none\"`, which runs neither stage: remove one of them"]
         );
     }
 }

@@ -2,12 +2,19 @@
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
-use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned;
-use syn::{FnArg, Ident, ItemFn, LitStr, ReturnType, Token, Type};
+use syn::{FnArg, ItemFn, LitStr, ReturnType, Token, Type};
 
-use crate::args::Errors;
+use crate::attr::{Arg, Attr, Vocabulary, key_of, keys, string_forms};
+use crate::errors::Errors;
+
+keys! {
+    /// The keys after the handler's name.
+    enum HandlerKey {
+        Crate = "crate",
+    }
+}
 
 /// `"name"` optionally followed by `, crate = "path"`.
 pub(crate) struct HandlerArgs {
@@ -33,23 +40,30 @@ impl Parse for HandlerArgs {
                 "the handler name must not be empty",
             ));
         }
-        let mut krate: syn::Path = syn::parse_quote!(::conflict_runtime);
-        if input.parse::<Option<Token![,]>>()?.is_some() && !input.is_empty() {
-            let key = input.call(Ident::parse_any)?;
-            if key != "crate" {
-                return Err(syn::Error::new(
-                    key.span(),
-                    format!("unknown argument `{key}`: expected `crate = \"...\"`"),
-                ));
+        let mut errors = Errors::default();
+        let mut krate = Attr::<syn::Path>::default();
+        if input.parse::<Option<Token![,]>>()?.is_some() {
+            for arg in Arg::parse_list(input)? {
+                let key = key_of(&arg, &mut errors, |k| {
+                    format!(
+                        "unknown argument `{k}`: expected {}",
+                        string_forms(HandlerKey::ALL.iter().copied())
+                    )
+                });
+                if let Some(key) = key {
+                    match key {
+                        HandlerKey::Crate => krate.set(&arg, &mut errors),
+                    }
+                }
             }
-            input.parse::<Token![=]>()?;
-            let path: LitStr = input.parse()?;
-            krate = path.parse()?;
-            input.parse::<Option<Token![,]>>()?;
         }
         if !input.is_empty() {
             return Err(input.error("unexpected tokens after the handler's arguments"));
         }
+        errors.finish()?;
+        let krate = krate
+            .into_inner()
+            .map_or_else(|| syn::parse_quote!(::conflict_runtime), |(k, _)| k);
         Ok(Self { name, krate })
     }
 }

@@ -1,77 +1,121 @@
 //! `#[derive(Entity)]`.
 
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
+use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Data, DeriveInput, Fields, LitStr};
+use syn::{Data, DeriveInput, Fields};
 
-use crate::args::Errors;
+use crate::attr::{
+    Arg, ArgKind, Attr, FromArg, FromValue, Value, Vocabulary, key_of, keys, string_forms,
+};
+use crate::errors::Errors;
 
-/// What `#[entity(...)]` on the struct says.
-struct EntityAttrs {
-    name: Option<LitStr>,
-    krate: syn::Path,
-}
-
-impl Default for EntityAttrs {
-    fn default() -> Self {
-        Self {
-            name: None,
-            krate: syn::parse_quote!(::conflict_runtime),
-        }
+keys! {
+    /// The keys of `#[entity(...)]`: `name` and `crate` on the struct, `id` on a field.
+    enum EntityKey {
+        Name = "name",
+        Crate = "crate",
+        Id = "id",
     }
 }
 
-fn struct_attrs(input: &DeriveInput, errors: &mut Errors) -> EntityAttrs {
-    let mut out = EntityAttrs::default();
-    // Across every `#[entity(..)]` on the struct: a key repeated in a second attribute is as
-    // much a mistake as one repeated inside the first.
-    let mut seen_name = false;
-    let mut seen_crate = false;
-    for attr in input.attrs.iter().filter(|a| a.path().is_ident("entity")) {
-        let r = attr.parse_nested_meta(|meta| {
-            if meta.path.is_ident("name") {
-                if seen_name {
-                    return Err(meta.error("`name` given twice"));
-                }
-                seen_name = true;
-                let lit: LitStr = meta.value()?.parse().map_err(|e| {
-                    syn::Error::new(e.span(), "expected a string literal: `name = \"TypeName\"`")
-                })?;
-                if lit.value().trim().is_empty() {
-                    return Err(syn::Error::new(
-                        lit.span(),
-                        "the entity name must not be empty",
-                    ));
-                }
-                out.name = Some(lit);
-                Ok(())
-            } else if meta.path.is_ident("crate") {
-                if seen_crate {
-                    return Err(meta.error("`crate` given twice"));
-                }
-                seen_crate = true;
-                let lit: LitStr = meta.value()?.parse()?;
-                out.krate = lit.parse()?;
-                Ok(())
-            } else if meta.path.is_ident("id") {
-                Err(meta.error("`#[entity(id)]` belongs on the id field, not on the struct"))
-            } else {
-                Err(meta.error(format!(
-                    "unknown entity attribute `{}`: expected `name = \"...\"` or `crate = \"...\"`",
-                    path_name(&meta.path)
-                )))
-            }
+/// `name = "..."`: a non-empty type name.
+struct TypeName(String);
+
+impl FromValue for TypeName {
+    fn form() -> String {
+        "\"TypeName\"".into()
+    }
+
+    fn from_value(_: &syn::Ident, v: &Value, errors: &mut Errors) -> Option<Self> {
+        let Value::Str(s, tokens) = v else {
+            errors.spanned(
+                v.tokens(),
+                "expected a string literal: `name = \"TypeName\"`",
+            );
+            return None;
+        };
+        if s.trim().is_empty() {
+            errors.spanned(tokens, "the entity name must not be empty");
+            return None;
+        }
+        Some(Self(s.clone()))
+    }
+}
+
+/// `id`, which takes no value.
+struct Flag;
+
+impl FromArg for Flag {
+    fn from_arg(arg: &Arg, errors: &mut Errors) -> Option<(Self, TokenStream)> {
+        if !matches!(arg.kind, ArgKind::Flag) {
+            errors.spanned(&arg.key, "`id` takes no value: write `#[entity(id)]`");
+        }
+        // Even with a value the field is marked as the id, so that the mistake is not reported
+        // a second time as a missing id field.
+        Some((Self, arg.key.to_token_stream()))
+    }
+}
+
+/// What `#[entity(...)]` on the struct says, across every such attribute: a key repeated in a
+/// second attribute is as much a mistake as one repeated inside the first.
+#[derive(Default)]
+struct StructAttrs {
+    name: Attr<TypeName>,
+    krate: Attr<syn::Path>,
+}
+
+/// The arguments of every `#[entity(...)]` among `attrs`.
+fn entity_args(attrs: &[syn::Attribute], errors: &mut Errors) -> Vec<Arg> {
+    let mut args = Vec::new();
+    for attr in attrs.iter().filter(|a| a.path().is_ident("entity")) {
+        match attr.parse_args_with(Arg::parse_list) {
+            Ok(a) => args.extend(a),
+            Err(e) => errors.push(e),
+        }
+    }
+    args
+}
+
+fn struct_attrs(input: &DeriveInput, errors: &mut Errors) -> StructAttrs {
+    let mut out = StructAttrs::default();
+    for arg in entity_args(&input.attrs, errors) {
+        let key = key_of(&arg, errors, |k| {
+            let struct_keys = EntityKey::ALL.iter().filter(|k| **k != EntityKey::Id);
+            format!(
+                "unknown entity attribute `{k}`: expected {}",
+                string_forms(struct_keys.copied())
+            )
         });
-        if let Err(e) = r {
-            errors.push(e);
+        match key {
+            Some(EntityKey::Name) => out.name.set(&arg, errors),
+            Some(EntityKey::Crate) => out.krate.set(&arg, errors),
+            Some(EntityKey::Id) => errors.spanned(
+                &arg.key,
+                "`#[entity(id)]` belongs on the id field, not on the struct",
+            ),
+            None => {}
         }
     }
     out
 }
 
-fn path_name(p: &syn::Path) -> String {
-    quote!(#p).to_string().replace(' ', "")
+/// Whether a field's `#[entity(...)]` attributes mark it as the id, and where.
+fn field_id(field: &syn::Field, errors: &mut Errors) -> Option<proc_macro2::Span> {
+    let unknown = |k: &dyn std::fmt::Display| {
+        format!("unknown field attribute `{k}`: expected `#[entity(id)]`")
+    };
+    let mut id = Attr::<Flag>::default();
+    for arg in entity_args(&field.attrs, errors) {
+        match key_of(&arg, errors, |k| unknown(k)) {
+            Some(EntityKey::Id) => id.set(&arg, errors),
+            Some(k @ (EntityKey::Name | EntityKey::Crate)) => {
+                errors.spanned(&arg.key, unknown(&k.name()));
+            }
+            None => {}
+        }
+    }
+    id.tokens().map(Spanned::span)
 }
 
 pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
@@ -121,24 +165,8 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
 
     let mut id_fields = Vec::new();
     for field in fields.into_iter().flatten() {
-        for attr in field.attrs.iter().filter(|a| a.path().is_ident("entity")) {
-            let r = attr.parse_nested_meta(|meta| {
-                if meta.path.is_ident("id") {
-                    if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
-                        return Err(meta.error("`id` takes no value: write `#[entity(id)]`"));
-                    }
-                    id_fields.push((field, meta.path.span()));
-                    Ok(())
-                } else {
-                    Err(meta.error(format!(
-                        "unknown field attribute `{}`: expected `#[entity(id)]`",
-                        path_name(&meta.path)
-                    )))
-                }
-            });
-            if let Err(e) = r {
-                errors.push(e);
-            }
+        if let Some(span) = field_id(field, &mut errors) {
+            id_fields.push((field, span));
         }
     }
     if fields.is_some() {
@@ -165,12 +193,16 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
         .ident
         .as_ref()
         .ok_or_else(|| syn::Error::new(field.span(), "the id field must be named"))?;
-    let krate = &attrs.krate;
+    let krate = attrs
+        .krate
+        .get()
+        .cloned()
+        .unwrap_or_else(|| syn::parse_quote!(::conflict_runtime));
     let p = quote!(#krate::__private);
     let name = attrs
         .name
-        .as_ref()
-        .map_or_else(|| ident.to_string(), LitStr::value);
+        .get()
+        .map_or_else(|| ident.to_string(), |n| n.0.clone());
     let id_ty = &field.ty;
     // Spanned at the field's type, so a wrong type is reported there.
     // Through the associated type, whose bound is checked once, at `type Id` (one error for a

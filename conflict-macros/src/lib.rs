@@ -1,15 +1,21 @@
 //! Proc macros of the `conflict` framework. Use them through `conflict-runtime`, which
 //! re-exports them and provides the `__private` module their expansions call.
 //!
-//! Each macro parses its input into typed structs (module `args`), validates literals with spanned
-//! errors, and expands into calls of `::conflict_runtime::__private`. On a bad attribute argument
+//! Each macro parses its attribute into typed structs (module `attr`: one slot per key, which
+//! refuses repeats; key and value vocabularies generated from enums, the values' from
+//! `conflict_core`; module `args`: the grammar of `#[with_conflict_resolution]`), collects every
+//! mistake with its span (module `errors`), and expands into calls of
+//! `::conflict_runtime::__private`, configuration values written by module `emit`. On a bad attribute argument
 //! the function is still expanded into its generated shape (with the default configuration), so
 //! call sites keep type-checking against the signature they will have and one mistake gives one
 //! message; only when the signature itself cannot be expanded is the original item emitted.
 
 mod args;
+mod attr;
 mod cleanup_handler;
+mod emit;
 mod entity;
+mod errors;
 mod with_conflict_resolution;
 
 use proc_macro::TokenStream;

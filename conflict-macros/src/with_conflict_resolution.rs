@@ -6,7 +6,9 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
 
-use crate::args::{ConflictArgs, Errors, config_tokens};
+use crate::args::ConflictArgs;
+use crate::emit::Const;
+use crate::errors::Errors;
 
 /// How the body's return type maps onto the generated one.
 enum Returns {
@@ -195,7 +197,7 @@ pub(crate) fn expand(args: ConflictArgs, func: ItemFn) -> syn::Result<TokenStrea
 
     let krate = &args.krate;
     let p = quote!(#krate::__private);
-    let config = config_tokens(&args.config, krate);
+    let config = Const::new(&args.config, &p);
 
     let attrs = &func.attrs;
     let vis = &func.vis;

@@ -56,7 +56,14 @@ pub enum CleanupStrategy {
 }
 
 impl CleanupStrategy {
-    /// Every strategy, in declaration order.
+    /// Every strategy, in declaration order: the vocabulary of `cleanup(strategy = "...")`.
+    ///
+    /// ```
+    /// use conflict_core::CleanupStrategy;
+    /// for s in CleanupStrategy::ALL {
+    ///     assert_eq!(CleanupStrategy::from_name(s.name()), Some(s));
+    /// }
+    /// ```
     pub const ALL: [Self; 5] = [
         Self::None,
         Self::Immediate,

@@ -143,6 +143,16 @@ pub enum ResolutionMode {
 }
 
 impl ResolutionMode {
+    /// Every mode, in declaration order: the vocabulary of `mode = "..."`.
+    ///
+    /// ```
+    /// use conflict_core::ResolutionMode;
+    /// for m in ResolutionMode::ALL {
+    ///     assert_eq!(ResolutionMode::from_name(m.name()), Some(m));
+    /// }
+    /// ```
+    pub const ALL: [Self; 4] = [Self::None, Self::PreEcs, Self::Occ, Self::Both];
+
     /// Whether competing calls are staged and resolved by priority.
     #[must_use]
     pub const fn staging(self) -> bool {
@@ -256,12 +266,7 @@ mod tests {
 
     #[test]
     fn mode_round_trips_and_switches() {
-        for m in [
-            ResolutionMode::None,
-            ResolutionMode::PreEcs,
-            ResolutionMode::Occ,
-            ResolutionMode::Both,
-        ] {
+        for m in ResolutionMode::ALL {
             assert_eq!(ResolutionMode::from_name(m.name()), Some(m));
             assert_eq!(ResolutionMode::from_stages(m.staging(), m.occ()), m);
         }

@@ -22,6 +22,16 @@ pub enum OnLose {
 }
 
 impl OnLose {
+    /// Every choice, in declaration order: the vocabulary of `pre_ecs(on_lose = "...")`.
+    ///
+    /// ```
+    /// use conflict_core::OnLose;
+    /// for o in OnLose::ALL {
+    ///     assert_eq!(OnLose::from_name(o.name()), Some(o));
+    /// }
+    /// ```
+    pub const ALL: [Self; 2] = [Self::Reject, Self::Requeue];
+
     /// Parses `reject` or `requeue`.
     #[must_use]
     pub fn from_name(name: &str) -> Option<Self> {

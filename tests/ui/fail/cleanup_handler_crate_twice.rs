@@ -1,0 +1,9 @@
+use conflict_runtime::prelude::*;
+use conflict_runtime::{CleanupError, OperationRecord};
+
+#[cleanup_handler("audit", crate = "conflict_runtime", crate = "conflict_runtime")]
+async fn audit(_op: &OperationRecord) -> Result<(), CleanupError> {
+    Ok(())
+}
+
+fn main() {}
