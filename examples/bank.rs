@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use conflict_runtime::OutcomeKind;
+use conflict_runtime::operation::OutcomeKind;
 use conflict_runtime::prelude::*;
 
 #[derive(Debug, Clone, Serialize, Deserialize, Entity)]

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use conflict_runtime::prelude::*;
-use conflict_runtime::{MetricsSnapshot, OutcomeKind};
+use conflict_runtime::{metrics::MetricsSnapshot, operation::OutcomeKind};
 use serde::Serialize;
 
 /// A shared target.
@@ -295,7 +295,7 @@ struct Report {
     targets: Vec<TargetReport>,
     peak_rss_bytes: Option<u64>,
     zombies_after_cleanup: u64,
-    health: conflict_runtime::HealthReport,
+    health: conflict_runtime::cleanup::HealthReport,
     metrics: MetricsSnapshot,
     verdict: Verdict,
 }
@@ -315,8 +315,8 @@ async fn drive(
 ) -> Outcomes {
     let run = runner(args.mode);
     let on_lose = match args.on_lose {
-        OnLose::Reject => conflict_runtime::OnLose::Reject,
-        OnLose::Requeue => conflict_runtime::OnLose::Requeue,
+        OnLose::Reject => conflict_runtime::config::OnLose::Reject,
+        OnLose::Requeue => conflict_runtime::config::OnLose::Requeue,
     };
     let outcomes = Arc::new(Mutex::new(Outcomes {
         commits: vec![Vec::new(); handles.len()],
@@ -333,7 +333,7 @@ async fn drive(
         let progress = progress.clone();
         let work_ms = args.work_ms;
         tokio::spawn(async move {
-            let r = conflict_runtime::scope()
+            let r = conflict_runtime::operation::scope()
                 .priority(p.priority)
                 .on_lose(on_lose)
                 .run(run(&h, p.op, work_ms))

@@ -7,8 +7,8 @@ use std::time::Duration;
 use conflict_runtime::cleanup::MemoryPressure;
 use conflict_runtime::prelude::*;
 use conflict_runtime::{
-    CleanupAction, CleanupError, CleanupStrategy, HealthStatus, OperationRecord, OperationStatus,
-    OutcomeKind,
+    cleanup::CleanupAction, cleanup::CleanupError, cleanup::CleanupStrategy, cleanup::HealthStatus,
+    operation::OperationRecord, operation::OperationStatus, operation::OutcomeKind,
 };
 use conflict_tests::Counter;
 

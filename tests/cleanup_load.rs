@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use conflict_runtime::prelude::*;
-use conflict_runtime::{OperationStatus, OutcomeKind};
+use conflict_runtime::{operation::OperationStatus, operation::OutcomeKind};
 use conflict_tests::Counter;
 
 #[with_conflict_resolution(pre_ecs(staging_timeout_ms = 1, max_staged_per_target = 20000), cleanup(strategy = "immediate", immediate_cleanup_priorities = [], debug_retention_priorities = []), occ = false)]

@@ -242,7 +242,10 @@ async fn holds_reject_reason_and_on_lose_override_in_a_window() {
     assert_eq!(second.await.unwrap().unwrap(), 2);
     match third.await.unwrap() {
         Err(ConflictError::Rejected { reason, .. }) => {
-            assert_eq!(reason, conflict_runtime::RejectReason::SubmittedLater);
+            assert_eq!(
+                reason,
+                conflict_runtime::error::RejectReason::SubmittedLater
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -288,7 +291,7 @@ impl conflict_runtime::store::EntityStore for SlowLoads {
     }
     fn load<'a>(
         &'a self,
-        key: &'a conflict_runtime::EntityKey,
+        key: &'a conflict_runtime::entity::EntityKey,
         codec: conflict_runtime::store::EntityCodec,
     ) -> conflict_runtime::store::StoreFuture<'a, Option<conflict_runtime::store::Snapshot>> {
         Box::pin(async move {
@@ -298,7 +301,7 @@ impl conflict_runtime::store::EntityStore for SlowLoads {
     }
     fn insert<'a>(
         &'a self,
-        key: conflict_runtime::EntityKey,
+        key: conflict_runtime::entity::EntityKey,
         value: conflict_runtime::store::StoredValue,
     ) -> conflict_runtime::store::StoreFuture<'a, conflict_runtime::store::Snapshot> {
         self.inner.insert(key, value)

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use conflict_runtime::prelude::*;
-use conflict_runtime::{Event, OutcomeKind, Received};
+use conflict_runtime::{events::Event, events::Received, operation::OutcomeKind};
 use conflict_tests::Counter;
 use tokio::sync::Notify;
 
@@ -259,7 +259,7 @@ async fn nested_same(c: &mut Counter, same: Handle<Counter>) -> bool {
 #[with_conflict_resolution(pre_ecs(staging_timeout_ms = 0), occ = false)]
 async fn nested_other(c: &mut Counter, other: Handle<Counter>) -> (OpId, Option<OpId>) {
     c.value += 1;
-    let me = conflict_runtime::current_operation().unwrap();
+    let me = conflict_runtime::operation::current_operation().unwrap();
     let child = bump(&other, 1).await.unwrap();
     (child.op_id, Some(me.op_id()))
 }
@@ -304,18 +304,18 @@ async fn nested_calls_detect_reentrancy_and_record_parents() {
 #[tokio::test]
 async fn parent_chains_cannot_form_a_cycle() {
     #[with_conflict_resolution(pre_ecs(staging_timeout_ms = 0), occ = false)]
-    async fn link(c: &mut Counter) -> conflict_runtime::OperationContext {
+    async fn link(c: &mut Counter) -> conflict_runtime::operation::OperationContext {
         c.value += 1;
-        conflict_runtime::current_operation().unwrap()
+        conflict_runtime::operation::current_operation().unwrap()
     }
     let rt = Runtime::in_memory();
-    let mut ctx: Option<conflict_runtime::OperationContext> = None;
+    let mut ctx: Option<conflict_runtime::operation::OperationContext> = None;
     let mut chain = Vec::new();
     for _ in 0..6 {
         let h = rt.insert(Counter::new()).await.unwrap();
         let scope = match ctx.clone() {
-            Some(parent) => conflict_runtime::scope().parent(parent),
-            None => conflict_runtime::scope(),
+            Some(parent) => conflict_runtime::operation::scope().parent(parent),
+            None => conflict_runtime::operation::scope(),
         };
         let me = tokio::spawn(scope.run(async move { link(&h).await }))
             .await
@@ -514,7 +514,7 @@ async fn pack(c: &mut Crate, n: u32) -> u32 {
 /// `Handle::id()` returns it, the store keys by the raw UUID, and serde sees a bare UUID.
 #[tokio::test]
 async fn an_entity_with_a_typed_id_round_trips() {
-    use conflict_runtime::EntityIdType;
+    use conflict_runtime::entity::EntityIdType;
     let rt = Runtime::in_memory();
     let id = CrateId::new();
     let h = rt.insert(Crate { id, items: 0 }).await.unwrap();

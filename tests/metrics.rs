@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use conflict_runtime::prelude::*;
-use conflict_runtime::{MetricsSnapshot, OutcomeKind};
+use conflict_runtime::{metrics::MetricsSnapshot, operation::OutcomeKind};
 use conflict_tests::{Counter, multi_thread};
 
 #[with_conflict_resolution]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use conflict_runtime::prelude::*;
 use conflict_runtime::store::{EntityStore, MemoryStore};
-use conflict_runtime::{OperationStatus, OutcomeKind};
+use conflict_runtime::{operation::OperationStatus, operation::OutcomeKind};
 use conflict_tests::faults::SlowCommits;
 use conflict_tests::probe::{Overlap, outside_write, wait_in_flight_zero};
 use conflict_tests::{Counter, multi_thread, pg};
@@ -431,9 +431,9 @@ async fn a_call_cancelled_in_its_window_leaves_the_target_idle() {
 // 6. Only live ancestors make a call reentrant.
 
 #[with_conflict_resolution]
-async fn grab_context(c: &mut Counter) -> Option<conflict_runtime::OperationContext> {
+async fn grab_context(c: &mut Counter) -> Option<conflict_runtime::operation::OperationContext> {
     c.value += 1;
-    conflict_runtime::current_operation()
+    conflict_runtime::operation::current_operation()
 }
 
 /// Invariant: a call made under `scope().parent(ctx)` after `ctx`'s operation has ended is not
@@ -446,7 +446,7 @@ async fn a_context_whose_operation_ended_does_not_make_its_target_reentrant() {
     let parent = grab_context(&h).await.unwrap();
     let ctx = parent.value.expect("a body sees its operation");
     assert!(!ctx.is_running());
-    let child = conflict_runtime::scope()
+    let child = conflict_runtime::operation::scope()
         .parent(ctx.clone())
         .run(touch(&h))
         .await
@@ -459,10 +459,10 @@ async fn a_context_whose_operation_ended_does_not_make_its_target_reentrant() {
     #[with_conflict_resolution]
     async fn nested_in_task(c: &mut Counter, h: Handle<Counter>) -> bool {
         c.value += 1;
-        let ctx = conflict_runtime::current_operation().unwrap();
+        let ctx = conflict_runtime::operation::current_operation().unwrap();
         assert!(ctx.is_running());
         let child = tokio::spawn(async move {
-            conflict_runtime::scope()
+            conflict_runtime::operation::scope()
                 .parent(ctx)
                 .run(touch(&h))
                 .await
@@ -672,7 +672,9 @@ async fn storm(
                             storm_reject(h, panic, work).await
                         }
                     };
-                    let call = conflict_runtime::scope().priority(priority).run(call);
+                    let call = conflict_runtime::operation::scope()
+                        .priority(priority)
+                        .run(call);
                     let patience = Duration::from_micros(rng.u64(50..5_000));
                     let r = if rng.u8(..4) == 0 {
                         tokio::time::timeout(patience, call).await

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use conflict_runtime::prelude::*;
 use conflict_runtime::store::{CommitOutcome, EntityStore, MemoryStore};
-use conflict_runtime::{OperationContext, OutcomeKind};
+use conflict_runtime::{operation::OperationContext, operation::OutcomeKind};
 use conflict_tests::faults::SlowCommits;
 use conflict_tests::probe::{Overlap, outside_write, wait_in_flight_zero};
 use conflict_tests::{Counter, multi_thread};
@@ -110,7 +110,7 @@ async fn keeps_context_across_attempts(
     match earlier {
         None => {
             // Attempt 1: keep the context, and move the entity on behind this attempt's back.
-            let ctx = conflict_runtime::current_operation();
+            let ctx = conflict_runtime::operation::current_operation();
             assert!(ctx.is_some(), "a body sees its operation");
             *kept.lock().unwrap() = ctx;
             let moved = Counter {
@@ -131,7 +131,9 @@ async fn keeps_context_across_attempts(
             assert_eq!(executing, 1, "the parent still executes on its target");
             let child = tokio::time::timeout(
                 Duration::from_secs(5),
-                conflict_runtime::scope().parent(ctx).run(review_touch(&h)),
+                conflict_runtime::operation::scope()
+                    .parent(ctx)
+                    .run(review_touch(&h)),
             )
             .await;
             match child {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use conflict_runtime::prelude::*;
-use conflict_runtime::{OutcomeKind, OverloadScope, RejectReason};
+use conflict_runtime::{error::OverloadScope, error::RejectReason, operation::OutcomeKind};
 use conflict_tests::Counter;
 use tokio::task::JoinHandle;
 
@@ -62,7 +62,11 @@ where
     F: std::future::Future<Output = T> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::spawn(conflict_runtime::scope().priority(priority).run(fut))
+    tokio::spawn(
+        conflict_runtime::operation::scope()
+            .priority(priority)
+            .run(fut),
+    )
 }
 
 /// Invariant: five concurrent calls in one staging window form one group: exactly one commits,
@@ -552,7 +556,7 @@ async fn occ_alone(c: &mut Counter) -> u64 {
 /// README's priority did nothing.)
 #[tokio::test]
 async fn naming_one_stages_options_keeps_the_other_stage_on() {
-    use conflict_runtime::ResolutionMode;
+    use conflict_runtime::config::ResolutionMode;
     let rt = Runtime::in_memory();
     let mode_of = |name: &str| {
         rt.registered_operations()

@@ -1,7 +1,7 @@
 //! Start-up validation: two cleanup handlers with one name make the runtime refuse to start.
 
 use conflict_runtime::prelude::*;
-use conflict_runtime::{CleanupError, ConfigError, OperationRecord};
+use conflict_runtime::{cleanup::CleanupError, config::ConfigError, operation::OperationRecord};
 
 mod first {
     use super::*;

@@ -3,7 +3,7 @@
 //! linked into the program.)
 
 use conflict_runtime::prelude::*;
-use conflict_runtime::{CleanupError, ConfigError};
+use conflict_runtime::{cleanup::CleanupError, config::ConfigError};
 use conflict_tests::Counter;
 
 #[with_conflict_resolution(cleanup(

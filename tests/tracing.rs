@@ -81,7 +81,7 @@ async fn sneak(c: &mut Counter) -> u64 {
 )]
 async fn conflicting(c: &mut Counter, same: Handle<Counter>) -> u64 {
     if c.value < 200 {
-        conflict_runtime::scope()
+        conflict_runtime::operation::scope()
             .detached()
             .run(sneak(&same))
             .await

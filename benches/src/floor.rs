@@ -21,7 +21,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use conflict_runtime::{Entity, EntityKey};
+use conflict_runtime::{Entity, entity::EntityKey};
 
 use crate::harness::{Call, Workload};
 use crate::{AMOUNT, Body, Item, rmw};

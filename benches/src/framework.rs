@@ -14,7 +14,7 @@
 use std::convert::Infallible;
 
 use conflict_runtime::prelude::*;
-use conflict_runtime::{MetricsSnapshot, OutcomeKind};
+use conflict_runtime::{metrics::MetricsSnapshot, operation::OutcomeKind};
 
 use crate::harness::{Call, Workload};
 use crate::{AMOUNT, Body, Item, rmw_await, rmw_cpu};

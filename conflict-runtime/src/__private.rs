@@ -111,7 +111,7 @@ pub use serde;
 /// type's bound is the trait's (checked once, at `type Id`): a wrong field type gives one error.
 #[inline(always)]
 pub fn raw_id<E: crate::Entity>(id: &E::Id) -> EntityId {
-    crate::EntityIdType::entity_id(id)
+    conflict_core::EntityIdType::entity_id(id)
 }
 
 /// A priority checked at compile time (the macro already validated the literal).

@@ -74,8 +74,8 @@ impl OperationContext {
     /// # #[derive(Debug, Clone, Serialize, Deserialize, Entity)]
     /// # struct Chore { #[entity(id)] id: EntityId }
     /// #[with_conflict_resolution]
-    /// async fn own_context(_c: &mut Chore) -> Option<conflict_runtime::OperationContext> {
-    ///     conflict_runtime::current_operation()
+    /// async fn own_context(_c: &mut Chore) -> Option<conflict_runtime::operation::OperationContext> {
+    ///     conflict_runtime::operation::current_operation()
     /// }
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
@@ -280,7 +280,7 @@ pub(crate) fn run_as<F: Future>(op: LazyLink, fut: F) -> impl Future<Output = F:
 /// The operation whose body is running in this task, if any.
 ///
 /// ```
-/// assert!(conflict_runtime::current_operation().is_none());
+/// assert!(conflict_runtime::operation::current_operation().is_none());
 /// ```
 #[must_use]
 pub fn current_operation() -> Option<OperationContext> {
@@ -304,7 +304,7 @@ pub fn current_operation() -> Option<OperationContext> {
 /// # async fn main() {
 /// let rt = Runtime::in_memory();
 /// let wallet = rt.insert(Wallet { id: EntityId::new(), balance: 0 }).await.unwrap();
-/// let done = conflict_runtime::scope()
+/// let done = conflict_runtime::operation::scope()
 ///     .priority(OperationPriority::CRITICAL)
 ///     .run(deposit(&wallet, 5))
 ///     .await
@@ -346,7 +346,7 @@ pub fn scope() -> Scope {
 /// # async fn main() {
 /// let rt = Runtime::in_memory();
 /// let seat = rt.insert(Seat { id: EntityId::new(), taken: false }).await.unwrap();
-/// let done = conflict_runtime::scope()
+/// let done = conflict_runtime::operation::scope()
 ///     .on_lose(OnLose::Requeue)         // wait for the next round instead of being rejected
 ///     .max_retries(20)                  // more OCC retries than the attribute's
 ///     .timeout(Duration::from_secs(1))  // or end with DeadlineExceeded, committing nothing

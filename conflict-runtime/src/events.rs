@@ -5,10 +5,11 @@
 //! loses the oldest events, is told how many with [`Received::Missed`], and the runtime's metrics
 //! count them (`events_missed`).
 
+pub use conflict_core::{Event, EventKind, OperationInfo};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use conflict_core::Event;
 use tokio::sync::broadcast;
 
 use crate::metrics::{Counter, Metrics};
@@ -66,7 +67,7 @@ pub enum Received {
 ///
 /// ```
 /// use conflict_runtime::prelude::*;
-/// use conflict_runtime::Received;
+/// use conflict_runtime::events::Received;
 ///
 /// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Entity)]
 /// # struct Counter { #[entity(id)] id: EntityId, n: u64 }
@@ -83,7 +84,7 @@ pub enum Received {
 /// while let Some(Received::Event(e)) = events.try_recv() {
 ///     kinds.push(e.kind());
 /// }
-/// assert_eq!(kinds.last(), Some(&conflict_runtime::EventKind::Completed));
+/// assert_eq!(kinds.last(), Some(&conflict_runtime::events::EventKind::Completed));
 /// # }
 /// ```
 pub struct EventSubscriber {

@@ -120,41 +120,68 @@
 //! `parent_op_id` and inherits the parent's effective priority. A child that targets an entity
 //! one of its ancestors is executing on returns [`ConflictError::Reentrant`] at once (it would
 //! otherwise wait for its own ancestor); change that entity in the ancestor's body instead.
-//! Tasks spawned from a body do not inherit the context: use [`scope`]`().parent(..)` with
-//! [`current_operation`] to pass it on.
+//! Tasks spawned from a body do not inherit the context: use [`scope`](operation::scope)`().parent(..)` with
+//! [`current_operation`](operation::current_operation) to pass it on.
 
 #![warn(missing_docs)]
 
 pub mod __private;
 pub mod cleanup;
 mod context;
-mod events;
+pub mod events;
 mod handle;
 mod lifecycle;
-mod metrics;
+pub mod metrics;
 mod occ;
 pub mod prelude;
 mod registry;
 mod runtime;
-mod staging;
+pub mod staging;
 pub mod store;
 
-pub use cleanup::{HealthReport, HealthStatus, Operations, RegistryCounts};
-pub use conflict_core::{
-    BodyFailed, CleanupAction, CleanupConfig, CleanupConfigBuilder, CleanupDecision, CleanupError,
-    CleanupStrategy, CleanupTrigger, Committed, ConfigError, ConflictError, Entity, EntityId,
-    EntityIdType, EntityKey, Event, EventKind, OccConfig, OnLose, OpClass, OpId, OperationConfig,
-    OperationInfo, OperationPriority, OperationRecord, OperationStatus, OutcomeKind, OverloadScope,
-    ParseIdError, PreEcsConfig, PriorityError, PrioritySet, RejectReason, ResolutionMode,
-    StoreError, Versioned, policy,
-};
+pub use conflict_core::{Committed, ConflictError, Entity, EntityId, policy};
 pub use conflict_macros::{Entity, cleanup_handler, with_conflict_resolution};
+pub use handle::Handle;
+pub use runtime::{Runtime, RuntimeBuilder, ShutdownReport};
+
+/// What configures an annotated function: the attribute's values as types, and their
+/// validation (the macro checks literals at compile time with the same code).
+pub mod config {
+    pub use conflict_core::{
+        CleanupConfig, CleanupConfigBuilder, ConfigError, OccConfig, OnLose, OpClass,
+        OperationConfig, OperationPriority, PreEcsConfig, PriorityError, PrioritySet,
+        ResolutionMode,
+    };
+}
+
+/// Why a call failed: [`ConflictError`] and the types its variants carry.
+pub mod error {
+    pub use conflict_core::{
+        BodyFailed, ConfigError, ConflictError, OutcomeKind, OverloadScope, RejectReason,
+        StoreError,
+    };
+}
+
+/// Entities: the trait, ids and keys, versioned values, and the entity types linked into the
+/// program.
+pub mod entity {
+    pub use crate::registry::{EntityRegistration, linked_entities};
+    pub use conflict_core::{Entity, EntityId, EntityIdType, EntityKey, ParseIdError, Versioned};
+}
+
+/// Operations: ids, records, outcomes, the context a body runs in (and per-call overrides with
+/// [`scope`](operation::scope)), and the annotated functions linked into the program.
+pub mod operation {
+    pub use crate::context::{OperationContext, Scope, current_operation, scope};
+    pub use crate::registry::{OperationSpec, linked_operations};
+    pub use conflict_core::{OpId, OperationInfo, OperationRecord, OperationStatus, OutcomeKind};
+}
 
 /// Declares a typed id: a newtype around [`EntityId`] for one entity type, so that an id of one
 /// entity cannot be used for another (`rt.handle::<Product>(cart_id)` does not compile).
 ///
 /// The type is `Copy`, `Eq`, `Ord`, `Hash`, `Debug`, `Display` (the UUID), serializes as the bare
-/// UUID, and implements [`EntityIdType`]; `ProductId::new()` makes a fresh one.
+/// UUID, and implements [`EntityIdType`](entity::EntityIdType); `ProductId::new()` makes a fresh one.
 ///
 /// ```
 /// use conflict_runtime::prelude::*;
@@ -224,7 +251,7 @@ macro_rules! typed_id {
             }
         }
 
-        impl $crate::EntityIdType for $name {
+        impl $crate::entity::EntityIdType for $name {
             #[inline]
             fn from_entity_id(id: $crate::EntityId) -> Self {
                 Self(id)
@@ -242,17 +269,6 @@ macro_rules! typed_id {
         }
     };
 }
-
-pub use context::{OperationContext, Scope, current_operation, scope};
-pub use events::{EventSubscriber, Received};
-pub use handle::Handle;
-pub use metrics::{
-    CleanupMetrics, GroupSizeSnapshot, HistogramSnapshot, MetricsSnapshot, OpTypeSnapshot,
-    RetryStats,
-};
-pub use registry::{EntityRegistration, OperationSpec, linked_entities, linked_operations};
-pub use runtime::{Runtime, RuntimeBuilder, ShutdownReport};
-pub use staging::{StagingStatus, TargetStatus};
 
 /// The README's code blocks, compiled and run as doctests.
 #[cfg(doctest)]

@@ -3,9 +3,13 @@
 //! Also re-exports serde's `Serialize` and `Deserialize` derives, which `#[derive(Entity)]`
 //! requires.
 
+pub use crate::cleanup::{CleanupAction, CleanupError};
+pub use crate::config::{OnLose, OpClass, OperationPriority};
+pub use crate::entity::Versioned;
+pub use crate::error::{OutcomeKind, StoreError};
+pub use crate::operation::{OpId, OperationRecord, current_operation, scope};
 pub use crate::{
-    CleanupAction, CleanupError, Committed, ConflictError, Entity, EntityId, Handle, OnLose,
-    OpClass, OpId, OperationPriority, OperationRecord, OutcomeKind, Runtime, Versioned,
-    cleanup_handler, current_operation, scope, with_conflict_resolution,
+    Committed, ConflictError, Entity, EntityId, Handle, Runtime, cleanup_handler, typed_id,
+    with_conflict_resolution,
 };
 pub use serde::{Deserialize, Serialize};

@@ -154,7 +154,7 @@ impl RuntimeBuilder {
     /// or a panic is retried, then the record is kept and the handler reported as failed.
     ///
     /// ```
-    /// use conflict_runtime::{CleanupError, OperationRecord, Runtime};
+    /// use conflict_runtime::{cleanup::CleanupError, operation::OperationRecord, Runtime};
     /// let rt = Runtime::builder()
     ///     .cleanup_handler("log", |rec: OperationRecord| async move {
     ///         println!("cleaning {}", rec.op_id);
@@ -285,7 +285,7 @@ impl Runtime {
     }
 
     /// A handle to an entity that already exists (nothing is checked until it is used). The id
-    /// is the entity's own id type: an [`EntityId`], or its typed id ([`typed_id!`](crate::typed_id)).
+    /// is the entity's own id type: an [`EntityId`](crate::EntityId), or its typed id ([`typed_id!`](crate::typed_id)).
     pub fn handle<E: Entity>(&self, id: E::Id) -> Handle<E> {
         let key = EntityKey::new(E::TYPE_NAME, id.entity_id());
         Handle::new(self.clone(), key, SlotCache::default())
@@ -322,7 +322,7 @@ impl Runtime {
     /// let t = rt.insert(Tally { id: EntityId::new(), n: 0 }).await.unwrap();
     /// let done = tally(&t).await.unwrap();
     /// let rec = rt.operations().get(done.op_id).unwrap();
-    /// assert_eq!(rec.status, conflict_runtime::OperationStatus::Succeeded);
+    /// assert_eq!(rec.status, conflict_runtime::operation::OperationStatus::Succeeded);
     /// assert_eq!(rec.version, Some(2));
     /// # }
     /// ```

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use conflict_runtime::EntityKey;
+use conflict_runtime::entity::EntityKey;
 use conflict_runtime::prelude::*;
 use conflict_runtime::store::{Commit, Write};
 

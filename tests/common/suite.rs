@@ -10,7 +10,7 @@ use conflict_runtime::prelude::*;
 use conflict_runtime::store::{
     Commit, CommitOutcome, EntityCodec, EntityStore, StoredValue, Write,
 };
-use conflict_runtime::{EntityKey, OutcomeKind, StoreError};
+use conflict_runtime::{entity::EntityKey, error::StoreError, operation::OutcomeKind};
 
 use crate::Counter;
 
@@ -130,7 +130,7 @@ pub async fn no_lost_update_three_entities_mixed_priorities(rt: Runtime, scale: 
                         OperationPriority::HIGH,
                         OperationPriority::CRITICAL,
                     ][rng.usize(..4)];
-                    let r = conflict_runtime::scope()
+                    let r = conflict_runtime::operation::scope()
                         .priority(p)
                         .run(bump_default(&hs[k], t * 1000 + i))
                         .await;
@@ -215,7 +215,7 @@ async fn sneak(c: &mut Counter) -> u64 {
     pre_ecs = false
 )]
 async fn always_conflicts(c: &mut Counter, same: Handle<Counter>) -> u64 {
-    conflict_runtime::scope()
+    conflict_runtime::operation::scope()
         .detached()
         .run(sneak(&same))
         .await
@@ -245,8 +245,8 @@ pub async fn retries_exhausted_after_max_retries_plus_one_attempts(rt: Runtime) 
     assert_eq!(m.occ_conflicts, 3);
     assert_eq!(m.occ_retries, 2);
     let mut conflicts = 0;
-    while let Some(conflict_runtime::Received::Event(e)) = events.try_recv() {
-        if let conflict_runtime::Event::OperationConflict {
+    while let Some(conflict_runtime::events::Received::Event(e)) = events.try_recv() {
+        if let conflict_runtime::events::Event::OperationConflict {
             expected_version,
             actual_version,
             ..
@@ -270,7 +270,7 @@ pub async fn retries_exhausted_after_max_retries_plus_one_attempts(rt: Runtime) 
 )]
 async fn contended(c: &mut Counter, same: Handle<Counter>, rounds: u64) -> u64 {
     if c.value < rounds {
-        conflict_runtime::scope()
+        conflict_runtime::operation::scope()
             .detached()
             .run(sneak(&same))
             .await
@@ -286,15 +286,15 @@ pub async fn backoff_delays_stay_within_their_ceiling(rt: Runtime) {
     let mut events = rt.subscribe();
     // `sneak` adds 100, so the body stops conflicting once value >= 1000: 10 conflicts.
     contended(&h, h.clone(), 1000).await.unwrap();
-    let occ = conflict_runtime::OccConfig {
+    let occ = conflict_runtime::config::OccConfig {
         max_retries: 30,
         base_delay_ms: 2,
         backoff_factor: 2.0,
         max_delay_ms: 16,
     };
     let mut retries = 0;
-    while let Some(conflict_runtime::Received::Event(e)) = events.try_recv() {
-        if let conflict_runtime::Event::OperationRetry { attempt, delay, .. } = e {
+    while let Some(conflict_runtime::events::Received::Event(e)) = events.try_recv() {
+        if let conflict_runtime::events::Event::OperationRetry { attempt, delay, .. } = e {
             retries += 1;
             let ceiling = occ.backoff_ceiling(attempt - 1);
             assert!(
@@ -329,12 +329,12 @@ pub async fn a_missing_entity_is_a_store_error(rt: Runtime) {
     assert!(matches!(
         bump_default(&ghost, 1).await,
         Err(ConflictError::Store(
-            conflict_runtime::StoreError::NotFound { .. }
+            conflict_runtime::error::StoreError::NotFound { .. }
         ))
     ));
     assert!(matches!(
         ghost.load().await,
-        Err(conflict_runtime::StoreError::NotFound { .. })
+        Err(conflict_runtime::error::StoreError::NotFound { .. })
     ));
     let h = rt.insert(Counter::new()).await.unwrap();
     let dup = Counter {
@@ -343,7 +343,7 @@ pub async fn a_missing_entity_is_a_store_error(rt: Runtime) {
     };
     assert!(matches!(
         rt.insert(dup).await,
-        Err(conflict_runtime::StoreError::AlreadyExists { .. })
+        Err(conflict_runtime::error::StoreError::AlreadyExists { .. })
     ));
     assert_eq!(rt.metrics().outcome(OutcomeKind::StoreError), 1);
 }
@@ -368,7 +368,7 @@ pub async fn versions_start_at_one_and_grow_by_one(rt: Runtime) {
 
 #[with_conflict_resolution(mode = "none")]
 async fn once_only(c: &mut Counter, same: Handle<Counter>) -> u64 {
-    conflict_runtime::scope()
+    conflict_runtime::operation::scope()
         .detached()
         .run(sneak(&same))
         .await

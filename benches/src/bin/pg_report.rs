@@ -186,8 +186,8 @@ async fn framework(
     let after = rt.metrics();
     // Attempts as the framework counts them: body runs plus calls refused before running.
     let attempts = (after.attempts - before.attempts)
-        + (after.outcome(conflict_runtime::OutcomeKind::Rejected)
-            - before.outcome(conflict_runtime::OutcomeKind::Rejected));
+        + (after.outcome(conflict_runtime::operation::OutcomeKind::Rejected)
+            - before.outcome(conflict_runtime::operation::OutcomeKind::Rejected));
     let conflicts = after.occ_conflicts - before.occ_conflicts;
     Ok((Row { attempts, ..row }, conflicts))
 }

@@ -17,7 +17,7 @@
 //!   `prometheus-client`, which is used for export only: the hot path stays on the atomics
 //!   above.
 //!
-//! [`Metrics`] is the facade the rest of the crate records through.
+//! `Metrics` is the facade the rest of the crate records through.
 
 mod counters;
 mod latency;

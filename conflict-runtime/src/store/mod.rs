@@ -27,8 +27,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use conflict_core::{Entity, EntityKey, OpId, OperationPriority, StoreError};
+use conflict_core::{Entity, OpId, OperationPriority};
 
+pub use conflict_core::{EntityKey, StoreError};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PgStore;
@@ -163,7 +164,7 @@ pub enum CommitOutcome {
 /// use std::sync::Arc;
 /// use conflict_runtime::prelude::*;
 /// use conflict_runtime::store::{check_key, StoredValue};
-/// use conflict_runtime::{EntityKey, StoreError};
+/// use conflict_runtime::{entity::EntityKey, error::StoreError};
 ///
 /// // (Doctests are linked into one program, where entity type names must be unique.)
 /// #[derive(Debug, Clone, Serialize, Deserialize, Entity)]

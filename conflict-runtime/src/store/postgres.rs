@@ -121,7 +121,7 @@ impl fmt::Debug for PgStore {
 /// use conflict_runtime::store::PgStore;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), conflict_runtime::StoreError> {
+/// # async fn main() -> Result<(), conflict_runtime::error::StoreError> {
 /// let store = PgStore::builder("host=127.0.0.1 user=app dbname=app")
 ///     .schema("billing")
 ///     .max_connections(32)
@@ -228,7 +228,7 @@ impl LedgerStatus {
 ///
 /// ```
 /// use conflict_runtime::store::postgres::LedgerTarget;
-/// use conflict_runtime::{EntityId, EntityKey};
+/// use conflict_runtime::{EntityId, entity::EntityKey};
 ///
 /// let t = LedgerTarget { key: EntityKey::new("Account", EntityId::new()), version: 2 };
 /// assert_eq!(t.version, 2);
@@ -281,7 +281,7 @@ impl PgStore {
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), conflict_runtime::StoreError> {
+    /// # async fn main() -> Result<(), conflict_runtime::error::StoreError> {
     /// let store = conflict_runtime::store::PgStore::connect("postgres://app@db/app").await?;
     /// assert_eq!(store.schema(), "conflict");
     /// # Ok(()) }
@@ -339,7 +339,7 @@ impl PgStore {
     /// for a definite answer.
     ///
     /// ```no_run
-    /// # async fn f(store: conflict_runtime::store::PgStore, op: conflict_runtime::OpId) -> Result<(), conflict_runtime::StoreError> {
+    /// # async fn f(store: conflict_runtime::store::PgStore, op: conflict_runtime::operation::OpId) -> Result<(), conflict_runtime::error::StoreError> {
     /// if let Some(entry) = store.lookup(op).await? {
     ///     println!("{op}: {:?} at seq {:?}", entry.status, entry.commit_seq);
     /// }
@@ -365,7 +365,7 @@ impl PgStore {
     /// Use it on the op id of a [`StoreError::OutcomeUnknown`].
     ///
     /// ```no_run
-    /// use conflict_runtime::StoreError;
+    /// use conflict_runtime::error::StoreError;
     /// use conflict_runtime::store::postgres::LedgerStatus;
     /// # async fn f(store: conflict_runtime::store::PgStore, err: StoreError) -> Result<(), StoreError> {
     /// if let StoreError::OutcomeUnknown { op_id, .. } = err {
@@ -389,7 +389,7 @@ impl PgStore {
     /// number of commits of the entity, and their versions are `2..=current version`.
     ///
     /// ```no_run
-    /// # async fn f(store: conflict_runtime::store::PgStore, key: conflict_runtime::EntityKey) -> Result<(), conflict_runtime::StoreError> {
+    /// # async fn f(store: conflict_runtime::store::PgStore, key: conflict_runtime::entity::EntityKey) -> Result<(), conflict_runtime::error::StoreError> {
     /// for entry in store.ledger_for(&key).await? {
     ///     println!("{} by {:?}", entry.op_id, entry.op_type);
     /// }

@@ -1,5 +1,5 @@
 use conflict_runtime::prelude::*;
-use conflict_runtime::{CleanupError, OperationRecord};
+use conflict_runtime::{cleanup::CleanupError, operation::OperationRecord};
 
 #[cleanup_handler("audit", crate = "conflict_runtime", crate = "conflict_runtime")]
 async fn audit(_op: &OperationRecord) -> Result<(), CleanupError> {

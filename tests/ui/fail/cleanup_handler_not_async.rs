@@ -1,5 +1,5 @@
 use conflict_runtime::prelude::*;
-use conflict_runtime::{CleanupError, OperationRecord};
+use conflict_runtime::{cleanup::CleanupError, operation::OperationRecord};
 
 #[cleanup_handler("audit")]
 fn audit(_op: &OperationRecord) -> Result<(), CleanupError> {

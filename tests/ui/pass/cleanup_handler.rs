@@ -1,5 +1,5 @@
 use conflict_runtime::prelude::*;
-use conflict_runtime::{CleanupAction, CleanupError, OperationRecord};
+use conflict_runtime::{cleanup::CleanupAction, cleanup::CleanupError, operation::OperationRecord};
 
 #[derive(Debug, Clone, Serialize, Deserialize, Entity)]
 struct Ledger {
