@@ -1,4 +1,4 @@
-//! `PgStore` against a real PostgreSQL: the generic OCC suite (`conflict_tests::suite`) unchanged,
+//! `PgStore` against a real PostgreSQL: the backend suite (`conflict_tests::suite`) unchanged,
 //! then what only a database store has to guarantee — the ledger, all-or-nothing multi-writes,
 //! conflicts from SQLSTATE 40P01, settled unknown outcomes, several OS processes, a killed
 //! process, a database restart.
@@ -24,128 +24,11 @@ use conflict_runtime::{entity::EntityKey, error::StoreError};
 use conflict_tests::suite::{self, Scale};
 use conflict_tests::{Counter, multi_thread, pg};
 
-/// The contention tests' size on PostgreSQL: every attempt is two round trips.
-const PG_SCALE: Scale = Scale {
-    tasks: 16,
-    calls: 25,
-};
-
 // ---------------------------------------------------------------------------------------------
-// The OCC suite, unchanged.
+// The backend suite, unchanged: every case as `postgres::<case>`, each on a store in a fresh
+// schema of the shared cluster, at the smaller `pg::Postgres::SCALES`.
 
-/// Invariant (suite): OCC alone on one entity loses no update; value = version - 1 = commits.
-#[test]
-fn no_lost_update_one_entity() {
-    multi_thread(2, async {
-        let (rt, _) = pg::runtime("lost_update_one").await;
-        suite::no_lost_update_one_entity(rt, PG_SCALE).await;
-    });
-}
-
-/// Invariant (suite): 3 entities, mixed priorities, both stages: per entity value = version - 1
-/// = commits, outcomes add up to submissions.
-#[test]
-fn no_lost_update_three_entities_mixed_priorities() {
-    multi_thread(2, async {
-        let (rt, _) = pg::runtime("lost_update_three").await;
-        suite::no_lost_update_three_entities_mixed_priorities(rt, PG_SCALE).await;
-    });
-}
-
-/// Invariant (suite): a body error commits nothing and is not retried.
-#[test]
-fn a_body_error_commits_nothing_and_is_not_retried() {
-    multi_thread(2, async {
-        let (rt, _) = pg::runtime("body_error").await;
-        suite::a_body_error_commits_nothing_and_is_not_retried(rt).await;
-    });
-}
-
-/// Invariant (suite): every attempt conflicting ends in `RetriesExhausted` after
-/// `max_retries + 1` attempts, with the version found reported.
-#[test]
-fn retries_exhausted_after_max_retries_plus_one_attempts() {
-    multi_thread(2, async {
-        let (rt, _) = pg::runtime("exhausted").await;
-        suite::retries_exhausted_after_max_retries_plus_one_attempts(rt).await;
-    });
-}
-
-/// Invariant (suite): retry delays stay within their ceiling. On the real clock here (the paused
-/// clock would fire the driver's timeouts while it waits for the network); the delays are
-/// capped at 16 ms, so this costs well under a second.
-#[test]
-fn backoff_delays_stay_within_their_ceiling() {
-    multi_thread(2, async {
-        let (rt, _) = pg::runtime("backoff").await;
-        suite::backoff_delays_stay_within_their_ceiling(rt).await;
-    });
-}
-
-/// Invariant (suite): the id is immutable.
-#[test]
-fn a_body_that_changes_the_id_is_refused() {
-    multi_thread(2, async {
-        let (rt, _) = pg::runtime("identity").await;
-        suite::a_body_that_changes_the_id_is_refused(rt).await;
-    });
-}
-
-/// Invariant (suite): missing and duplicate entities are typed store errors.
-#[test]
-fn a_missing_entity_is_a_store_error() {
-    multi_thread(2, async {
-        let (rt, _) = pg::runtime("missing").await;
-        suite::a_missing_entity_is_a_store_error(rt).await;
-    });
-}
-
-/// Invariant (suite): versions start at 1 and grow by 1 per commit; last-modified never goes
-/// back.
-#[test]
-fn versions_start_at_one_and_grow_by_one() {
-    multi_thread(2, async {
-        let (rt, _) = pg::runtime("versions").await;
-        suite::versions_start_at_one_and_grow_by_one(rt).await;
-    });
-}
-
-/// Invariant (suite, defect 10): a value of another type or id under a key is refused with
-/// `KeyMismatch` before any I/O; the row still loads at its old version.
-#[test]
-fn store_refuses_a_value_under_another_key() {
-    multi_thread(2, async {
-        let store = pg::store("key_mismatch").await;
-        suite::store_refuses_a_value_under_another_key(&store).await;
-    });
-}
-
-/// Invariant (suite, defect 10): a multi-write with one mismatched write applies none.
-#[test]
-fn store_refuses_a_multi_write_with_one_mismatched_write() {
-    multi_thread(2, async {
-        let store = pg::store("key_mismatch_multi").await;
-        suite::store_refuses_a_multi_write_with_one_mismatched_write(&store).await;
-    });
-}
-
-/// Invariant (suite, defect 10): an insert under another key stores nothing.
-#[test]
-fn store_refuses_an_insert_under_another_key() {
-    multi_thread(2, async {
-        let store = pg::store("key_mismatch_insert").await;
-        suite::store_refuses_an_insert_under_another_key(&store).await;
-    });
-}
-
-/// Invariant (suite): `mode = "none"` compares but does not retry.
-#[test]
-fn mode_none_compares_but_does_not_retry() {
-    multi_thread(2, async {
-        let (rt, _) = pg::runtime("mode_none").await;
-        suite::mode_none_compares_but_does_not_retry(rt).await;
-    });
-}
+conflict_tests::backend_suite!(postgres, conflict_tests::pg::Postgres);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.

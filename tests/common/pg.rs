@@ -23,12 +23,14 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use conflict_runtime::Runtime;
-use conflict_runtime::store::PgStore;
+use conflict_runtime::store::{EntityStore, PgStore};
+
+use crate::suite::{Backend, Scale, Scales};
 
 /// Where Debian installs the PostgreSQL server binaries, one directory per major version.
 pub const PG_ROOT: &str = "/usr/lib/postgresql";
@@ -509,4 +511,36 @@ pub async fn runtime(hint: &str) -> (Runtime, PgStore) {
         .build()
         .unwrap_or_else(|e| panic!("runtime configuration: {e}"));
     (rt, store)
+}
+
+/// The backend suite's PostgreSQL backend (`backend_suite!(postgres, Postgres)`): each case on
+/// a store in a fresh schema of the [`shared`] cluster, named after the case.
+#[derive(Debug)]
+pub struct Postgres;
+
+impl Backend for Postgres {
+    // Every attempt is a few round trips.
+    const SCALES: Scales = Scales {
+        one_entity: Scale {
+            tasks: 16,
+            calls: 25,
+        },
+        mixed_priorities: Scale {
+            tasks: 16,
+            calls: 25,
+        },
+        transfers: Scale {
+            tasks: 16,
+            calls: 25,
+        },
+    };
+    const PAUSED_CLOCK: bool = false;
+
+    async fn runtime(case: &'static str) -> Runtime {
+        runtime(case).await.0
+    }
+
+    async fn store(case: &'static str) -> Arc<dyn EntityStore> {
+        Arc::new(store(case).await)
+    }
 }

@@ -1,21 +1,35 @@
-//! The OCC suite, generic over the store: every function takes a fresh runtime (on whatever
-//! backend) and checks one invariant. `tests/occ.rs` runs it on the in-memory store; the
-//! PostgreSQL tests run the same functions on `PgStore`. The `store_*` functions call the
-//! [`EntityStore`] trait directly (a fresh, empty store of any backend).
+//! The backend suite: one contract, run on every store by [`backend_suite!`].
+//!
+//! Every `pub async fn` here checks one invariant on a fresh runtime or a fresh, empty store
+//! of any backend: the runtime cases take a [`Runtime`]; the `store_*` cases call the
+//! [`EntityStore`] trait directly (`&dyn EntityStore`, or an `Arc` of one to share between
+//! tasks). A backend is a [`Backend`] (how to make those two, and how hard to push);
+//! `backend_suite!(module, Backend)` turns every case into a `#[tokio::test]` named after it
+//! in `module`, so a case added to the macro runs on every backend:
+//!
+//! ```text
+//! conflict_tests::backend_suite!(memory, conflict_tests::suite::Memory);  // tests/occ.rs
+//! conflict_tests::backend_suite!(postgres, conflict_tests::pg::Postgres); // tests/pg.rs
+//! ```
+//!
+//! A case added here but not to the macro fails `every_case_is_instantiated_by_backend_suite`
+//! (this crate's unit tests), so no backend can miss it.
 
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use conflict_runtime::prelude::*;
 use conflict_runtime::store::{
-    Commit, CommitOutcome, EntityCodec, EntityStore, StoredValue, Write,
+    Commit, CommitOutcome, EntityCodec, EntityStore, MemoryStore, StoredValue, Write,
 };
 use conflict_runtime::{entity::EntityKey, error::StoreError, operation::OutcomeKind};
 
 use crate::Counter;
 
-/// How hard the contention tests push: the in-memory store takes the issue's full sizes; a
-/// database backend may use fewer tasks or calls per task.
+/// How hard one contention case pushes.
 #[derive(Debug, Clone, Copy)]
 pub struct Scale {
     /// Concurrent tasks.
@@ -29,6 +43,148 @@ impl Scale {
     pub const FULL: Self = Self {
         tasks: 64,
         calls: 200,
+    };
+}
+
+/// The sizes of a backend's contention cases: the in-memory store takes the full sizes; a
+/// database backend, where every attempt is a few round trips, fewer tasks or calls.
+#[derive(Debug, Clone, Copy)]
+pub struct Scales {
+    /// [`no_lost_update_one_entity`].
+    pub one_entity: Scale,
+    /// [`no_lost_update_three_entities_mixed_priorities`].
+    pub mixed_priorities: Scale,
+    /// [`store_concurrent_commit_many_conserves_the_total`].
+    pub transfers: Scale,
+}
+
+/// A backend the suite runs on: what [`backend_suite!`] needs to instantiate every case.
+pub trait Backend {
+    /// How hard the contention cases push on this backend.
+    const SCALES: Scales;
+    /// Whether time-dependent cases run on tokio's paused clock. Not for a database driver,
+    /// whose network timeouts would fire while the paused clock jumps ahead; there they run on
+    /// the real clock (their delays are a few milliseconds).
+    const PAUSED_CLOCK: bool;
+    /// A runtime on a fresh, empty store of this backend. `case` names the test (e.g. for a
+    /// schema name).
+    fn runtime(case: &'static str) -> impl Future<Output = Runtime>;
+    /// A fresh, empty store of this backend, used through the trait only.
+    fn store(case: &'static str) -> impl Future<Output = Arc<dyn EntityStore>>;
+}
+
+/// The embedded in-memory store: [`Runtime::in_memory`], and a [`MemoryStore`] through the
+/// trait.
+#[derive(Debug)]
+pub struct Memory;
+
+impl Backend for Memory {
+    const SCALES: Scales = Scales {
+        one_entity: Scale::FULL,
+        mixed_priorities: Scale {
+            tasks: 64,
+            calls: 100,
+        },
+        transfers: Scale::FULL,
+    };
+    const PAUSED_CLOCK: bool = true;
+
+    async fn runtime(_case: &'static str) -> Runtime {
+        Runtime::in_memory()
+    }
+
+    async fn store(_case: &'static str) -> Arc<dyn EntityStore> {
+        Arc::new(MemoryStore::new())
+    }
+}
+
+/// Instantiates every case of the suite (`conflict_tests::suite`) on one backend: a module
+/// `$module` holding one `#[tokio::test]` per case, named after the case, on a fresh runtime
+/// or store of `$backend` (a [`suite::Backend`](crate::suite::Backend)).
+///
+/// Adding a case means adding its line here; then it runs on every backend. Cases with many
+/// tasks run on a multi-thread runtime (2 workers); the time-dependent case on a current-thread
+/// runtime, whose clock is paused if the backend allows it.
+///
+/// The expansion names `tokio` directly: use it in a crate that depends on tokio with the
+/// `macros`, `rt-multi-thread` and `test-util` features (the test binaries of this crate).
+#[macro_export]
+macro_rules! backend_suite {
+    ($module:ident, $backend:ty) => {
+        #[doc = concat!("The backend suite (`conflict_tests::suite`) on `", stringify!($backend), "`.")]
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+
+            // Runtime cases.
+            $crate::__suite_case!(runtime $backend, no_lost_update_one_entity,
+                <$backend as $crate::suite::Backend>::SCALES.one_entity);
+            $crate::__suite_case!(runtime $backend, no_lost_update_three_entities_mixed_priorities,
+                <$backend as $crate::suite::Backend>::SCALES.mixed_priorities);
+            $crate::__suite_case!(runtime $backend, a_body_error_commits_nothing_and_is_not_retried);
+            $crate::__suite_case!(runtime $backend, retries_exhausted_after_max_retries_plus_one_attempts);
+            $crate::__suite_case!(clock $backend, backoff_delays_stay_within_their_ceiling);
+            $crate::__suite_case!(runtime $backend, a_body_that_changes_the_id_is_refused);
+            $crate::__suite_case!(runtime $backend, a_missing_entity_is_a_store_error);
+            $crate::__suite_case!(runtime $backend, versions_start_at_one_and_grow_by_one);
+            $crate::__suite_case!(runtime $backend, mode_none_compares_but_does_not_retry);
+
+            // Store cases, through `&dyn EntityStore`.
+            $crate::__suite_case!(store $backend, store_insert_then_load_returns_version_one);
+            $crate::__suite_case!(store $backend, store_commit_at_the_expected_version_bumps_it_by_one);
+            $crate::__suite_case!(store $backend, store_commit_with_a_stale_version_is_a_conflict_and_changes_nothing);
+            $crate::__suite_case!(store $backend, store_commit_many_is_all_or_nothing);
+            $crate::__suite_case!(store $backend, store_commit_many_with_no_writes_changes_nothing);
+            $crate::__suite_case!(store $backend, store_commit_many_refuses_a_key_written_twice);
+            $crate::__suite_case!(store $backend, store_refuses_a_value_under_another_key);
+            $crate::__suite_case!(store $backend, store_refuses_a_multi_write_with_one_mismatched_write);
+            $crate::__suite_case!(store $backend, store_refuses_an_insert_under_another_key);
+            // Through an `Arc<dyn EntityStore>` shared by many tasks.
+            $crate::__suite_case!(shared_store $backend, store_concurrent_commit_many_conserves_the_total,
+                <$backend as $crate::suite::Backend>::SCALES.transfers);
+        }
+    };
+}
+
+/// Not public API. Used by [`backend_suite!`]: one test of one case on one backend.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __suite_case {
+    (runtime $backend:ty, $case:ident $(, $arg:expr)*) => {
+        #[doc = concat!("[`conflict_tests::suite::", stringify!($case), "`] on a fresh runtime.")]
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            let rt = <$backend as $crate::suite::Backend>::runtime(stringify!($case)).await;
+            $crate::suite::$case(rt $(, $arg)*).await;
+        }
+    };
+    (clock $backend:ty, $case:ident) => {
+        #[doc = concat!("[`conflict_tests::suite::", stringify!($case), "`] on a fresh runtime, paused clock where the backend allows.")]
+        // Current-thread: the only flavour whose clock can be paused.
+        #[tokio::test]
+        async fn $case() {
+            if <$backend as $crate::suite::Backend>::PAUSED_CLOCK {
+                tokio::time::pause();
+            }
+            let rt = <$backend as $crate::suite::Backend>::runtime(stringify!($case)).await;
+            $crate::suite::$case(rt).await;
+        }
+    };
+    (store $backend:ty, $case:ident) => {
+        #[doc = concat!("[`conflict_tests::suite::", stringify!($case), "`] on a fresh store.")]
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            let store = <$backend as $crate::suite::Backend>::store(stringify!($case)).await;
+            $crate::suite::$case(&*store).await;
+        }
+    };
+    (shared_store $backend:ty, $case:ident $(, $arg:expr)*) => {
+        #[doc = concat!("[`conflict_tests::suite::", stringify!($case), "`] on a fresh store.")]
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            let store = <$backend as $crate::suite::Backend>::store(stringify!($case)).await;
+            $crate::suite::$case(store $(, $arg)*).await;
+        }
     };
 }
 
@@ -49,7 +205,7 @@ async fn increment(c: &mut Counter, tag: u64) -> u64 {
     c.value
 }
 
-/// Invariant: with OCC alone, 64 tasks × 200 increments on one entity lose nothing — the final
+/// Invariant: with OCC alone, `scale.tasks` × `scale.calls` increments on one entity lose nothing — the final
 /// value and the final version both equal the number of committed calls, and every call ended
 /// with Ok or a typed error.
 pub async fn no_lost_update_one_entity(rt: Runtime, scale: Scale) {
@@ -106,7 +262,7 @@ async fn bump_default(c: &mut Counter, tag: u64) -> u64 {
     c.value
 }
 
-/// Invariant: 64 tasks on 3 entities with mixed priorities (default mode: staging + OCC): per
+/// Invariant: `scale.tasks` tasks on 3 entities with mixed priorities (default mode: staging + OCC): per
 /// entity, value = version - 1 = committed calls on it, each applied once; every call ended
 /// with Ok or a typed error and the outcome counters add up to the submissions.
 pub async fn no_lost_update_three_entities_mixed_priorities(rt: Runtime, scale: Scale) {
@@ -169,16 +325,14 @@ pub async fn no_lost_update_three_entities_mixed_priorities(rt: Runtime, scale: 
     }
 }
 
-static BODY_RUNS: AtomicU64 = AtomicU64::new(0);
-
 /// The error of `refuse`.
 #[derive(Debug, PartialEq, thiserror::Error)]
 #[error("refused: {0}")]
 pub struct Refused(pub u64);
 
 #[with_conflict_resolution(occ(max_retries = 5), pre_ecs = false)]
-async fn refuse(c: &mut Counter, limit: u64) -> Result<u64, Refused> {
-    BODY_RUNS.fetch_add(1, Ordering::SeqCst);
+async fn refuse(c: &mut Counter, limit: u64, runs: Arc<AtomicU64>) -> Result<u64, Refused> {
+    runs.fetch_add(1, Ordering::SeqCst);
     c.value += 1;
     if c.value > limit {
         return Err(Refused(c.value));
@@ -190,13 +344,14 @@ async fn refuse(c: &mut Counter, limit: u64) -> Result<u64, Refused> {
 /// retried.
 pub async fn a_body_error_commits_nothing_and_is_not_retried(rt: Runtime) {
     let h = rt.insert(Counter::new()).await.unwrap();
-    assert_eq!(refuse(&h, 1).await.unwrap().value, 1);
-    BODY_RUNS.store(0, Ordering::SeqCst);
-    match refuse(&h, 1).await {
+    let runs = Arc::new(AtomicU64::new(0));
+    assert_eq!(refuse(&h, 1, runs.clone()).await.unwrap().value, 1);
+    runs.store(0, Ordering::SeqCst);
+    match refuse(&h, 1, runs.clone()).await {
         Err(ConflictError::Body(e)) => assert_eq!(e, Refused(2)),
         other => panic!("expected Body, got {other:?}"),
     }
-    assert_eq!(BODY_RUNS.load(Ordering::SeqCst), 1, "not retried");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "not retried");
     let now = h.load().await.unwrap();
     assert_eq!((now.value.value, now.version), (1, 2), "nothing committed");
     assert_eq!(rt.metrics().outcome(OutcomeKind::BodyError), 1);
@@ -566,4 +721,512 @@ pub async fn store_refuses_an_insert_under_another_key(store: &dyn EntityStore) 
         .await
         .unwrap();
     assert_eq!(load_counter(store, key_id).await, (3, 1));
+}
+
+fn write(id: EntityId, expected_version: u64, value: u64) -> Write {
+    Write {
+        key: counter_key(id),
+        expected_version,
+        value: counter(id, value),
+    }
+}
+
+/// Inserts one counter per value; their ids, in the same order.
+async fn insert_counters(store: &dyn EntityStore, values: &[u64]) -> Vec<EntityId> {
+    let mut ids = Vec::with_capacity(values.len());
+    for &value in values {
+        let id = EntityId::new();
+        store
+            .insert(counter_key(id), counter(id, value))
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+/// The counters' `(value, version)`, in the order of `ids`.
+async fn load_all(store: &dyn EntityStore, ids: &[EntityId]) -> Vec<(u64, u64)> {
+    let mut found = Vec::with_capacity(ids.len());
+    for &id in ids {
+        found.push(load_counter(store, id).await);
+    }
+    found
+}
+
+/// The new versions of a commit that must have applied.
+fn committed_versions(outcome: Result<CommitOutcome, StoreError>) -> (Vec<u64>, SystemTime) {
+    match outcome {
+        Ok(CommitOutcome::Committed {
+            versions,
+            last_modified,
+        }) => (versions, last_modified),
+        other => panic!("expected the commit to apply, got {other:?}"),
+    }
+}
+
+/// The conflict of a commit that must have been refused: `(key, expected, actual)`.
+fn conflict(outcome: Result<CommitOutcome, StoreError>) -> (EntityKey, u64, Option<u64>) {
+    match outcome {
+        Ok(CommitOutcome::Conflict {
+            key,
+            expected,
+            actual,
+        }) => (key, expected, actual),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+/// Invariant: `insert` stores a new entity at version 1, and `load` returns exactly that value
+/// and metadata; a missing key loads as `None`; inserting a taken key is `AlreadyExists` and
+/// leaves the stored entity as it was.
+pub async fn store_insert_then_load_returns_version_one(store: &dyn EntityStore) {
+    let codec = EntityCodec::of::<Counter>();
+    let id = EntityId::new();
+    assert!(
+        store.load(&counter_key(id), codec).await.unwrap().is_none(),
+        "nothing stored yet"
+    );
+    let value = Counter {
+        id,
+        value: 42,
+        log: vec![7, 8],
+    };
+    let inserted = store
+        .insert(counter_key(id), Arc::new(value.clone()))
+        .await
+        .unwrap();
+    assert_eq!(inserted.version, 1, "a new entity starts at version 1");
+    assert_eq!(
+        inserted.value.as_any().downcast_ref::<Counter>(),
+        Some(&value)
+    );
+
+    let loaded = store.load(&counter_key(id), codec).await.unwrap().unwrap();
+    assert_eq!(
+        loaded.value.as_any().downcast_ref::<Counter>(),
+        Some(&value)
+    );
+    assert_eq!(loaded.version, 1);
+    assert_eq!(
+        loaded.last_modified, inserted.last_modified,
+        "load reports the metadata insert recorded"
+    );
+
+    match store.insert(counter_key(id), counter(id, 0)).await {
+        Err(StoreError::AlreadyExists { key }) => assert_eq!(key, counter_key(id)),
+        other => panic!("expected AlreadyExists, got {other:?}"),
+    }
+    assert_eq!(
+        load_counter(store, id).await,
+        (42, 1),
+        "the first insert stands"
+    );
+
+    // Another id is another entity.
+    let other = EntityId::new();
+    store
+        .insert(counter_key(other), counter(other, 5))
+        .await
+        .unwrap();
+    assert_eq!(load_counter(store, other).await, (5, 1));
+    assert_eq!(load_counter(store, id).await, (42, 1));
+}
+
+/// Invariant: a single-write commit at the current version applies, bumps the version by
+/// exactly one and reports that version; `load` then returns the written value with the
+/// reported version and last-modified, which never goes backwards.
+pub async fn store_commit_at_the_expected_version_bumps_it_by_one(store: &dyn EntityStore) {
+    let ids = insert_counters(store, &[0, 100]).await;
+    let (id, bystander) = (ids[0], ids[1]);
+    let mut last = store
+        .load(&counter_key(id), EntityCodec::of::<Counter>())
+        .await
+        .unwrap()
+        .unwrap()
+        .last_modified;
+    for version in 1..=10u64 {
+        let outcome = store
+            .commit(commit_of(vec![write(id, version, version * 10)]))
+            .await;
+        let (versions, last_modified) = committed_versions(outcome);
+        assert_eq!(versions, [version + 1], "one commit, one version");
+        assert!(last_modified >= last, "last-modified never goes back");
+        last = last_modified;
+        let snap = store
+            .load(&counter_key(id), EntityCodec::of::<Counter>())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(snap.version, version + 1);
+        assert_eq!(
+            snap.last_modified, last_modified,
+            "the reported commit time"
+        );
+        assert_eq!(load_counter(store, id).await, (version * 10, version + 1));
+    }
+    assert_eq!(
+        load_counter(store, bystander).await,
+        (100, 1),
+        "a commit touches only its own key"
+    );
+}
+
+/// Invariant: a commit whose expected version is not current — behind, ahead, or of a key
+/// that does not exist — is a `Conflict` naming the key, the version expected and the one
+/// found, and changes nothing (a missing key is not created); the entity then still commits at
+/// its real version.
+pub async fn store_commit_with_a_stale_version_is_a_conflict_and_changes_nothing(
+    store: &dyn EntityStore,
+) {
+    let id = insert_counters(store, &[1]).await[0];
+    committed_versions(store.commit(commit_of(vec![write(id, 1, 2)])).await);
+    assert_eq!(load_counter(store, id).await, (2, 2));
+
+    for stale in [1, 3, 7] {
+        let found = conflict(store.commit(commit_of(vec![write(id, stale, 99)])).await);
+        assert_eq!(found, (counter_key(id), stale, Some(2)), "expected {stale}");
+        assert_eq!(load_counter(store, id).await, (2, 2), "nothing changed");
+    }
+
+    let ghost = EntityId::new();
+    let found = conflict(store.commit(commit_of(vec![write(ghost, 1, 5)])).await);
+    assert_eq!(found, (counter_key(ghost), 1, None), "no version found");
+    assert!(
+        store
+            .load(&counter_key(ghost), EntityCodec::of::<Counter>())
+            .await
+            .unwrap()
+            .is_none(),
+        "a commit never creates an entity"
+    );
+
+    let (versions, _) = committed_versions(store.commit(commit_of(vec![write(id, 2, 3)])).await);
+    assert_eq!(versions, [3], "the refusals bumped nothing");
+    assert_eq!(load_counter(store, id).await, (3, 3));
+}
+
+/// Invariant: a multi-write commit is all or nothing. With one stale write among several —
+/// whichever of them, so first, in between or last in the store's lock order — it is a
+/// `Conflict` naming that write's key, expected and found versions, and no write applies; with
+/// a write to a missing key likewise (and the key is not created). With every write current,
+/// every write applies and each version grows by exactly one, reported in the order of the
+/// writes.
+pub async fn store_commit_many_is_all_or_nothing(store: &dyn EntityStore) {
+    let ids = insert_counters(store, &[10, 20, 30, 40]).await;
+    let mut state = load_all(store, &ids).await;
+    assert_eq!(state, [(10, 1), (20, 1), (30, 1), (40, 1)]);
+
+    for stale in 0..ids.len() {
+        // Make `stale`'s read out of date: another writer commits it first.
+        let (value, version) = state[stale];
+        committed_versions(
+            store
+                .commit(commit_of(vec![write(ids[stale], version, value + 1)]))
+                .await,
+        );
+        state[stale] = (value + 1, version + 1);
+        // Everyone else's read is current; `stale`'s is the one before that commit.
+        let writes = (0..ids.len())
+            .map(|i| {
+                let read = if i == stale { version } else { state[i].1 };
+                write(ids[i], read, 1_000 + i as u64)
+            })
+            .collect();
+        let found = conflict(store.commit(commit_of(writes)).await);
+        assert_eq!(
+            found,
+            (counter_key(ids[stale]), version, Some(version + 1)),
+            "the stale write is the one named"
+        );
+        assert_eq!(load_all(store, &ids).await, state, "no write applied");
+    }
+
+    let ghost = EntityId::new();
+    let writes = vec![
+        write(ids[0], state[0].1, 0),
+        write(ghost, 1, 0),
+        write(ids[2], state[2].1, 0),
+    ];
+    let found = conflict(store.commit(commit_of(writes)).await);
+    assert_eq!(found, (counter_key(ghost), 1, None));
+    assert_eq!(load_all(store, &ids).await, state, "no write applied");
+    assert!(
+        store
+            .load(&counter_key(ghost), EntityCodec::of::<Counter>())
+            .await
+            .unwrap()
+            .is_none(),
+        "a commit never creates an entity"
+    );
+
+    // Entity i takes i more commits, so that the versions differ and their order shows.
+    for (i, &id) in ids.iter().enumerate() {
+        for _ in 0..i {
+            let (value, version) = state[i];
+            committed_versions(
+                store
+                    .commit(commit_of(vec![write(id, version, value)]))
+                    .await,
+            );
+            state[i].1 += 1;
+        }
+    }
+    assert_eq!(load_all(store, &ids).await, state);
+
+    // All current, in an order other than the ids' (and so, likely, than the lock order).
+    let order = [3, 0, 2, 1];
+    let writes = order
+        .iter()
+        .map(|&i| write(ids[i], state[i].1, 500 + i as u64))
+        .collect();
+    let (versions, _) = committed_versions(store.commit(commit_of(writes)).await);
+    let expected: Vec<u64> = order.iter().map(|&i| state[i].1 + 1).collect();
+    assert_eq!(versions, expected, "each +1, in the order of the writes");
+    for (i, s) in state.iter_mut().enumerate() {
+        *s = (500 + i as u64, s.1 + 1);
+    }
+    assert_eq!(load_all(store, &ids).await, state, "every write applied");
+
+    // The reported versions are the ones to commit on next.
+    let writes = (0..ids.len())
+        .map(|i| write(ids[i], state[i].1, 0))
+        .collect();
+    let (versions, _) = committed_versions(store.commit(commit_of(writes)).await);
+    assert_eq!(versions, state.iter().map(|s| s.1 + 1).collect::<Vec<_>>());
+}
+
+/// Invariant: a commit with no writes applies (there is nothing to be stale) with no versions,
+/// and changes no entity.
+pub async fn store_commit_many_with_no_writes_changes_nothing(store: &dyn EntityStore) {
+    let ids = insert_counters(store, &[3, 4]).await;
+    let (versions, _) = committed_versions(store.commit(commit_of(Vec::new())).await);
+    assert!(versions.is_empty(), "{versions:?}");
+    assert_eq!(load_all(store, &ids).await, [(3, 1), (4, 1)]);
+    // And the entities commit as before.
+    let (versions, _) =
+        committed_versions(store.commit(commit_of(vec![write(ids[0], 1, 5)])).await);
+    assert_eq!(versions, [2]);
+}
+
+/// Invariant: a commit that writes the same key twice is refused as a whole — whether the two
+/// writes expect the same version or the second expects the first's result, and along with
+/// the commit's other, valid writes — as a `Conflict` on that key with no version found
+/// (neither write can be said to be current: the second could not have read the first's
+/// result). Nothing applies, and the entities stay writable. Both backends must give exactly
+/// this outcome, so code written against one behaves the same on the other.
+pub async fn store_commit_many_refuses_a_key_written_twice(store: &dyn EntityStore) {
+    let ids = insert_counters(store, &[1, 2]).await;
+    let (a, b) = (ids[0], ids[1]);
+    let cases: [(Vec<Write>, &[u64]); 4] = [
+        (vec![write(a, 1, 10), write(a, 1, 11)], &[1]),
+        (vec![write(a, 1, 10), write(a, 2, 11)], &[1, 2]),
+        (
+            vec![write(b, 1, 20), write(a, 1, 10), write(a, 1, 11)],
+            &[1],
+        ),
+        (
+            vec![write(a, 1, 10), write(b, 1, 20), write(a, 1, 11)],
+            &[1],
+        ),
+    ];
+    for (i, (writes, expected_versions)) in cases.into_iter().enumerate() {
+        let (key, expected, actual) = conflict(store.commit(commit_of(writes)).await);
+        assert_eq!(
+            key,
+            counter_key(a),
+            "case {i}: the key written twice is named"
+        );
+        assert!(
+            expected_versions.contains(&expected),
+            "case {i}: expected {expected} is one of the duplicate writes' versions"
+        );
+        assert_eq!(actual, None, "case {i}");
+        assert_eq!(
+            load_all(store, &ids).await,
+            [(1, 1), (2, 1)],
+            "case {i}: nothing applied"
+        );
+    }
+    let (versions, _) = committed_versions(
+        store
+            .commit(commit_of(vec![write(a, 1, 10), write(b, 1, 20)]))
+            .await,
+    );
+    assert_eq!(
+        versions,
+        [2, 2],
+        "the refused commits left nothing locked or bumped"
+    );
+}
+
+/// Invariant (conservation): many tasks run transfers between a few counters, each one
+/// `commit_many` of 2 or 3 overlapping keys in a random order (read, yield, commit; a conflict
+/// is counted, not retried). Every call is either committed or a conflict naming one of its
+/// own keys, never an error; the total of the counters never changes; each counter's final
+/// version is 1 + the number of committed transfers that wrote it; and its log lists exactly
+/// the tags of those transfers, each once — every successful commit is reflected exactly once
+/// and no refused one at all.
+pub async fn store_concurrent_commit_many_conserves_the_total(
+    store: Arc<dyn EntityStore>,
+    scale: Scale,
+) {
+    const COUNTERS: usize = 5;
+    const START: u64 = 1_000;
+    let ids = insert_counters(&*store, &[START; COUNTERS]).await;
+    let mut tasks = Vec::new();
+    for t in 0..scale.tasks {
+        let (store, ids) = (store.clone(), ids.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(t);
+            // (tag, indices written) of each committed transfer; the number of conflicts.
+            let mut committed: Vec<(u64, Vec<usize>)> = Vec::new();
+            let mut conflicts = 0u64;
+            for call in 0..scale.calls {
+                let tag = t * 1_000_000 + call;
+                let mut picked: Vec<usize> = (0..COUNTERS).collect();
+                rng.shuffle(&mut picked);
+                picked.truncate(rng.usize(2..=3));
+                let mut read = Vec::with_capacity(picked.len());
+                for &i in &picked {
+                    let snap = store
+                        .load(&counter_key(ids[i]), EntityCodec::of::<Counter>())
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    let c = snap.value.as_any().downcast_ref::<Counter>().unwrap();
+                    read.push((c.clone(), snap.version));
+                }
+                // Let other tasks commit between this read and this commit.
+                tokio::task::yield_now().await;
+                let receivers = picked.len() as u64 - 1;
+                let amount = rng.u64(0..=10).min(read[0].0.value / receivers);
+                let writes: Vec<Write> = read
+                    .iter()
+                    .enumerate()
+                    .map(|(j, (c, version))| {
+                        let mut c = c.clone();
+                        if j == 0 {
+                            c.value -= amount * receivers;
+                        } else {
+                            c.value += amount;
+                        }
+                        c.log.push(tag);
+                        Write {
+                            key: counter_key(c.id),
+                            expected_version: *version,
+                            value: Arc::new(c),
+                        }
+                    })
+                    .collect();
+                match store.commit(commit_of(writes)).await {
+                    Ok(CommitOutcome::Committed { versions, .. }) => {
+                        let expected: Vec<u64> = read.iter().map(|(_, v)| v + 1).collect();
+                        assert_eq!(versions, expected, "each written version +1");
+                        committed.push((tag, picked));
+                    }
+                    Ok(CommitOutcome::Conflict {
+                        key,
+                        expected,
+                        actual,
+                    }) => {
+                        let j = picked
+                            .iter()
+                            .position(|&i| counter_key(ids[i]) == key)
+                            .unwrap_or_else(|| panic!("conflict on {key}, not written"));
+                        assert_eq!(expected, read[j].1, "the version this call read");
+                        assert_ne!(actual, Some(expected), "a conflict found a newer version");
+                        conflicts += 1;
+                    }
+                    Err(e) => panic!("transfer {tag}: unexpected error: {e}"),
+                }
+            }
+            (committed, conflicts)
+        }));
+    }
+    let mut tags_of: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+    let (mut committed, mut conflicts) = (0, 0);
+    for task in tasks {
+        let (done, refused) = task.await.unwrap();
+        committed += done.len() as u64;
+        conflicts += refused;
+        for (tag, picked) in done {
+            for i in picked {
+                tags_of.entry(i).or_default().push(tag);
+            }
+        }
+    }
+    assert_eq!(
+        committed + conflicts,
+        scale.tasks * scale.calls,
+        "every call ended"
+    );
+    assert!(committed > 0, "some transfers committed");
+    assert!(
+        conflicts > 0,
+        "the tasks contended (else this checks little)"
+    );
+
+    let mut total = 0;
+    for (i, &id) in ids.iter().enumerate() {
+        let snap = store
+            .load(&counter_key(id), EntityCodec::of::<Counter>())
+            .await
+            .unwrap()
+            .unwrap();
+        let c = snap.value.as_any().downcast_ref::<Counter>().unwrap();
+        total += c.value;
+        let mut expected = tags_of.remove(&i).unwrap_or_default();
+        expected.sort_unstable();
+        let mut log = c.log.clone();
+        log.sort_unstable();
+        assert_eq!(
+            snap.version,
+            1 + expected.len() as u64,
+            "counter {i}: version = 1 + committed writes"
+        );
+        let distinct: HashSet<u64> = log.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            log.len(),
+            "counter {i}: no transfer applied twice"
+        );
+        assert_eq!(
+            log, expected,
+            "counter {i}: exactly the committed transfers"
+        );
+    }
+    assert_eq!(
+        total,
+        START * COUNTERS as u64,
+        "transfers conserve the total"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    /// Invariant: every case of this file (each `pub async fn`) has its line in
+    /// `backend_suite!`, so a new case runs on every backend or the build's tests fail.
+    #[test]
+    fn every_case_is_instantiated_by_backend_suite() {
+        let source = include_str!("suite.rs");
+        let (_, rest) = source
+            .split_once("macro_rules! backend_suite {")
+            .expect("the macro is defined here");
+        let (body, _) = rest.split_once("\n}\n").expect("the macro ends");
+        let cases: Vec<&str> = source
+            .lines()
+            .filter_map(|line| line.strip_prefix("pub async fn "))
+            .filter_map(|line| line.split(['(', '<']).next())
+            .collect();
+        assert!(cases.len() >= 19, "found the cases: {cases:?}");
+        let missing: Vec<&&str> = cases
+            .iter()
+            .filter(|case| !body.contains(&format!("$backend, {case}")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "cases not instantiated by backend_suite!: {missing:?}"
+        );
+    }
 }
