@@ -389,6 +389,7 @@ impl<'rt> Operation<'rt> {
     /// Whether the call may start at all: the runtime accepts calls, its deadline has not
     /// passed, and no running ancestor holds its target (a nested call on its parent's target
     /// would wait for itself).
+    #[inline]
     fn admit<Err>(&self) -> Result<(), ConflictError<Err>> {
         let rt = self.rt;
         if !rt.lifecycle.accepting() {
@@ -415,6 +416,7 @@ impl<'rt> Operation<'rt> {
     /// Stage one: waits in the target's staging area until this call executes there (a guard
     /// that holds the target), or ends the call (rejected, overloaded, shutting down, past its
     /// deadline). `None` when the function runs without staging.
+    #[inline]
     async fn stage<'c, Err>(
         &mut self,
         cache: &'c HandleCache,
@@ -510,6 +512,7 @@ impl<'rt> Operation<'rt> {
 
     /// Counts and announces attempt number `attempt`, unless the deadline has passed (no
     /// attempt starts after it: a body would run for nothing).
+    #[inline]
     fn begin_attempt<Err>(
         &mut self,
         attempt: u32,
@@ -533,6 +536,7 @@ impl<'rt> Operation<'rt> {
     /// The entity's current value and version. A staged winner on a database store starts
     /// from what the previous commit through staging wrote (first attempt only; a retry always
     /// loads).
+    #[inline]
     async fn snapshot<E: Entity, Err>(
         &self,
         exec: Option<&ExecGuard<'_>>,
@@ -567,6 +571,7 @@ impl<'rt> Operation<'rt> {
     /// calls see it as their parent), interruptible by preemption, shutdown and the deadline.
     /// Returns the changed entity and the body's value; a body error, a panic or a changed id
     /// ends the call.
+    #[inline]
     async fn run_body<E, F, Fut, T, Err>(
         &self,
         exec: Option<&ExecGuard<'_>>,
@@ -638,6 +643,7 @@ impl<'rt> Operation<'rt> {
     /// version, or `Conflict` with what the store holds. Enters the commit phase first (no
     /// preemption from there on), unless the deadline passed, the call was preempted or the
     /// runtime aborts.
+    #[inline]
     async fn commit<E: Entity, Err>(
         &mut self,
         exec: Option<&ExecGuard<'_>>,

@@ -87,6 +87,16 @@ pub enum ConfigError {
         /// The other.
         second: String,
     },
+    /// Two annotated functions share one operation path (`module::name`): two methods of the
+    /// same name in `impl` blocks of one module. Their metrics, events and records could not be
+    /// told apart.
+    #[error(
+        "two annotated functions are both the operation `{path}`: give one of them `#[with_conflict_resolution(name = \"...\")]`"
+    )]
+    DuplicateOperation {
+        /// `module::name`.
+        path: String,
+    },
 }
 
 impl ConfigError {
