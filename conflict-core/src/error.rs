@@ -494,8 +494,8 @@ impl<E> ConflictError<E> {
             | Self::DeadlineExceeded { op_id, .. }
             | Self::Panicked { op_id, .. }
             | Self::Reentrant { op_id, .. }
-            | Self::IdentityChanged { op_id, .. } => Some(*op_id),
-            Self::Store(StoreError::OutcomeUnknown { op_id, .. }) => Some(*op_id),
+            | Self::IdentityChanged { op_id, .. }
+            | Self::Store(StoreError::OutcomeUnknown { op_id, .. }) => Some(*op_id),
             Self::Body(_) | Self::Store(_) => None,
         }
     }
@@ -534,6 +534,10 @@ impl<E> ConflictError<E> {
     }
 
     /// The body's own error, if the body failed; otherwise the error itself.
+    ///
+    /// # Errors
+    ///
+    /// `self`, unchanged, when it is any variant other than [`ConflictError::Body`].
     pub fn into_body(self) -> Result<E, Self> {
         match self {
             Self::Body(e) => Ok(e),

@@ -1,3 +1,7 @@
+// Pedantic lints are enforced (CI denies warnings). Where one does not fit, it is allowed at the
+// item with a reason; no lint is allowed crate-wide here.
+#![warn(clippy::pedantic)]
+
 //! Plain data types of the `conflict` framework.
 //!
 //! Everything in this crate is runtime-agnostic: no async executor, no I/O, no global state.

@@ -148,7 +148,8 @@ pub fn preemption(incumbent: &Incumbent, challenger: OperationPriority) -> Preem
     } else if incumbent.executing_for >= incumbent.grace {
         Preemption::Now
     } else {
-        Preemption::After(incumbent.grace - incumbent.executing_for)
+        // Never saturates: the branch above took `executing_for >= grace`.
+        Preemption::After(incumbent.grace.saturating_sub(incumbent.executing_for))
     }
 }
 
@@ -207,7 +208,7 @@ mod tests {
     #[test]
     fn rank_is_a_strict_total_order() {
         let all: Vec<_> = (0..30)
-            .map(|i| c(i, P::new((i % 10 + 1) as u8).unwrap()))
+            .map(|i| c(i, P::new(u8::try_from(i % 10 + 1).unwrap()).unwrap()))
             .collect();
         for a in &all {
             assert_eq!(rank(a, a), Ordering::Equal);

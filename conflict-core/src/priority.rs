@@ -54,6 +54,10 @@ impl OperationPriority {
     ];
 
     /// A priority from a number in `1..=10`.
+    ///
+    /// # Errors
+    ///
+    /// [`PriorityError`] carrying `value` when it is 0 or greater than 10.
     pub const fn new(value: u8) -> Result<Self, PriorityError> {
         if value >= 1 && value <= 10 {
             Ok(Self(value))

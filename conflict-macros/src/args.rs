@@ -322,7 +322,7 @@ impl Occ {
                 }
                 OccKey::BackoffFactor => probe.backoff_factor = occ.backoff_factor,
                 OccKey::MaxDelayMs => {
-                    probe.max_delay_ms = occ.max_delay_ms.max(probe.base_delay_ms)
+                    probe.max_delay_ms = occ.max_delay_ms.max(probe.base_delay_ms);
                 }
             }
             if let Err(e) = probe.validate() {
@@ -422,6 +422,10 @@ keys! {
 
 /// `cleanup(...)`.
 #[derive(Default)]
+#[allow(
+    clippy::struct_field_names,
+    reason = "one field per key, named as the key is written (`cleanup_check_interval_seconds`)"
+)]
 struct Cleanup {
     strategy: Attr<CleanupStrategy>,
     retention_minutes: Attr<u32>,

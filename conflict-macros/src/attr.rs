@@ -38,9 +38,12 @@ impl Value {
     /// The tokens as written, for an error about this value.
     pub(crate) fn tokens(&self) -> TokenStream {
         match self {
-            Self::Int(_, t) | Self::Float(_, t) | Self::Str(_, t) | Self::Bool(_, t) => t.clone(),
+            Self::Int(_, t)
+            | Self::Float(_, t)
+            | Self::Str(_, t)
+            | Self::Bool(_, t)
+            | Self::List(_, t) => t.clone(),
             Self::Ident(i) => i.to_token_stream(),
-            Self::List(_, t) => t.clone(),
         }
     }
 
@@ -175,7 +178,7 @@ impl Parse for Arg {
 }
 
 /// The value of one key, set at most once across every attribute it is read from (the shape of
-/// serde_derive's `Attr<T>`): a repeat is reported at its key, its value is not read, and the
+/// `serde_derive`'s `Attr<T>`): a repeat is reported at its key, its value is not read, and the
 /// first value stays.
 pub(crate) struct Attr<T> {
     /// Whether the key was given at all (even with a value that was refused).

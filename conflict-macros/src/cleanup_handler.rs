@@ -68,7 +68,7 @@ impl Parse for HandlerArgs {
     }
 }
 
-pub(crate) fn expand(args: HandlerArgs, func: ItemFn) -> syn::Result<TokenStream> {
+pub(crate) fn expand(args: &HandlerArgs, func: &ItemFn) -> syn::Result<TokenStream> {
     let mut errors = Errors::default();
     let sig = &func.sig;
     if sig.asyncness.is_none() {

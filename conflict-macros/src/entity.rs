@@ -118,6 +118,10 @@ fn field_id(field: &syn::Field, errors: &mut Errors) -> Option<proc_macro2::Span
     id.tokens().map(Spanned::span)
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one derive read top to bottom: each shape check with its own message, then the impl"
+)]
 pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     let mut errors = Errors::default();
     let attrs = struct_attrs(input, &mut errors);

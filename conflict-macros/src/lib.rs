@@ -1,3 +1,10 @@
+// Pedantic lints are enforced (CI denies warnings). Allowed crate-wide only where the lint does
+// not fit this crate; single sites are allowed at the item with a reason.
+#![warn(clippy::pedantic)]
+// A two-armed `match` on an `Option` names both cases side by side (`Some(h) => .., None => ..`);
+// `if let .. else` would hide the `None` case in an `else`.
+#![allow(clippy::single_match_else)]
+
 //! Proc macros of the `conflict` framework. Use them through `conflict-runtime`, which
 //! re-exports them and provides the `__private` module their expansions call.
 //!
@@ -177,16 +184,16 @@ pub fn with_conflict_resolution(args: TokenStream, item: TokenStream) -> TokenSt
 fn attribute_on_fn<A: syn::parse::Parse>(
     args: TokenStream,
     item: TokenStream,
-    expand: fn(A, syn::ItemFn) -> syn::Result<proc_macro2::TokenStream>,
+    expand: fn(&A, &syn::ItemFn) -> syn::Result<proc_macro2::TokenStream>,
     fallback: Option<fn(proc_macro2::TokenStream) -> A>,
 ) -> TokenStream {
     let original = proc_macro2::TokenStream::from(item.clone());
     let raw_args = proc_macro2::TokenStream::from(args.clone());
     let func = syn::parse::<syn::ItemFn>(item);
     let (arg_error, expanded) = match (syn::parse::<A>(args), func) {
-        (Ok(a), Ok(f)) => (None, expand(a, f)),
+        (Ok(a), Ok(f)) => (None, expand(&a, &f)),
         (Err(e), Ok(f)) => match fallback {
-            Some(default) => (Some(e), expand(default(raw_args), f)),
+            Some(default) => (Some(e), expand(&default(raw_args), &f)),
             None => (Some(e), Ok(original.clone())),
         },
         (Ok(_), Err(e)) => (None, Err(e)),

@@ -87,7 +87,11 @@ struct Param {
     ty: Type,
 }
 
-pub(crate) fn expand(args: ConflictArgs, func: ItemFn) -> syn::Result<TokenStream> {
+#[allow(
+    clippy::too_many_lines,
+    reason = "one expansion read top to bottom: checks of the signature, then the generated items"
+)]
+pub(crate) fn expand(args: &ConflictArgs, func: &ItemFn) -> syn::Result<TokenStream> {
     let mut errors = Errors::default();
     let sig = &func.sig;
     if sig.asyncness.is_none() {

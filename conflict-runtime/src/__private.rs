@@ -100,7 +100,7 @@ impl<T: Clone> ArgClone for T {}
 
 /// Clones an argument for one attempt; fails to compile with the message above when the
 /// argument is not `Clone`.
-#[inline(always)]
+#[inline]
 pub fn clone_arg<T: ArgClone>(value: &T) -> T {
     value.clone()
 }
@@ -109,7 +109,7 @@ pub use serde;
 
 /// The raw id of an entity's `#[entity(id)]` field. Generic over the entity, so that the id
 /// type's bound is the trait's (checked once, at `type Id`): a wrong field type gives one error.
-#[inline(always)]
+#[inline]
 pub fn raw_id<E: crate::Entity>(id: &E::Id) -> EntityId {
     conflict_core::EntityIdType::entity_id(id)
 }

@@ -104,6 +104,12 @@ impl<E: Entity> Handle<E> {
     }
 
     /// Reads the current value and version.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NotFound`] if the entity does not exist (any more), [`StoreError::Codec`]
+    /// if the stored value cannot be decoded as `E`, and the store's own failures
+    /// ([`StoreError::Backend`] for a persistent store).
     pub async fn load(&self) -> Result<Versioned<E>, StoreError> {
         let snap = self.snapshot().await?;
         Ok(Versioned {

@@ -1,3 +1,10 @@
+// Pedantic lints are enforced (CI denies warnings). Allowed crate-wide only where the lint does
+// not fit this crate; single sites are allowed at the item with a reason.
+#![warn(clippy::pedantic)]
+// A two-armed `match` on an `Option` names both cases side by side (`Some(v) => .., None => ..`);
+// `if let .. else` would hide the `None` case in an `else`.
+#![allow(clippy::single_match_else)]
+
 //! Change shared entities from many async tasks at once, without locks and without losing an
 //! update.
 //!

@@ -84,6 +84,10 @@ impl AbortSignal {
     /// A future completing at the abort. Create it before checking [`is_set`](Self::is_set):
     /// it sees every abort that happens after its creation, polled or not.
     #[inline]
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "only the low bits of `seq` pick a shard; dropping high bits on 32-bit is fine"
+    )]
     pub(crate) fn notified(&self, seq: u64) -> tokio::sync::futures::Notified<'_> {
         self.notify[(seq as usize) % ABORT_SHARDS].notified()
     }

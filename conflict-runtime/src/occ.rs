@@ -335,6 +335,7 @@ where
     result
 }
 
+#[derive(Clone, Copy)]
 enum Interrupt {
     Abort,
     Preempted(Candidate),
@@ -773,7 +774,7 @@ impl<'rt> Operation<'rt> {
         rt.metrics.add(Counter::OccRetries, 1);
         tracing::debug!(
             next_attempt = attempt + 1,
-            delay_us = delay.as_micros() as u64,
+            delay_us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX),
             "retrying"
         );
         self.emit(|| Event::OperationRetry {

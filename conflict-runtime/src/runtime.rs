@@ -196,6 +196,15 @@ impl RuntimeBuilder {
 
     /// Validates the configuration of every annotated function linked into the program and
     /// builds the runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::OutOfRange`] for `max_staged_total = 0` or an `event_capacity` outside
+    /// `1..=usize::MAX/4`; [`ConfigError::DuplicateEntityType`] when two linked entity types
+    /// share a type name; [`ConfigError::InOperation`] when an annotated function's
+    /// configuration is invalid; [`ConfigError::DuplicateCleanupHandler`] when two cleanup
+    /// handlers share a name; [`ConfigError::UnknownCleanupHandler`] when a function names a
+    /// handler nobody registered.
     pub fn build(self) -> Result<Runtime, ConfigError> {
         if self.max_staged_total == 0 {
             return Err(ConfigError::OutOfRange {
@@ -270,6 +279,12 @@ impl Runtime {
     }
 
     /// Stores a new entity (version 1) and returns a handle to it.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::AlreadyExists`] if an entity with this key is stored already, and the
+    /// store's own failures ([`StoreError::Backend`] for a persistent store; its message says
+    /// whether the entity may have been stored).
     pub async fn insert<E: Entity>(&self, entity: E) -> Result<Handle<E>, StoreError> {
         let key = entity.key();
         let (_, slot) = self
@@ -285,13 +300,15 @@ impl Runtime {
     }
 
     /// A handle to an entity that already exists (nothing is checked until it is used). The id
-    /// is the entity's own id type: an [`EntityId`](crate::EntityId), or its typed id ([`typed_id!`](crate::typed_id)).
+    /// is the entity's own id type: an [`EntityId`](crate::EntityId), or its typed id
+    /// ([`typed_id!`](crate::typed_id)).
     pub fn handle<E: Entity>(&self, id: E::Id) -> Handle<E> {
         let key = EntityKey::new(E::TYPE_NAME, id.entity_id());
         Handle::new(self.clone(), key, SlotCache::default())
     }
 
     /// Subscribes to operation events (see [`EventSubscriber`]).
+    #[must_use]
     pub fn subscribe(&self) -> EventSubscriber {
         self.inner.events.subscribe(self.inner.metrics.clone())
     }
@@ -370,6 +387,10 @@ impl Runtime {
 
     /// Runs the deferred-cleanup sweep now (the background sweeper runs it at the check
     /// interval); returns how many records it removed.
+    #[allow(
+        clippy::must_use_candidate,
+        reason = "called for the sweep; the count is for those who want it (callers drop it)"
+    )]
     pub fn sweep_expired(&self) -> u64 {
         self.inner.cleanup.sweep()
     }
@@ -410,6 +431,10 @@ impl Runtime {
     /// assert_eq!(rt.evict_idle_targets(), 0);
     /// # }
     /// ```
+    #[allow(
+        clippy::must_use_candidate,
+        reason = "called for the eviction; the count is for those who want it (callers drop it)"
+    )]
     pub fn evict_idle_targets(&self) -> usize {
         self.inner.staging.evict_idle()
     }

@@ -261,6 +261,15 @@ impl CleanupConfig {
     }
 
     /// Checks every field against its range and the combinations against each other.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::OutOfRange`] for the first field outside its range (`retention_minutes`,
+    /// `cleanup_check_interval_seconds`, `memory_pressure_threshold`,
+    /// `max_zombie_count_per_target`, `force_cleanup_threshold`), checked in that order;
+    /// [`ConfigError::Inconsistent`] when `strategy = "custom"` has no (or an empty)
+    /// `custom_cleanup_handler`, when a handler is named with another strategy, or when
+    /// `strategy = "deferred"` has `retention_minutes = 0`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.retention_minutes > 1440 {
             return Err(ConfigError::out_of_range(
@@ -403,6 +412,11 @@ impl CleanupConfigBuilder {
         self
     }
     /// Validates and returns the config.
+    ///
+    /// # Errors
+    ///
+    /// The error of [`CleanupConfig::validate`] when a value is out of range or the values
+    /// contradict each other.
     pub fn build(self) -> Result<CleanupConfig, ConfigError> {
         self.0.validate()?;
         Ok(self.0)
@@ -416,6 +430,9 @@ mod tests {
 
     #[test]
     fn decision_follows_the_design_rules_in_order() {
+        use CleanupStrategy as S;
+        use CleanupTrigger as T;
+
         let cfg = CleanupConfig::builder()
             .strategy(CleanupStrategy::Lazy)
             .retention_minutes(10)
@@ -430,8 +447,6 @@ mod tests {
             let d = cfg.decide(p, mem, z);
             (d.strategy, d.trigger, d.keep_for)
         };
-        use CleanupStrategy as S;
-        use CleanupTrigger as T;
         assert_eq!(d(P::NORMAL, 0.1, 0), (S::Lazy, T::Configured, ten));
         assert_eq!(
             d(P::CRITICAL, 0.1, 0),
@@ -511,6 +526,10 @@ mod tests {
     }
 
     #[test]
+    #[allow(
+        clippy::float_cmp,
+        reason = "the default is the literal 0.8 itself, so it compares exactly"
+    )]
     fn defaults_follow_the_design() {
         let d = CleanupConfig::DEFAULT;
         d.validate().unwrap();

@@ -247,6 +247,11 @@ impl OperationConfig {
     };
 
     /// Checks every part.
+    ///
+    /// # Errors
+    ///
+    /// The first error of [`PreEcsConfig::validate`], [`OccConfig::validate`] and
+    /// [`CleanupConfig::validate`], checked in that order.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.pre_ecs.validate()?;
         self.occ.validate()?;

@@ -61,6 +61,12 @@ impl OccConfig {
     pub const MAX_DELAY_MS: u64 = 600_000;
 
     /// Checks every field against its range.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::OutOfRange`] for the first of `max_retries` (`0..=1000`), `base_delay_ms`
+    /// (`0..=60000`), `backoff_factor` (finite, `1.0..=10.0`) and `max_delay_ms` (`0..=600000`)
+    /// outside its range; [`ConfigError::Inconsistent`] when `max_delay_ms < base_delay_ms`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_retries > Self::MAX_RETRIES {
             return Err(ConfigError::out_of_range(
@@ -122,6 +128,10 @@ impl OccConfig {
     /// assert_eq!(eager.backoff_ceiling(1000), Duration::ZERO);
     /// ```
     #[must_use]
+    #[allow(
+        clippy::cast_precision_loss,
+        reason = "validated delays (at most 600000 ms) are exact in f64; larger ones go to the cap"
+    )]
     pub fn backoff_ceiling(&self, retry: u32) -> Duration {
         if self.base_delay_ms == 0 {
             // No wait at any retry. Not computed: once `factor^n` overflows to infinity,
@@ -129,6 +139,10 @@ impl OccConfig {
             return Duration::ZERO;
         }
         let cap = Duration::from_millis(self.max_delay_ms);
+        #[allow(
+            clippy::cast_possible_wrap,
+            reason = "clamped to 1024, far below i32::MAX"
+        )]
         let exp = retry.saturating_sub(1).min(1024) as i32;
         // base ≥ 1 and factor ≥ 1 (validated), so `ms` is in [1, +∞]: never NaN.
         let ms = (self.base_delay_ms as f64) * self.backoff_factor.powi(exp);

@@ -98,6 +98,12 @@ impl PreEcsConfig {
     };
 
     /// Checks every field against its range.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::OutOfRange`] for the first of `staging_timeout_ms` (`0..=60000`),
+    /// `max_staged_per_target` (`1..=100000`) and `grace_period_ms` (`0..=3600000`) outside its
+    /// range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.staging_timeout_ms > 60_000 {
             return Err(ConfigError::out_of_range(

@@ -22,8 +22,8 @@ pub trait MemoryPressure: Send + Sync + 'static {
 
 /// The machine's memory pressure: the cgroup's limit when the process runs in one that has a
 /// limit (cgroup v2 `memory.max`/`memory.current`, or v1 `memory.limit_in_bytes`/
-/// `memory.usage_in_bytes`), else `/proc/meminfo` (1 − MemAvailable / MemTotal). Read at most
-/// once per second; 0.0 where none of these exist.
+/// `memory.usage_in_bytes`), else `/proc/meminfo` (1 − `MemAvailable` / `MemTotal`). Read at
+/// most once per second; 0.0 where none of these exist.
 #[derive(Debug, Default)]
 pub struct SystemMemory {
     cache: Mutex<Option<(Instant, f64)>>,

@@ -12,7 +12,7 @@ use super::snapshot::HistogramSnapshot;
 
 const SUB_BITS: u32 = 4;
 const SUB: u64 = 1 << SUB_BITS;
-pub(super) const N_BUCKETS: usize = ((64 - SUB_BITS as usize) + 1) * SUB as usize;
+pub(super) const N_BUCKETS: usize = ((64 - SUB_BITS as usize) + 1) << SUB_BITS;
 
 /// Lock-free log-linear histogram buckets (one atomic add per sample).
 pub(super) struct Buckets {
@@ -26,11 +26,15 @@ impl Buckets {
         }
     }
 
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "both casts are of a bucket index, below N_BUCKETS (976)"
+    )]
     fn index(v: u64) -> usize {
         if v < SUB {
             return v as usize;
         }
-        let msb = 63 - v.leading_zeros();
+        let msb = v.ilog2();
         let shift = msb - SUB_BITS;
         let sub = (v >> shift) & (SUB - 1);
         ((u64::from(shift) + 1) * SUB + sub) as usize
@@ -100,6 +104,11 @@ pub(super) fn summarize<'a>(parts: impl IntoIterator<Item = &'a Buckets>) -> His
     }
     HistogramSnapshot {
         count,
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "the mean of non-negative samples, at most u64::MAX; `as` drops the fraction"
+        )]
         mean_ns: h.mean() as u64,
         p50_ns: h.value_at_quantile(0.50),
         p95_ns: h.value_at_quantile(0.95),

@@ -13,11 +13,15 @@
 //! - `op_table`: the per-operation-type counters, in a lock-free table keyed by the function's
 //!   static spec;
 //! - `snapshot`: the public serde structs ([`MetricsSnapshot`] and its parts);
-//! - `prometheus`: the OpenMetrics export ([`MetricsSnapshot::to_prometheus`]), rendered with
-//!   `prometheus-client`, which is used for export only: the hot path stays on the atomics
-//!   above.
+//! - `prometheus`: the [OpenMetrics](https://openmetrics.io/) export
+//!   ([`MetricsSnapshot::to_prometheus`]), rendered with `prometheus-client`, which is used for
+//!   export only: the hot path stays on the atomics above.
 //!
 //! `Metrics` is the facade the rest of the crate records through.
+#![allow(
+    clippy::cast_precision_loss,
+    reason = "counts and nanoseconds become f64 for ratios, seconds and the export (exact to 2^53)"
+)]
 
 mod counters;
 mod latency;

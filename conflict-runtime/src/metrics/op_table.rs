@@ -94,7 +94,12 @@ impl OpStats {
         let distribution: BTreeMap<u32, u64> = (0..=RETRY_HIST_EXACT)
             .filter_map(|r| {
                 let n = self.sum(OP_RETRY_HIST + r);
-                (n > 0).then_some((r as u32, n))
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    reason = "r <= RETRY_HIST_EXACT, which is 32"
+                )]
+                let r = r as u32;
+                (n > 0).then_some((r, n))
             })
             .collect();
         OpTypeSnapshot {

@@ -17,6 +17,10 @@
 //! The retries needed per committed operation are the exception: their exact per-count
 //! distribution is in the snapshot, so they are a real histogram with buckets `le="0"` to
 //! `le="31"` and `+Inf`.
+#![allow(
+    clippy::doc_markdown,
+    reason = "the OpenMetrics export names OpenMetrics throughout; it is a name, not code"
+)]
 
 use std::fmt;
 
@@ -48,6 +52,10 @@ pub(super) fn render(s: &MetricsSnapshot) -> String {
 struct SnapshotCollector(MetricsSnapshot);
 
 impl Collector for SnapshotCollector {
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one family after another, in the order of the exposition; no logic to split out"
+    )]
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         let s = &self.0;
         let c = &s.cleanup;
@@ -198,6 +206,7 @@ impl Collector for SnapshotCollector {
         )?;
         for t in &s.op_types {
             let r = &t.retries_per_success;
+            #[allow(clippy::cast_possible_truncation, reason = "RETRY_HIST_EXACT is 32")]
             let buckets: Vec<(f64, u64)> = (0..=RETRY_HIST_EXACT as u32)
                 .map(|n| {
                     let le = if n as usize == RETRY_HIST_EXACT {

@@ -162,7 +162,8 @@ impl MetricsSnapshot {
         self.op_types.iter().find(|o| o.name == name)
     }
 
-    /// The snapshot in the OpenMetrics text format, for a Prometheus scrape endpoint.
+    /// The snapshot in the [OpenMetrics text format](https://openmetrics.io/), for a Prometheus
+    /// scrape endpoint.
     ///
     /// Rendered with [`prometheus_client`]; the output ends with `# EOF`. Serve it with the
     /// content type `application/openmetrics-text; version=1.0.0; charset=utf-8`. Every

@@ -168,7 +168,7 @@ impl MemoryStore {
         slot.cas(expected, value, now).map(|v| (v, now))
     }
 
-    fn commit_many(&self, commit: Commit) -> CommitOutcome {
+    fn commit_many(&self, commit: &Commit) -> CommitOutcome {
         let guard = self.map.guard();
         let mut order: Vec<usize> = (0..commit.writes.len()).collect();
         order.sort_by(|&a, &b| commit.writes[a].key.cmp(&commit.writes[b].key));
@@ -236,7 +236,7 @@ impl EntityStore for MemoryStore {
         Box::pin(async move { Ok(r) })
     }
 
-    fn insert<'a>(&'a self, key: EntityKey, value: StoredValue) -> StoreFuture<'a, Snapshot> {
+    fn insert(&self, key: EntityKey, value: StoredValue) -> StoreFuture<'_, Snapshot> {
         let r = check_key(&key, &value).and_then(|()| {
             self.put_new(key, value, SystemTime::now())
                 .map(|(snap, _)| snap)
@@ -244,7 +244,7 @@ impl EntityStore for MemoryStore {
         Box::pin(async move { r })
     }
 
-    fn commit<'a>(&'a self, mut commit: Commit) -> StoreFuture<'a, CommitOutcome> {
+    fn commit(&self, mut commit: Commit) -> StoreFuture<'_, CommitOutcome> {
         // Checked here, at the public entry point, and not in `cas`/`commit_many`: the runtime's
         // own fast path (`Backend::commit_one`) writes only values whose type and id it has
         // already checked (`IdentityChanged`).
@@ -270,7 +270,7 @@ impl EntityStore for MemoryStore {
                 last_modified: SystemTime::now(),
             }
         } else {
-            self.commit_many(commit)
+            self.commit_many(&commit)
         };
         Box::pin(async move { Ok(r) })
     }

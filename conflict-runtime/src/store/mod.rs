@@ -43,6 +43,11 @@ pub type StoredValue = Arc<dyn ErasedEntity>;
 /// An entity with its type erased: what stores hold.
 pub trait ErasedEntity: Any + Send + Sync {
     /// The value as JSON (for stores that persist).
+    ///
+    /// # Errors
+    ///
+    /// The `serde_json` error when the entity's `Serialize` implementation fails or produces
+    /// what JSON cannot hold (e.g. a map whose keys are neither strings nor numbers).
     fn to_json(&self) -> Result<serde_json::Value, serde_json::Error>;
     /// The value as `Any`, to downcast back to its type.
     fn as_any(&self) -> &dyn Any;
@@ -160,6 +165,10 @@ pub enum CommitOutcome {
 /// id differ. What every [`EntityStore::insert`] and, per write, [`EntityStore::commit`] checks
 /// before writing anything.
 ///
+/// # Errors
+///
+/// [`StoreError::KeyMismatch`] with both keys when `value.entity_key()` is not `key`.
+///
 /// ```
 /// use std::sync::Arc;
 /// use conflict_runtime::prelude::*;
@@ -216,13 +225,13 @@ pub trait EntityStore: Send + Sync + 'static {
     ///
     /// [`StoreError::KeyMismatch`], storing nothing, if `value` is not the entity `key` names
     /// (`value.entity_key() != key`).
-    fn insert<'a>(&'a self, key: EntityKey, value: StoredValue) -> StoreFuture<'a, Snapshot>;
+    fn insert(&self, key: EntityKey, value: StoredValue) -> StoreFuture<'_, Snapshot>;
 
     /// Applies all writes atomically if every expected version is current.
     ///
     /// [`StoreError::KeyMismatch`] for the first write (in the order given) whose value is not
     /// the entity its key names; then none of the writes is applied, whatever their versions.
-    fn commit<'a>(&'a self, commit: Commit) -> StoreFuture<'a, CommitOutcome>;
+    fn commit(&self, commit: Commit) -> StoreFuture<'_, CommitOutcome>;
 }
 
 /// The store the runtime uses: the embedded store is called directly (no boxing on the hot

@@ -31,6 +31,10 @@
 //!
 //! A commit whose outcome is unknown is never retried blindly. The schema, the SQL and the
 //! error mapping are documented in `docs/postgres.md`.
+#![allow(
+    clippy::doc_markdown,
+    reason = "the PostgreSQL backend names PostgreSQL throughout; it is a name, not code"
+)]
 
 use std::borrow::Cow;
 use std::fmt;
@@ -662,9 +666,9 @@ impl PgStore {
         let mut conn = self.client().await?;
         let result = self.multi_transaction(&mut conn, commit, &encoded).await;
         match result {
-            Ok(outcome) => Ok(outcome),
+            // A conflict met inside the transaction is an outcome, not a failure.
+            Ok(outcome) | Err(TxFailure::Conflict(outcome)) => Ok(outcome),
             Err(TxFailure::Store(e)) => Err(e),
-            Err(TxFailure::Conflict(outcome)) => Ok(outcome),
             Err(TxFailure::BeforeCommit(e)) => {
                 let e = conn.fail(e);
                 match first {
@@ -944,7 +948,7 @@ impl EntityStore for PgStore {
         Box::pin(self.load_row(key, codec))
     }
 
-    fn insert<'a>(&'a self, key: EntityKey, value: StoredValue) -> StoreFuture<'a, Snapshot> {
+    fn insert(&self, key: EntityKey, value: StoredValue) -> StoreFuture<'_, Snapshot> {
         Box::pin(async move {
             // Before any I/O: a row whose value is another entity would fail every load.
             check_key(&key, &value)?;
@@ -952,7 +956,7 @@ impl EntityStore for PgStore {
         })
     }
 
-    fn commit<'a>(&'a self, commit: Commit) -> StoreFuture<'a, CommitOutcome> {
+    fn commit(&self, commit: Commit) -> StoreFuture<'_, CommitOutcome> {
         Box::pin(async move {
             // Before any I/O, and for every write: nothing of a refused commit reaches the
             // database, not even its ledger row.
