@@ -1,4 +1,4 @@
-//! The backend suite: one contract, run on every store by [`backend_suite!`].
+//! The backend suite: one contract, run on every store by [`backend_suite!`](crate::backend_suite).
 //!
 //! Every `pub async fn` here checks one invariant on a fresh runtime or a fresh, empty store
 //! of any backend: the runtime cases take a [`Runtime`]; the `store_*` cases call the
@@ -58,7 +58,7 @@ pub struct Scales {
     pub transfers: Scale,
 }
 
-/// A backend the suite runs on: what [`backend_suite!`] needs to instantiate every case.
+/// A backend the suite runs on: what [`backend_suite!`](crate::backend_suite) needs to instantiate every case.
 pub trait Backend {
     /// How hard the contention cases push on this backend.
     const SCALES: Scales;
@@ -146,7 +146,7 @@ macro_rules! backend_suite {
     };
 }
 
-/// Not public API. Used by [`backend_suite!`]: one test of one case on one backend.
+/// Not public API. Used by [`backend_suite!`](crate::backend_suite): one test of one case on one backend.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __suite_case {
