@@ -14,7 +14,7 @@ use conflict_core::{
 use proc_macro2::TokenStream;
 use syn::parse::{Parse, ParseStream};
 
-use crate::attr::{Arg, ArgKind, Attr, FromArg, Value, Vocabulary, key_of, keys};
+use crate::attr::{Arg, ArgKind, Attr, FromArg, OpName, Value, Vocabulary, key_of, keys};
 use crate::errors::Errors;
 
 /// The arguments of `#[with_conflict_resolution(...)]`.
@@ -23,6 +23,8 @@ pub(crate) struct ConflictArgs {
     pub(crate) config: OperationConfig,
     /// The path of the runtime crate (`crate = "..."`), `::conflict_runtime` by default.
     pub(crate) krate: syn::Path,
+    /// The operation's name (`name = "..."`), the function's name by default.
+    pub(crate) name: Option<String>,
 }
 
 impl Default for ConflictArgs {
@@ -30,6 +32,7 @@ impl Default for ConflictArgs {
         Self {
             config: OperationConfig::DEFAULT,
             krate: syn::parse_quote!(::conflict_runtime),
+            name: None,
         }
     }
 }
@@ -144,6 +147,7 @@ keys! {
         Occ = "occ",
         Cleanup = "cleanup",
         Crate = "crate",
+        Name = "name",
     }
 }
 
@@ -157,6 +161,7 @@ struct Top {
     occ: Attr<Stage>,
     cleanup: Attr<Stage>,
     krate: Attr<syn::Path>,
+    name: Attr<OpName>,
 }
 
 impl Section for Top {
@@ -172,6 +177,7 @@ impl Section for Top {
             TopKey::Occ => self.occ.set(arg, errors),
             TopKey::Cleanup => self.cleanup.set(arg, errors),
             TopKey::Crate => self.krate.set(arg, errors),
+            TopKey::Name => self.name.set(arg, errors),
         }
     }
 
@@ -184,6 +190,7 @@ impl Section for Top {
             TopKey::Occ => self.occ.tokens(),
             TopKey::Cleanup => self.cleanup.tokens(),
             TopKey::Crate => self.krate.tokens(),
+            TopKey::Name => self.name.tokens(),
         }
     }
 }
@@ -193,6 +200,7 @@ impl Top {
     fn resolve(self, errors: &mut Errors) -> ConflictArgs {
         let mut out = ConflictArgs::default();
         write(&self.krate, &mut out.krate);
+        out.name = self.name.get().map(|n| n.0.clone());
         let cfg = &mut out.config;
         let class = self.op_class.get().copied().unwrap_or_default();
         cfg.op_class = class;

@@ -405,6 +405,36 @@ impl FromValue for String {
     }
 }
 
+/// `name = "..."`: an operation's name, an identifier or identifiers joined by `::`
+/// (`"add_line"`, `"Cart::add"`), so that its path `module::name` stays a path.
+pub(crate) struct OpName(pub(crate) String);
+
+impl FromValue for OpName {
+    fn form() -> String {
+        "\"operation_name\"".into()
+    }
+
+    fn from_value(key: &Ident, v: &Value, errors: &mut Errors) -> Option<Self> {
+        let s = String::from_value(key, v, errors)?;
+        let ok = syn::parse_str::<syn::Path>(&s).is_ok_and(|p| {
+            p.leading_colon.is_none()
+                && p.segments
+                    .iter()
+                    .all(|seg| matches!(seg.arguments, syn::PathArguments::None))
+        });
+        if !ok {
+            errors.spanned(
+                v.tokens(),
+                format!(
+                    "`{key}` must be an identifier or identifiers joined by `::` (like \"add_line\" or \"Cart::add\"), got \"{s}\""
+                ),
+            );
+            return None;
+        }
+        Some(Self(s))
+    }
+}
+
 /// `crate = "path::to::conflict_runtime"`.
 impl FromValue for syn::Path {
     fn form() -> String {

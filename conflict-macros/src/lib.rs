@@ -61,6 +61,7 @@ pub fn derive_entity(input: TokenStream) -> TokenStream {
 ///     pre_ecs(staging_timeout_ms = 0, on_lose = "reject", max_staged_per_target = 1024, grace_period_ms = 100),
 ///     occ(max_retries = 5, base_delay_ms = 1, backoff_factor = 1.5, max_delay_ms = 100),
 ///     cleanup(strategy = "deferred", retention_minutes = 30 /* ... */),
+///     name = "operation_name",            // default: the function's name
 ///     crate = "conflict_runtime",
 /// )]
 /// async fn f(entity: &mut E, other: A /* Clone */) -> R
@@ -76,6 +77,7 @@ pub fn derive_entity(input: TokenStream) -> TokenStream {
 /// | `pre_ecs` | on | `pre_ecs`, `pre_ecs(...)`, `pre_ecs = false` | staging stage |
 /// | `occ` | on | `occ`, `occ(...)`, `occ = false` | OCC retries |
 /// | `cleanup` | defaults below | `cleanup`, `cleanup(...)`, `cleanup = false` (strategy `none`) | zombie records |
+/// | `name` | the function's name | an identifier, or identifiers joined by `::` (`"Cart::add"`) | the operation type in metrics, events and records, `module::name`; must be unique in the program (checked at start-up): two same-named methods in one module need one |
 /// | `crate` | `::conflict_runtime` | a path string | for re-exporters |
 ///
 /// **Which stages run.** Both, always, unless you switch one off: `pre_ecs = false` (OCC only),

@@ -275,7 +275,7 @@ pub(crate) fn expand(args: &ConflictArgs, func: &ItemFn) -> syn::Result<TokenStr
         let id = &prm.outer;
         quote_spanned!(prm.ty.span()=> let #id = #p::clone_arg(&#id);)
     });
-    let name_str = name.to_string();
+    let name_str = args.name.clone().unwrap_or_else(|| name.to_string());
     let (body_item, body_call) = if method {
         let inner = format_ident!("__conflict_body_{}", name);
         // The user's lint and cfg attributes apply to the body, which lives in this method.

@@ -106,6 +106,17 @@
 //! # }
 //! ```
 //!
+//! An associated function without a receiver works like a free function (its first parameter
+//! is the entity), and so does a generic function (`async fn bump<E: Entity + Counter>(e: &mut
+//! E)`), each instantiation sharing one operation type. Two limits: an associated function
+//! *without* a receiver in a generic `impl<T> ..` block cannot use `T` in its signature (the
+//! generated code nests the body in a function of its own, which cannot see the impl's
+//! parameters; the compiler says "can't use generic parameters from outer item"): write it as
+//! a `&mut self` method or a free generic function instead. And the operation type is
+//! `module::name`, so two same-named methods in `impl` blocks of one module would share it:
+//! the runtime refuses to start then ([`ConfigError::DuplicateOperation`](config::ConfigError)),
+//! and `name = "..."` on one of them gives it its own.
+//!
 //! # Which stages run
 //!
 //! Both, unless a stage is switched off: `pre_ecs = false`, `occ = false`, or `mode = "..."`.
