@@ -292,3 +292,20 @@ macro_rules! typed_id {
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
+
+/// The guide's code blocks (`docs/guide.md`), compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide.md")]
+struct GuideDoctests;
+
+/// The attribute reference's code blocks (`docs/attributes.md`), compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/attributes.md")]
+struct AttributesDoctests;
+
+/// The PostgreSQL page's code blocks (`docs/postgres.md`), compiled but not run (they need a
+/// server); only with the `postgres` feature, which `cargo test --workspace` enables through
+/// `conflict-tests`.
+#[cfg(all(doctest, feature = "postgres"))]
+#[doc = include_str!("../../docs/postgres.md")]
+struct PostgresDoctests;
