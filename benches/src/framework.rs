@@ -4,12 +4,13 @@
 //! |---|---|---|
 //! | `Default` | none (both stages, `staging_timeout_ms = 0`, `on_lose = "reject"`) | — |
 //! | `Requeue` | `mode = "both", pre_ecs(on_lose = "requeue")` | losers stay staged |
-//! | `OccOnly` | `occ(max_retries = 1000, base_delay_ms = 0, max_delay_ms = 0)` | no staging; retry at once |
+//! | `OccOnly` | `occ(max_retries = 1000, base_delay_ms = 0, max_delay_ms = 0), pre_ecs = false` | no staging; retry at once |
 //! | `Windowed` | `mode = "both", pre_ecs(staging_timeout_ms = 1)` | an idle target collects arrivals for 1 ms |
 //!
-//! `Requeue` and `Windowed` name `mode = "both"` so that each differs from `Default` in one
-//! setting only (naming `pre_ecs(..)` alone would also turn the OCC stage off). Every function
-//! has the default priority, so no call ever preempts another.
+//! `Requeue` and `Windowed` also spell out `mode = "both"`, the default (naming `pre_ecs(..)`
+//! only configures staging; both stages run unless one is switched off), so that each visibly
+//! differs from `Default` in one setting. Every function has the default priority, so no call
+//! ever preempts another.
 
 use std::convert::Infallible;
 
