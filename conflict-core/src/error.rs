@@ -81,6 +81,17 @@ pub enum StoreError {
         /// The key of the value itself.
         found: EntityKey,
     },
+    /// A multi-write commit that writes one key twice: refused as a whole before anything was
+    /// written. Not a conflict (retrying it could never succeed): write each entity once per
+    /// commit, with its final value.
+    #[error(
+        "entity {key} is written twice in one commit: nothing was written; write each entity \
+         once per commit"
+    )]
+    DuplicateWrite {
+        /// The key written more than once.
+        key: EntityKey,
+    },
     /// A stored value could not be encoded or decoded.
     #[error("entity {key} could not be (de)serialized: {message}")]
     Codec {

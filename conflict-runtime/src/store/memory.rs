@@ -173,19 +173,13 @@ impl MemoryStore {
         let mut order: Vec<usize> = (0..commit.writes.len()).collect();
         order.sort_by(|&a, &b| commit.writes[a].key.cmp(&commit.writes[b].key));
         // Lock every slot in key order (a global order, so two multi-writes never deadlock).
-        if let Some(pair) = order
-            .windows(2)
-            .find(|p| commit.writes[p[0]].key == commit.writes[p[1]].key)
-        {
-            // The same key twice in one commit: the second write could not have read the first's
-            // result. Refuse it as a conflict on that key.
-            let w = &commit.writes[pair[1]];
-            return CommitOutcome::Conflict {
-                key: w.key.clone(),
-                expected: w.expected_version,
-                actual: None,
-            };
-        }
+        // No key is written twice: `commit` refused that (`DuplicateWrite`), so no slot is
+        // locked twice.
+        debug_assert!(
+            order
+                .windows(2)
+                .all(|p| commit.writes[p[0]].key != commit.writes[p[1]].key)
+        );
         let mut locked = Vec::with_capacity(order.len());
         for &i in &order {
             let w = &commit.writes[i];

@@ -10,7 +10,9 @@
 //! [`entity_key`](ErasedEntity::entity_key) differs from the key it is written under (another
 //! entity type or another id) is refused with [`StoreError::KeyMismatch`], and then nothing of
 //! that call is applied — for a multi-write commit, none of the writes. Otherwise every later
-//! `load` of that key would fail to decode.
+//! `load` of that key would fail to decode. Likewise a commit writes each key at most once: a
+//! key written twice is refused with [`StoreError::DuplicateWrite`] before anything is applied
+//! (not a conflict: a retry could never succeed).
 //!
 //! Values cross the trait type-erased ([`StoredValue`]): the in-memory store keeps them as they
 //! are (no serialization on the hot path); a database store serializes them with serde through
@@ -200,9 +202,22 @@ pub fn check_key(key: &EntityKey, value: &StoredValue) -> Result<(), StoreError>
     }
 }
 
-/// [`check_key`] for every write of a commit, in order: the first mismatch.
+/// [`check_key`] for every write of a commit, in order (the first mismatch), and no key twice
+/// ([`StoreError::DuplicateWrite`]: a commit can write an entity once only).
 pub(crate) fn check_writes(writes: &[Write]) -> Result<(), StoreError> {
-    writes.iter().try_for_each(|w| check_key(&w.key, &w.value))
+    writes
+        .iter()
+        .try_for_each(|w| check_key(&w.key, &w.value))?;
+    if writes.len() > 1 {
+        let mut keys: Vec<&EntityKey> = writes.iter().map(|w| &w.key).collect();
+        keys.sort_unstable();
+        if let Some(pair) = keys.windows(2).find(|p| p[0] == p[1]) {
+            return Err(StoreError::DuplicateWrite {
+                key: pair[0].clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The contract every backend implements. See the [module docs](self) for the guarantees.
@@ -230,7 +245,8 @@ pub trait EntityStore: Send + Sync + 'static {
     /// Applies all writes atomically if every expected version is current.
     ///
     /// [`StoreError::KeyMismatch`] for the first write (in the order given) whose value is not
-    /// the entity its key names; then none of the writes is applied, whatever their versions.
+    /// the entity its key names, and [`StoreError::DuplicateWrite`] if a key is written twice;
+    /// then none of the writes is applied, whatever their versions.
     fn commit(&self, commit: Commit) -> StoreFuture<'_, CommitOutcome>;
 }
 

@@ -25,6 +25,7 @@
 //! |---|---|
 //! | a stale version, or SQLSTATE `40001`/`40P01` (serialization failure, deadlock) | [`CommitOutcome::Conflict`]: retried with backoff |
 //! | a value written or inserted under another entity's key | [`StoreError::KeyMismatch`], before any I/O: nothing was applied, no ledger row |
+//! | one key written twice in one commit | [`StoreError::DuplicateWrite`], before any I/O: nothing was applied, no ledger row |
 //! | any other database error before the commit applied (or a lost connection before `COMMIT` was sent) | [`StoreError::Backend`]: nothing was applied |
 //! | the connection lost while the commit was in flight | the store looks the op id up in the ledger at once (fencing it, see [`PgStore::resolve`]) and returns the definite answer: `Committed`, or `Backend` (nothing applied) |
 //! | ... and that look-up failed too (database down) | [`StoreError::OutcomeUnknown`] with the op id: call [`PgStore::resolve`] later |
@@ -639,18 +640,12 @@ impl PgStore {
         let writes = &commit.writes;
         let mut order: Vec<usize> = (0..writes.len()).collect();
         order.sort_by(|&a, &b| writes[a].key.cmp(&writes[b].key));
-        if let Some(pair) = order
-            .windows(2)
-            .find(|p| writes[p[0]].key == writes[p[1]].key)
-        {
-            // As in memory: the second write could not have read the first's result.
-            let w = &writes[pair[1]];
-            return Ok(CommitOutcome::Conflict {
-                key: w.key.clone(),
-                expected: w.expected_version,
-                actual: None,
-            });
-        }
+        // No key twice: `commit` refused that (`DuplicateWrite`) before any I/O.
+        debug_assert!(
+            order
+                .windows(2)
+                .all(|p| writes[p[0]].key != writes[p[1]].key)
+        );
         let mut encoded = Vec::with_capacity(writes.len());
         for &i in &order {
             let w = &writes[i];
