@@ -20,7 +20,7 @@ use conflict_runtime::store::postgres::{LedgerEntry, LedgerStatus};
 use conflict_runtime::store::{
     Commit, CommitOutcome, EntityCodec, EntityStore, PgStore, StoredValue, Write,
 };
-use conflict_runtime::{entity::EntityKey, error::StoreError};
+use conflict_runtime::{entity::EntityKey, store::StoreError};
 use conflict_tests::suite::{self, Scale};
 use conflict_tests::{Counter, multi_thread, pg};
 

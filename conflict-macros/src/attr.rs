@@ -416,11 +416,10 @@ impl FromValue for OpName {
 
     fn from_value(key: &Ident, v: &Value, errors: &mut Errors) -> Option<Self> {
         let s = String::from_value(key, v, errors)?;
-        let ok = syn::parse_str::<syn::Path>(&s).is_ok_and(|p| {
-            p.leading_colon.is_none()
-                && p.segments
-                    .iter()
-                    .all(|seg| matches!(seg.arguments, syn::PathArguments::None))
+        // Written exactly as it will appear (no spaces), each segment a plain identifier: not a
+        // keyword (`self`, `super`, `type`), not raw (`r#type`).
+        let ok = s.split("::").all(|seg| {
+            !seg.starts_with("r#") && syn::parse_str::<Ident>(seg).is_ok_and(|i| i == seg)
         });
         if !ok {
             errors.spanned(

@@ -190,13 +190,30 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
             }
         }
     }
-    errors.finish()?;
+    // A mistake about a value only (a repeated or malformed `name`/`crate`, an unknown key,
+    // `id = ..`) still leaves a well-formed struct with its id field: the impl is emitted with
+    // the first or default values beside the errors, so that uses of the type (`Handle<E>`,
+    // annotated functions) add no errors of their own. One mistake, one message.
+    let well_formed = fields.is_some() && input.generics.params.is_empty();
+    let entity_impl = id_fields
+        .first()
+        .filter(|_| well_formed)
+        .and_then(|(field, _)| emit(input, field, &attrs));
+    match (errors.finish(), entity_impl) {
+        (Ok(()), Some(tokens)) => Ok(tokens),
+        (Ok(()), None) => Err(syn::Error::new_spanned(ident, "the id field must be named")),
+        (Err(e), tokens) => {
+            let mut out = e.into_compile_error();
+            out.extend(tokens);
+            Ok(out)
+        }
+    }
+}
 
-    let (field, _) = id_fields[0];
-    let id_ident = field
-        .ident
-        .as_ref()
-        .ok_or_else(|| syn::Error::new(field.span(), "the id field must be named"))?;
+/// The `Entity` impl and the type's registration, with `field` as the id.
+fn emit(input: &DeriveInput, field: &syn::Field, attrs: &StructAttrs) -> Option<TokenStream> {
+    let ident = &input.ident;
+    let id_ident = field.ident.as_ref()?;
     let krate = attrs
         .krate
         .get()
@@ -208,14 +225,11 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
         .get()
         .map_or_else(|| ident.to_string(), |n| n.0.clone());
     let id_ty = &field.ty;
-    // Spanned at the field's type, so a wrong type is reported there.
-    // Through the associated type, whose bound is checked once, at `type Id` (one error for a
-    // wrong field type, at the type).
     let id_expr = quote_spanned! {id_ty.span()=>
         { #p::raw_id::<Self>(&self.#id_ident) }
     };
     let id_assoc = quote_spanned!(id_ty.span()=> type Id = #id_ty;);
-    Ok(quote! {
+    Some(quote! {
         #[automatically_derived]
         impl #p::Entity for #ident {
             const TYPE_NAME: &'static str = #name;

@@ -162,8 +162,11 @@ pub use conflict_macros::{Entity, cleanup_handler, with_conflict_resolution};
 pub use handle::Handle;
 pub use runtime::{Runtime, RuntimeBuilder, ShutdownReport};
 
-/// What configures an annotated function: the attribute's values as types, and their
-/// validation (the macro checks literals at compile time with the same code).
+// Each public type has one home: the root or one of these modules (and the prelude).
+
+/// What configures an annotated function: the attribute's values as types, their validation
+/// (the macro checks literals at compile time with the same code), and [`ConfigError`](crate::config::ConfigError), what
+/// start-up and the builder refuse.
 pub mod config {
     pub use conflict_core::{
         CleanupConfig, CleanupConfigBuilder, ConfigError, OccConfig, OnLose, OpClass,
@@ -172,19 +175,18 @@ pub mod config {
     };
 }
 
-/// Why a call failed: [`ConflictError`] and the types its variants carry.
+/// The types [`ConflictError`]'s variants carry (besides
+/// [`StoreError`](crate::store::StoreError), in `store`, and
+/// [`OutcomeKind`](crate::operation::OutcomeKind), in `operation`).
 pub mod error {
-    pub use conflict_core::{
-        BodyFailed, ConfigError, ConflictError, OutcomeKind, OverloadScope, RejectReason,
-        StoreError,
-    };
+    pub use conflict_core::{BodyFailed, OverloadScope, RejectReason};
 }
 
 /// Entities: the trait, ids and keys, versioned values, and the entity types linked into the
 /// program.
 pub mod entity {
     pub use crate::registry::{EntityRegistration, linked_entities};
-    pub use conflict_core::{Entity, EntityId, EntityIdType, EntityKey, ParseIdError, Versioned};
+    pub use conflict_core::{EntityIdType, EntityKey, ParseIdError, Versioned};
 }
 
 /// Operations: ids, records, outcomes, the context a body runs in (and per-call overrides with
@@ -192,7 +194,7 @@ pub mod entity {
 pub mod operation {
     pub use crate::context::{OperationContext, Scope, current_operation, scope};
     pub use crate::registry::{OperationSpec, linked_operations};
-    pub use conflict_core::{OpId, OperationInfo, OperationRecord, OperationStatus, OutcomeKind};
+    pub use conflict_core::{OpId, OperationRecord, OperationStatus, OutcomeKind};
 }
 
 /// Declares a typed id: a newtype around [`EntityId`] for one entity type, so that an id of one

@@ -6,8 +6,9 @@
 pub use crate::cleanup::{CleanupAction, CleanupError};
 pub use crate::config::{OnLose, OpClass, OperationPriority};
 pub use crate::entity::Versioned;
-pub use crate::error::{OutcomeKind, StoreError};
+pub use crate::operation::OutcomeKind;
 pub use crate::operation::{OpId, OperationRecord, current_operation, scope};
+pub use crate::store::StoreError;
 pub use crate::{
     Committed, ConflictError, Entity, EntityId, Handle, Runtime, cleanup_handler, typed_id,
     with_conflict_resolution,

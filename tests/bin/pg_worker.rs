@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use conflict_runtime::prelude::*;
 use conflict_runtime::store::{Commit, CommitOutcome, EntityCodec, EntityStore, PgStore, Write};
-use conflict_runtime::{entity::EntityKey, error::StoreError};
+use conflict_runtime::{entity::EntityKey, store::StoreError};
 use conflict_tests::Counter;
 
 #[with_conflict_resolution(

@@ -25,7 +25,7 @@ use conflict_runtime::prelude::*;
 use conflict_runtime::store::{
     Commit, CommitOutcome, EntityCodec, EntityStore, MemoryStore, StoredValue, Write,
 };
-use conflict_runtime::{entity::EntityKey, error::StoreError, operation::OutcomeKind};
+use conflict_runtime::{entity::EntityKey, operation::OutcomeKind, store::StoreError};
 
 use crate::Counter;
 
@@ -484,12 +484,12 @@ pub async fn a_missing_entity_is_a_store_error(rt: Runtime) {
     assert!(matches!(
         bump_default(&ghost, 1).await,
         Err(ConflictError::Store(
-            conflict_runtime::error::StoreError::NotFound { .. }
+            conflict_runtime::store::StoreError::NotFound { .. }
         ))
     ));
     assert!(matches!(
         ghost.load().await,
-        Err(conflict_runtime::error::StoreError::NotFound { .. })
+        Err(conflict_runtime::store::StoreError::NotFound { .. })
     ));
     let h = rt.insert(Counter::new()).await.unwrap();
     let dup = Counter {
@@ -498,7 +498,7 @@ pub async fn a_missing_entity_is_a_store_error(rt: Runtime) {
     };
     assert!(matches!(
         rt.insert(dup).await,
-        Err(conflict_runtime::error::StoreError::AlreadyExists { .. })
+        Err(conflict_runtime::store::StoreError::AlreadyExists { .. })
     ));
     assert_eq!(rt.metrics().outcome(OutcomeKind::StoreError), 1);
 }

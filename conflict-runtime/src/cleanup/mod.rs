@@ -5,8 +5,8 @@
 //!
 //! * a **succeeded** record goes into a bounded ring (per thread shard), kept for
 //!   [`RuntimeBuilder::keep_succeeded`](crate::RuntimeBuilder::keep_succeeded) records and age;
-//! * a **rejected, failed or cancelled** record is a zombie: its function's [`CleanupConfig`]
-//!   decides ([`CleanupConfig::decide`]) whether it is dropped at once (immediate), kept until
+//! * a **rejected, failed or cancelled** record is a zombie: its function's [`CleanupConfig`](crate::config::CleanupConfig)
+//!   decides ([`CleanupConfig::decide`](crate::config::CleanupConfig::decide)) whether it is dropped at once (immediate), kept until
 //!   the background sweeper finds it expired (deferred, and immediate for a debug-retained
 //!   priority), kept until a query or a new operation on the same target meets it expired
 //!   (lazy), kept (none), or handed to a named handler (custom). `max_zombie_count_per_target`
@@ -50,14 +50,12 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-// Link-time registration: what `#[cleanup_handler]` expands to, not for hand-written use.
 pub use conflict_core::{
-    CleanupAction, CleanupConfig, CleanupConfigBuilder, CleanupDecision, CleanupError,
-    CleanupStrategy, CleanupTrigger,
+    CleanupAction, CleanupDecision, CleanupError, CleanupStrategy, CleanupTrigger,
 };
+// Link-time registration: what `#[cleanup_handler]` expands to, not for hand-written use.
 #[doc(hidden)]
-pub use handlers::CleanupHandlerRegistration;
-pub use handlers::HandlerFuture;
+pub use handlers::{CleanupHandlerRegistration, HandlerFuture};
 pub(crate) use handlers::{Handler, Handlers};
 pub use health::{FAILED_HANDLERS_KEPT, FailedHandler, HealthReport, HealthStatus};
 pub use pressure::{MemoryPressure, SystemMemory};

@@ -31,7 +31,8 @@ use std::time::SystemTime;
 
 use conflict_core::{Entity, OpId, OperationPriority};
 
-pub use conflict_core::{EntityKey, StoreError};
+use conflict_core::EntityKey;
+pub use conflict_core::StoreError;
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PgStore;
@@ -175,7 +176,7 @@ pub enum CommitOutcome {
 /// use std::sync::Arc;
 /// use conflict_runtime::prelude::*;
 /// use conflict_runtime::store::{check_key, StoredValue};
-/// use conflict_runtime::{entity::EntityKey, error::StoreError};
+/// use conflict_runtime::{entity::EntityKey, store::StoreError};
 ///
 /// // (Doctests are linked into one program, where entity type names must be unique.)
 /// #[derive(Debug, Clone, Serialize, Deserialize, Entity)]

@@ -126,7 +126,7 @@ impl fmt::Debug for PgStore {
 /// use conflict_runtime::store::PgStore;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), conflict_runtime::error::StoreError> {
+/// # async fn main() -> Result<(), conflict_runtime::store::StoreError> {
 /// let store = PgStore::builder("host=127.0.0.1 user=app dbname=app")
 ///     .schema("billing")
 ///     .max_connections(32)
@@ -286,7 +286,7 @@ impl PgStore {
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), conflict_runtime::error::StoreError> {
+    /// # async fn main() -> Result<(), conflict_runtime::store::StoreError> {
     /// let store = conflict_runtime::store::PgStore::connect("postgres://app@db/app").await?;
     /// assert_eq!(store.schema(), "conflict");
     /// # Ok(()) }
@@ -344,7 +344,7 @@ impl PgStore {
     /// for a definite answer.
     ///
     /// ```no_run
-    /// # async fn f(store: conflict_runtime::store::PgStore, op: conflict_runtime::operation::OpId) -> Result<(), conflict_runtime::error::StoreError> {
+    /// # async fn f(store: conflict_runtime::store::PgStore, op: conflict_runtime::operation::OpId) -> Result<(), conflict_runtime::store::StoreError> {
     /// if let Some(entry) = store.lookup(op).await? {
     ///     println!("{op}: {:?} at seq {:?}", entry.status, entry.commit_seq);
     /// }
@@ -370,7 +370,7 @@ impl PgStore {
     /// Use it on the op id of a [`StoreError::OutcomeUnknown`].
     ///
     /// ```no_run
-    /// use conflict_runtime::error::StoreError;
+    /// use conflict_runtime::store::StoreError;
     /// use conflict_runtime::store::postgres::LedgerStatus;
     /// # async fn f(store: conflict_runtime::store::PgStore, err: StoreError) -> Result<(), StoreError> {
     /// if let StoreError::OutcomeUnknown { op_id, .. } = err {
@@ -394,7 +394,7 @@ impl PgStore {
     /// number of commits of the entity, and their versions are `2..=current version`.
     ///
     /// ```no_run
-    /// # async fn f(store: conflict_runtime::store::PgStore, key: conflict_runtime::entity::EntityKey) -> Result<(), conflict_runtime::error::StoreError> {
+    /// # async fn f(store: conflict_runtime::store::PgStore, key: conflict_runtime::entity::EntityKey) -> Result<(), conflict_runtime::store::StoreError> {
     /// for entry in store.ledger_for(&key).await? {
     ///     println!("{} by {:?}", entry.op_id, entry.op_type);
     /// }
