@@ -259,12 +259,21 @@ fn a_multi_write_commit_is_all_or_nothing() {
         assert_eq!(load(&store, b).await.1, 2);
         assert_eq!(store.lookup(stale).await.unwrap(), None, "no ledger entry");
 
+        // One key twice: refused before any I/O (not a conflict a caller would retry).
+        let twice_op = fresh_op();
         let twice = store
-            .commit(commit_of(fresh_op(), vec![write(a, 2, 1), write(a, 2, 2)]))
-            .await
-            .unwrap();
-        assert!(matches!(twice, CommitOutcome::Conflict { .. }));
+            .commit(commit_of(twice_op, vec![write(a, 2, 1), write(a, 2, 2)]))
+            .await;
+        assert!(
+            matches!(&twice, Err(StoreError::DuplicateWrite { key }) if *key == key_of(a)),
+            "{twice:?}"
+        );
         assert_eq!(load(&store, a).await.1, 2);
+        assert_eq!(
+            store.lookup(twice_op).await.unwrap(),
+            None,
+            "no ledger entry"
+        );
 
         let empty = fresh_op();
         let out = store.commit(commit_of(empty, vec![])).await.unwrap();
