@@ -72,8 +72,8 @@ pub(crate) fn validate_linked() -> Result<(), ConfigError> {
     }
     let mut paths: BTreeMap<(&str, &str), *const OperationSpec> = BTreeMap::new();
     for op in linked_operations() {
-        // The same static may be registered once per codegen unit only, but compare by
-        // identity anyway: only two distinct functions under one path are an error.
+        // By identity: two registrations of one function's spec (were the linker ever to
+        // keep two) are not two operations; only two distinct functions under one path are.
         if let Some(first) = paths.insert((op.module, op.name), std::ptr::from_ref(op)) {
             if !std::ptr::eq(first, op) {
                 return Err(ConfigError::DuplicateOperation { path: op.path() });

@@ -1038,15 +1038,14 @@ impl Drop for CommitSlot {
     fn drop(&mut self) {
         let staging = &self.staging;
         {
-            let mut st = self.cell.lock();
-            if st.phase.is_executing(self.op_id) {
+            let mut guard = self.cell.lock();
+            let st = &mut *guard;
+            if let Some(e) = st.phase.executing_as(self.op_id) {
+                e.commit_in_flight = false;
+                let orphaned = e.orphaned;
                 st.last = self.wrote.take();
-                let orphaned = st.phase.executing_as(self.op_id).is_some_and(|e| {
-                    e.commit_in_flight = false;
-                    e.orphaned
-                });
                 if orphaned {
-                    staging.hand_on(&mut st);
+                    staging.hand_on(st);
                 }
             }
         }

@@ -892,18 +892,20 @@ pub async fn store_commit_with_a_stale_version_is_a_conflict_and_changes_nothing
     let ghost = EntityId::new();
     let found = conflict(store.commit(commit_of(vec![write(ghost, 1, 5)])).await);
     assert_eq!(found, (counter_key(ghost), 1, None), "no version found");
-    assert!(
-        store
-            .load(&counter_key(ghost), EntityCodec::of::<Counter>())
-            .await
-            .unwrap()
-            .is_none(),
-        "a commit never creates an entity"
-    );
+    assert_never_created(store, ghost).await;
 
     let (versions, _) = committed_versions(store.commit(commit_of(vec![write(id, 2, 3)])).await);
     assert_eq!(versions, [3], "the refusals bumped nothing");
     assert_eq!(load_counter(store, id).await, (3, 3));
+}
+
+/// A refused commit to a missing key did not create it.
+async fn assert_never_created(store: &dyn EntityStore, id: EntityId) {
+    let found = store
+        .load(&counter_key(id), EntityCodec::of::<Counter>())
+        .await
+        .unwrap();
+    assert!(found.is_none(), "a commit never creates an entity");
 }
 
 /// Invariant: a multi-write commit is all or nothing. With one stale write among several —
@@ -951,14 +953,7 @@ pub async fn store_commit_many_is_all_or_nothing(store: &dyn EntityStore) {
     let found = conflict(store.commit(commit_of(writes)).await);
     assert_eq!(found, (counter_key(ghost), 1, None));
     assert_eq!(load_all(store, &ids).await, state, "no write applied");
-    assert!(
-        store
-            .load(&counter_key(ghost), EntityCodec::of::<Counter>())
-            .await
-            .unwrap()
-            .is_none(),
-        "a commit never creates an entity"
-    );
+    assert_never_created(store, ghost).await;
 
     // Entity i takes i more commits, so that the versions differ and their order shows.
     for (i, &id) in ids.iter().enumerate() {
