@@ -85,8 +85,8 @@ pub enum StoreError {
     /// written. Not a conflict (retrying it could never succeed): write each entity once per
     /// commit, with its final value.
     #[error(
-        "entity {key} is written twice in one commit: nothing was written; write each entity \
-         once per commit"
+        "entity {key} appears twice in one commit (written twice, or written and read): \
+         nothing was written; name each entity once per commit"
     )]
     DuplicateWrite {
         /// The key written more than once.
@@ -208,11 +208,16 @@ pub enum OutcomeKind {
     Cancelled,
     /// The call could not finish by its deadline (`scope().deadline(..)` / `.timeout(..)`).
     DeadlineExceeded,
+    /// Named one entity twice, or a handle of another runtime, among its entities.
+    InvalidTargets,
+    /// A nested call composed into its parent's commit, which did not happen: the parent
+    /// failed, or its body ran again (and called it again, as a new operation).
+    RolledBack,
 }
 
 impl OutcomeKind {
     /// Every kind, in declaration order.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 15] = [
         Self::Committed,
         Self::Rejected,
         Self::Preempted,
@@ -226,6 +231,8 @@ impl OutcomeKind {
         Self::StoreError,
         Self::Cancelled,
         Self::DeadlineExceeded,
+        Self::InvalidTargets,
+        Self::RolledBack,
     ];
 
     /// The snake-case label used in metrics and reports.
@@ -245,6 +252,8 @@ impl OutcomeKind {
             Self::StoreError => "store_error",
             Self::Cancelled => "cancelled",
             Self::DeadlineExceeded => "deadline_exceeded",
+            Self::InvalidTargets => "invalid_targets",
+            Self::RolledBack => "rolled_back",
         }
     }
 
@@ -261,14 +270,15 @@ impl OutcomeKind {
         match self {
             Self::Committed => S::Succeeded,
             Self::Rejected | Self::Preempted | Self::Overloaded => S::Rejected,
-            Self::ShuttingDown | Self::Cancelled => S::Cancelled,
+            Self::ShuttingDown | Self::Cancelled | Self::RolledBack => S::Cancelled,
             Self::RetriesExhausted
             | Self::BodyError
             | Self::Panicked
             | Self::Reentrant
             | Self::IdentityChanged
             | Self::StoreError
-            | Self::DeadlineExceeded => S::Failed,
+            | Self::DeadlineExceeded
+            | Self::InvalidTargets => S::Failed,
         }
     }
 }
@@ -361,8 +371,26 @@ pub enum ConflictError<E = std::convert::Infallible> {
         /// The panic message.
         message: String,
     },
-    /// Called from the body of an operation that is executing on the same target: running it
-    /// would wait for its own ancestor. Change the entity in the ancestor's body instead.
+    /// The same entity appears twice among the call's entity parameters (any mix of `&mut`
+    /// and `#[read]`): refused before the body ran, nothing committed. Pass each entity once.
+    DuplicateTarget {
+        /// This operation.
+        op_id: OpId,
+        /// The entity named twice.
+        target: EntityKey,
+    },
+    /// One of the call's handles belongs to another runtime than the first one's: a call
+    /// commits in one store. Nothing ran.
+    ForeignHandle {
+        /// This operation.
+        op_id: OpId,
+        /// The entity whose handle is another runtime's.
+        target: EntityKey,
+    },
+    /// Called from the body of an operation that is changing the same entity (or, for a call
+    /// that writes it, reading it): the nested call would work on a copy its ancestor's body
+    /// overwrites, or wait for its own ancestor. Change the entity in the ancestor's body
+    /// instead.
     Reentrant {
         /// This operation.
         op_id: OpId,
@@ -450,6 +478,14 @@ impl<E: fmt::Display> fmt::Display for ConflictError<E> {
                 f,
                 "operation {op_id}'s body changed the entity id from {expected} to {found}; ids are immutable"
             ),
+            Self::DuplicateTarget { op_id, target } => write!(
+                f,
+                "operation {op_id} names {target} twice among its entities; nothing ran: pass each entity once"
+            ),
+            Self::ForeignHandle { op_id, target } => write!(
+                f,
+                "operation {op_id}: the handle of {target} belongs to another runtime than its first entity's; nothing ran: a call commits in one store"
+            ),
             Self::Store(e) => fmt::Display::fmt(e, f),
         }
     }
@@ -489,6 +525,9 @@ impl<E> ConflictError<E> {
             Self::Panicked { .. } => OutcomeKind::Panicked,
             Self::Reentrant { .. } => OutcomeKind::Reentrant,
             Self::IdentityChanged { .. } => OutcomeKind::IdentityChanged,
+            Self::DuplicateTarget { .. } | Self::ForeignHandle { .. } => {
+                OutcomeKind::InvalidTargets
+            }
             Self::Store(_) => OutcomeKind::StoreError,
         }
     }
@@ -506,6 +545,8 @@ impl<E> ConflictError<E> {
             | Self::Panicked { op_id, .. }
             | Self::Reentrant { op_id, .. }
             | Self::IdentityChanged { op_id, .. }
+            | Self::DuplicateTarget { op_id, .. }
+            | Self::ForeignHandle { op_id, .. }
             | Self::Store(StoreError::OutcomeUnknown { op_id, .. }) => Some(*op_id),
             Self::Body(_) | Self::Store(_) => None,
         }
@@ -641,6 +682,14 @@ impl<E> ConflictError<E> {
                 op_id: *op_id,
                 expected: *expected,
                 found: *found,
+            },
+            Self::DuplicateTarget { op_id, target } => ConflictError::DuplicateTarget {
+                op_id: *op_id,
+                target: target.clone(),
+            },
+            Self::ForeignHandle { op_id, target } => ConflictError::ForeignHandle {
+                op_id: *op_id,
+                target: target.clone(),
             },
         }
     }

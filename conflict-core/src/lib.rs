@@ -40,7 +40,7 @@ pub use config::{
     CleanupConfig, CleanupConfigBuilder, CleanupDecision, CleanupStrategy, CleanupTrigger,
     ConfigError, OccConfig, OnLose, OperationConfig, PreEcsConfig, ResolutionMode,
 };
-pub use entity::{Committed, Entity, EntityIdType, Versioned};
+pub use entity::{Committed, Entity, EntityIdType, Versioned, Versions};
 pub use error::{
     BodyFailed, CleanupAction, CleanupError, ConflictError, OutcomeKind, OverloadScope,
     RejectReason, StoreError,

@@ -374,6 +374,7 @@ where
                 return Ok(Committed {
                     value,
                     version,
+                    versions: conflict_core::Versions::one(op.target.clone(), version),
                     op_id: op.op_id,
                     attempts: attempt,
                 });

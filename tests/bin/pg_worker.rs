@@ -256,6 +256,7 @@ async fn transfer_once(
             priority: OperationPriority::NORMAL,
             attempt,
             writes,
+            reads: Vec::new(),
         })
         .await?;
     Ok(match outcome {

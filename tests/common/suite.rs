@@ -571,6 +571,7 @@ fn commit_of(writes: Vec<Write>) -> Commit {
         priority: OperationPriority::NORMAL,
         attempt: 1,
         writes,
+        reads: Vec::new(),
     }
 }
 

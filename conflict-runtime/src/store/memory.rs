@@ -168,33 +168,74 @@ impl MemoryStore {
         slot.cas(expected, value, now).map(|v| (v, now))
     }
 
+    /// Several entities as of one instant: their slots are locked together (in key order,
+    /// like a multi-write commit, so a commit is seen whole or not at all), then copied.
+    pub(crate) fn snapshot_many(
+        &self,
+        targets: &[(&EntityKey, super::EntityCodec, &super::SlotCache)],
+    ) -> Vec<Option<Snapshot>> {
+        let slots: Vec<Option<Arc<Slot>>> = targets
+            .iter()
+            .map(|(key, _, cache)| match cache.get() {
+                Some(slot) => Some(slot.clone()),
+                None => self
+                    .slot(key)
+                    .map(|slot| cache.get_or_init(|| slot).clone()),
+            })
+            .collect();
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        order.sort_by(|&a, &b| targets[a].0.cmp(targets[b].0));
+        // A key named twice is locked once (its slot's mutex is not reentrant).
+        order.dedup_by(|b, a| targets[*a].0 == targets[*b].0);
+        let locked: Vec<(usize, MutexGuard<'_, Snapshot>)> = order
+            .iter()
+            .filter_map(|&i| Some((i, slots[i].as_ref()?.lock())))
+            .collect();
+        let mut out = vec![None; targets.len()];
+        for (i, cell) in &locked {
+            out[*i] = Some((**cell).clone());
+        }
+        drop(locked);
+        for i in 0..targets.len() {
+            if out[i].is_none() && slots[i].is_some() {
+                // A repeated key: the copy taken under the locks.
+                let first = (0..i).find(|&j| targets[j].0 == targets[i].0);
+                out[i] = first.and_then(|j| out[j].clone());
+            }
+        }
+        out
+    }
+
     fn commit_many(&self, commit: &Commit) -> CommitOutcome {
         let guard = self.map.guard();
-        let mut order: Vec<usize> = (0..commit.writes.len()).collect();
-        order.sort_by(|&a, &b| commit.writes[a].key.cmp(&commit.writes[b].key));
+        // Writes first, then reads, as one list of (key, expected version, value to write).
+        let all: Vec<(&EntityKey, u64, Option<&StoredValue>)> = commit
+            .writes
+            .iter()
+            .map(|w| (&w.key, w.expected_version, Some(&w.value)))
+            .chain(commit.reads.iter().map(|r| (&r.key, r.version, None)))
+            .collect();
+        let mut order: Vec<usize> = (0..all.len()).collect();
+        order.sort_by(|&a, &b| all[a].0.cmp(all[b].0));
         // Lock every slot in key order (a global order, so two multi-writes never deadlock).
-        // No key is written twice: `commit` refused that (`DuplicateWrite`), so no slot is
+        // No key appears twice: `commit` refused that (`DuplicateWrite`), so no slot is
         // locked twice.
-        debug_assert!(
-            order
-                .windows(2)
-                .all(|p| commit.writes[p[0]].key != commit.writes[p[1]].key)
-        );
+        debug_assert!(order.windows(2).all(|p| all[p[0]].0 != all[p[1]].0));
         let mut locked = Vec::with_capacity(order.len());
         for &i in &order {
-            let w = &commit.writes[i];
-            let Some(slot) = self.map.get(&w.key, &guard) else {
+            let (key, expected, _) = all[i];
+            let Some(slot) = self.map.get(key, &guard) else {
                 return CommitOutcome::Conflict {
-                    key: w.key.clone(),
-                    expected: w.expected_version,
+                    key: key.clone(),
+                    expected,
                     actual: None,
                 };
             };
             let cell = slot.lock();
-            if cell.version != w.expected_version {
+            if cell.version != expected {
                 return CommitOutcome::Conflict {
-                    key: w.key.clone(),
-                    expected: w.expected_version,
+                    key: key.clone(),
+                    expected,
                     actual: Some(cell.version),
                 };
             }
@@ -203,9 +244,10 @@ impl MemoryStore {
         let now = SystemTime::now();
         let mut versions = vec![0; commit.writes.len()];
         for (i, cell) in &mut locked {
-            let w = &commit.writes[*i];
-            cell.version = w.expected_version + 1;
-            cell.value = w.value.clone();
+            let (_, expected, value) = all[*i];
+            let Some(value) = value else { continue };
+            cell.version = expected + 1;
+            cell.value = value.clone();
             cell.last_modified = now;
             versions[*i] = cell.version;
         }
@@ -230,6 +272,20 @@ impl EntityStore for MemoryStore {
         Box::pin(async move { Ok(r) })
     }
 
+    fn load_many<'a>(
+        &'a self,
+        keys: &'a [(EntityKey, EntityCodec)],
+    ) -> StoreFuture<'a, Vec<Option<Snapshot>>> {
+        let caches: Vec<super::SlotCache> = keys.iter().map(|_| super::SlotCache::new()).collect();
+        let targets: Vec<(&EntityKey, EntityCodec, &super::SlotCache)> = keys
+            .iter()
+            .zip(&caches)
+            .map(|((k, codec), cache)| (k, *codec, cache))
+            .collect();
+        let r = self.snapshot_many(&targets);
+        Box::pin(async move { Ok(r) })
+    }
+
     fn insert(&self, key: EntityKey, value: StoredValue) -> StoreFuture<'_, Snapshot> {
         let r = check_key(&key, &value).and_then(|()| {
             self.put_new(key, value, SystemTime::now())
@@ -242,10 +298,10 @@ impl EntityStore for MemoryStore {
         // Checked here, at the public entry point, and not in `cas`/`commit_many`: the runtime's
         // own fast path (`Backend::commit_one`) writes only values whose type and id it has
         // already checked (`IdentityChanged`).
-        if let Err(e) = check_writes(&commit.writes) {
+        if let Err(e) = check_writes(&commit.writes, &commit.reads) {
             return Box::pin(async move { Err(e) });
         }
-        let r = if commit.writes.len() == 1 {
+        let r = if commit.writes.len() == 1 && commit.reads.is_empty() {
             let w = commit.writes.swap_remove(0);
             match self.cas(&w.key, w.expected_version, w.value) {
                 Ok((v, last_modified)) => CommitOutcome::Committed {
@@ -258,7 +314,7 @@ impl EntityStore for MemoryStore {
                     actual,
                 },
             }
-        } else if commit.writes.is_empty() {
+        } else if commit.writes.is_empty() && commit.reads.is_empty() {
             CommitOutcome::Committed {
                 versions: Vec::new(),
                 last_modified: SystemTime::now(),

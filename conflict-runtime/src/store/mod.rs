@@ -128,6 +128,17 @@ pub struct Write {
     pub value: StoredValue,
 }
 
+/// One read of a commit: not written, but validated with the writes. The commit applies only
+/// if the entity is still at `version` (so a call that read it cannot commit over a newer
+/// state: no write skew).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read {
+    /// The entity read.
+    pub key: EntityKey,
+    /// The version read.
+    pub version: u64,
+}
+
 /// An atomic compare-and-commit of one or more writes on behalf of one operation.
 #[derive(Debug, Clone)]
 pub struct Commit {
@@ -141,6 +152,10 @@ pub struct Commit {
     pub attempt: u32,
     /// The writes, all or nothing.
     pub writes: Vec<Write>,
+    /// Entities read but not written: each must still be at the version read, or nothing is
+    /// applied ([`CommitOutcome::Conflict`] names it). A key appears at most once across
+    /// `writes` and `reads`.
+    pub reads: Vec<Read>,
 }
 
 /// What a commit did.
@@ -153,11 +168,11 @@ pub enum CommitOutcome {
         /// The commit time recorded as last-modified.
         last_modified: SystemTime,
     },
-    /// Nothing applied: this key was not at its expected version.
+    /// Nothing applied: this key (written or read) was not at its expected version.
     Conflict {
         /// The first key found stale.
         key: EntityKey,
-        /// The version the writer expected.
+        /// The version the writer expected (or the reader read).
         expected: u64,
         /// The version found, if the store reports it.
         actual: Option<u64>,
@@ -204,13 +219,17 @@ pub fn check_key(key: &EntityKey, value: &StoredValue) -> Result<(), StoreError>
 }
 
 /// [`check_key`] for every write of a commit, in order (the first mismatch), and no key twice
-/// ([`StoreError::DuplicateWrite`]: a commit can write an entity once only).
-pub(crate) fn check_writes(writes: &[Write]) -> Result<(), StoreError> {
+/// across writes and reads ([`StoreError::DuplicateWrite`]: a commit names an entity once only).
+pub(crate) fn check_writes(writes: &[Write], reads: &[Read]) -> Result<(), StoreError> {
     writes
         .iter()
         .try_for_each(|w| check_key(&w.key, &w.value))?;
-    if writes.len() > 1 {
-        let mut keys: Vec<&EntityKey> = writes.iter().map(|w| &w.key).collect();
+    if writes.len() + reads.len() > 1 {
+        let mut keys: Vec<&EntityKey> = writes
+            .iter()
+            .map(|w| &w.key)
+            .chain(reads.iter().map(|r| &r.key))
+            .collect();
         keys.sort_unstable();
         if let Some(pair) = keys.windows(2).find(|p| p[0] == p[1]) {
             return Err(StoreError::DuplicateWrite {
@@ -237,17 +256,60 @@ pub trait EntityStore: Send + Sync + 'static {
         codec: EntityCodec,
     ) -> StoreFuture<'a, Option<Snapshot>>;
 
+    /// Reads several entities as one consistent snapshot: the values and versions they all had
+    /// at one instant (a commit of several of them is seen whole or not at all). `None` for a
+    /// key that does not exist; results in the order of `keys`.
+    ///
+    /// The provided implementation reads the keys one by one until two rounds in a row find
+    /// the same versions (versions only grow, so each key held its version in between: a
+    /// consistent instant), at most 64 rounds, then fails with [`StoreError::Backend`].
+    /// Backends that can read atomically override it (both built-in ones do).
+    fn load_many<'a>(
+        &'a self,
+        keys: &'a [(EntityKey, EntityCodec)],
+    ) -> StoreFuture<'a, Vec<Option<Snapshot>>> {
+        Box::pin(async move {
+            let mut last: Option<Vec<Option<Snapshot>>> = None;
+            for _ in 0..64 {
+                let mut round = Vec::with_capacity(keys.len());
+                for (key, codec) in keys {
+                    round.push(self.load(key, *codec).await?);
+                }
+                if let Some(prev) = &last {
+                    let same = prev.iter().zip(&round).all(|(a, b)| {
+                        a.as_ref().map(|s| s.version) == b.as_ref().map(|s| s.version)
+                    });
+                    if same {
+                        return Ok(round);
+                    }
+                }
+                last = Some(round);
+            }
+            Err(StoreError::Backend {
+                message: format!(
+                    "store `{}` changed under 64 rounds of reading {} entities: no consistent \
+                     snapshot",
+                    self.name(),
+                    keys.len()
+                ),
+                source: None,
+            })
+        })
+    }
+
     /// Stores a new entity at version 1; [`StoreError::AlreadyExists`] if the key is taken.
     ///
     /// [`StoreError::KeyMismatch`], storing nothing, if `value` is not the entity `key` names
     /// (`value.entity_key() != key`).
     fn insert(&self, key: EntityKey, value: StoredValue) -> StoreFuture<'_, Snapshot>;
 
-    /// Applies all writes atomically if every expected version is current.
+    /// Applies all writes atomically if every expected version is current and every read
+    /// entity is still at the version read. A commit without writes only validates its reads
+    /// (and records nothing).
     ///
     /// [`StoreError::KeyMismatch`] for the first write (in the order given) whose value is not
-    /// the entity its key names, and [`StoreError::DuplicateWrite`] if a key is written twice;
-    /// then none of the writes is applied, whatever their versions.
+    /// the entity its key names, and [`StoreError::DuplicateWrite`] if a key appears twice
+    /// (across writes and reads); then none of the writes is applied, whatever their versions.
     fn commit(&self, commit: Commit) -> StoreFuture<'_, CommitOutcome>;
 }
 
@@ -287,6 +349,83 @@ impl Backend {
                     .map(|slot| cache.get_or_init(|| slot).snapshot()),
             }),
             Self::Dyn(d) => d.load(key, codec).await,
+        }
+    }
+
+    /// Reads several entities as one consistent snapshot (see [`EntityStore::load_many`]);
+    /// with the embedded store, through (and into) the handles' slot caches.
+    pub(crate) async fn load_many(
+        &self,
+        targets: &[(&EntityKey, EntityCodec, &SlotCache)],
+    ) -> Result<Vec<Option<Snapshot>>, StoreError> {
+        match self {
+            Self::Memory(m) => Ok(m.snapshot_many(targets)),
+            Self::Dyn(d) => {
+                let keys: Vec<(EntityKey, EntityCodec)> = targets
+                    .iter()
+                    .map(|(k, codec, _)| ((*k).clone(), *codec))
+                    .collect();
+                let got = d.load_many(&keys).await?;
+                if got.len() == keys.len() {
+                    Ok(got)
+                } else {
+                    Err(StoreError::Backend {
+                        message: format!(
+                            "store `{}` answered {} of {} entities read together",
+                            d.name(),
+                            got.len(),
+                            keys.len()
+                        ),
+                        source: None,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Commits several writes and validates reads, all or nothing.
+    pub(crate) async fn commit_many(
+        &self,
+        op: CommitInfo,
+        writes: Vec<Write>,
+        reads: Vec<Read>,
+    ) -> Result<CommitOutcome, StoreError> {
+        let commit = Commit {
+            op_id: op.op_id,
+            op_type: op.op_type,
+            priority: op.priority,
+            attempt: op.attempt,
+            writes,
+            reads,
+        };
+        match self {
+            Self::Memory(m) => m.commit(commit).await,
+            Self::Dyn(d) => d.commit(commit).await,
+        }
+    }
+
+    /// [`commit_many`](Self::commit_many) as a future that owns what it needs (to run in a
+    /// task of its own); `None` for the embedded store, whose commit never awaits.
+    pub(crate) fn commit_many_task(
+        &self,
+        op: CommitInfo,
+        writes: &[Write],
+        reads: &[Read],
+    ) -> Option<impl Future<Output = Result<CommitOutcome, StoreError>> + Send + 'static> {
+        match self {
+            Self::Memory(_) => None,
+            Self::Dyn(d) => {
+                let d = d.clone();
+                let commit = Commit {
+                    op_id: op.op_id,
+                    op_type: op.op_type,
+                    priority: op.priority,
+                    attempt: op.attempt,
+                    writes: writes.to_vec(),
+                    reads: reads.to_vec(),
+                };
+                Some(async move { d.commit(commit).await })
+            }
         }
     }
 
@@ -358,6 +497,7 @@ async fn commit_dyn(
             priority: op.priority,
             attempt: op.attempt,
             writes: vec![write],
+            reads: Vec::new(),
         })
         .await?;
     match outcome {

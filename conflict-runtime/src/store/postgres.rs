@@ -955,9 +955,9 @@ impl EntityStore for PgStore {
         Box::pin(async move {
             // Before any I/O, and for every write: nothing of a refused commit reaches the
             // database, not even its ledger row.
-            check_writes(&commit.writes)?;
+            check_writes(&commit.writes, &commit.reads)?;
             match commit.writes.as_slice() {
-                [w] => self.commit_single(&commit, w).await,
+                [w] if commit.reads.is_empty() => self.commit_single(&commit, w).await,
                 _ => self.commit_multi(&commit).await,
             }
         })
