@@ -300,30 +300,48 @@ async fn nested_calls_detect_reentrancy_and_record_parents() {
 
 /// Invariant: parent links only ever point at operations created earlier, even when a parent
 /// is passed explicitly with `scope().parent(..)` into a spawned task; so the parent relation
-/// has no cycle.
+/// has no cycle. (Each link is made inside the previous one's running body, into whose commit
+/// it composes.)
 #[tokio::test]
 async fn parent_chains_cannot_form_a_cycle() {
+    use conflict_runtime::operation::OperationContext;
+    use futures_util::future::BoxFuture;
+
     #[with_conflict_resolution(pre_ecs(staging_timeout_ms = 0), occ = false)]
-    async fn link(c: &mut Counter) -> conflict_runtime::operation::OperationContext {
+    async fn link(c: &mut Counter, rest: Vec<Handle<Counter>>) -> Vec<OperationContext> {
         c.value += 1;
-        conflict_runtime::operation::current_operation().unwrap()
+        let me = conflict_runtime::operation::current_operation().unwrap();
+        let mut chain = vec![me.clone()];
+        if !rest.is_empty() {
+            // The next link, in a task of its own, made a child of this one explicitly.
+            let next = tokio::spawn(
+                conflict_runtime::operation::scope()
+                    .parent(me)
+                    .run(chain_of(rest)),
+            );
+            chain.extend(next.await.unwrap());
+        }
+        chain
+    }
+    fn chain_of(mut hs: Vec<Handle<Counter>>) -> BoxFuture<'static, Vec<OperationContext>> {
+        Box::pin(async move {
+            let first = hs.remove(0);
+            link(&first, hs).await.unwrap().value
+        })
     }
     let rt = Runtime::in_memory();
-    let mut ctx: Option<conflict_runtime::operation::OperationContext> = None;
-    let mut chain = Vec::new();
+    let mut hs = Vec::new();
     for _ in 0..6 {
-        let h = rt.insert(Counter::new()).await.unwrap();
-        let scope = match ctx.clone() {
-            Some(parent) => conflict_runtime::operation::scope().parent(parent),
-            None => conflict_runtime::operation::scope(),
-        };
-        let me = tokio::spawn(scope.run(async move { link(&h).await }))
-            .await
-            .unwrap()
-            .unwrap()
-            .value;
-        chain.push(me.clone());
-        ctx = Some(me);
+        hs.push(rt.insert(Counter::new()).await.unwrap());
+    }
+    let chain = chain_of(hs.clone()).await;
+    assert_eq!(chain.len(), 6);
+    for h in &hs {
+        assert_eq!(
+            h.load().await.unwrap().version,
+            2,
+            "every link committed with the root"
+        );
     }
     assert!(chain[0].ancestors().is_empty());
     for (depth, w) in chain.windows(2).enumerate() {

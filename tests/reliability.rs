@@ -437,8 +437,10 @@ async fn grab_context(c: &mut Counter) -> Option<conflict_runtime::operation::Op
 }
 
 /// Invariant: a call made under `scope().parent(ctx)` after `ctx`'s operation has ended is not
-/// `Reentrant` on that operation's entity (it holds nothing any more); it still records `ctx`'s
-/// operation as its parent. While the operation runs, the same call is `Reentrant`.
+/// `Reentrant` on that operation's entity (it holds nothing any more) and does not wait: there
+/// is no commit left to compose into, so it ends `RolledBack` at once, committing nothing, and
+/// records `ctx`'s operation as its parent. While the operation runs, the same call is
+/// `Reentrant`.
 #[tokio::test]
 async fn a_context_whose_operation_ended_does_not_make_its_target_reentrant() {
     let rt = Runtime::in_memory();
@@ -450,10 +452,15 @@ async fn a_context_whose_operation_ended_does_not_make_its_target_reentrant() {
         .parent(ctx.clone())
         .run(touch(&h))
         .await
-        .expect("an ended ancestor holds nothing: not reentrant");
-    assert_eq!(child.value, 2);
-    let rec = rt.operations().get(child.op_id).unwrap();
+        .expect_err("an ended ancestor has no commit to join");
+    assert!(
+        matches!(child, ConflictError::RolledBack { root_op_id, .. } if root_op_id == parent.op_id),
+        "{child}"
+    );
+    assert_eq!(h.load().await.unwrap().version, 2, "nothing committed");
+    let rec = rt.operations().get(child.op_id().unwrap()).unwrap();
     assert_eq!(rec.parent_op_id, Some(parent.op_id));
+    assert_eq!(rec.outcome, Some(OutcomeKind::RolledBack));
 
     // A live ancestor still counts, also through a spawned task.
     #[with_conflict_resolution]

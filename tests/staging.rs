@@ -228,16 +228,19 @@ async fn bump_low(c: &mut Counter, tag: u64) -> u64 {
 
 #[with_conflict_resolution(priority = CRITICAL, pre_ecs(staging_timeout_ms = 0), occ = false)]
 async fn parent_op(c: &mut Counter, child_target: Handle<Counter>) -> u64 {
-    // The child runs inside this body: it inherits this op's effective priority.
+    // The child runs inside this body: it inherits this op's effective priority, and composes
+    // into this op's commit (it does not stage on its own).
     let child = bump_low(&child_target, 77).await;
     c.value += 1;
     child.map(|c| c.value).unwrap_or(0)
 }
 
-/// Invariant: a LOW call made inside a CRITICAL parent's body competes as CRITICAL, so it beats
-/// a NORMAL call in the same group; without the parent it would lose.
+/// Invariant: a LOW call made inside a CRITICAL parent's body runs as CRITICAL (its record says
+/// so) and composes into the parent's commit: it takes no place in its entity's staging group,
+/// so a NORMAL call staged there is neither beaten nor blocked by it. Without a parent, the
+/// same LOW call loses to NORMAL in one group.
 #[tokio::test(start_paused = true)]
-async fn parent_chain_inheritance_changes_the_winner() {
+async fn a_nested_call_inherits_priority_and_composes_instead_of_staging() {
     let rt = Runtime::in_memory();
     let parent_target = rt.insert(Counter::new()).await.unwrap();
     let h = rt.insert(Counter::new()).await.unwrap();
@@ -252,9 +255,20 @@ async fn parent_chain_inheritance_changes_the_winner() {
         // The parent is declared CRITICAL; its child `bump_low` is declared LOW.
         tokio::spawn(async move { parent_op(&p, h).await })
     };
-    assert!(normal.await.unwrap().is_err());
-    parent.await.unwrap().unwrap();
-    assert_eq!(h.load().await.unwrap().value.log, vec![77]);
+    let parent = parent.await.unwrap().unwrap();
+    // The child's write landed with the parent's commit, before the NORMAL call's window
+    // closed; the NORMAL call then ran on the new version.
+    normal.await.unwrap().unwrap();
+    assert_eq!(h.load().await.unwrap().value.log, vec![77, 5]);
+    let child = rt
+        .operations()
+        .by_target(h.key())
+        .into_iter()
+        .find(|r| r.parent_op_id == Some(parent.op_id))
+        .expect("the child's record");
+    assert_eq!(child.priority, OperationPriority::LOW);
+    assert_eq!(child.effective_priority, OperationPriority::CRITICAL);
+    assert_eq!(child.outcome, Some(OutcomeKind::Committed));
 
     // Control: the same LOW-declared call without a parent loses to NORMAL.
     let h2 = rt.insert(Counter::new()).await.unwrap();

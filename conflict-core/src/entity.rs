@@ -197,6 +197,12 @@ impl Versions {
         OneOrMany::Many(slice.iter().map(|(k, v)| (k, *v)))
     }
 
+    /// The first written entity's new version.
+    #[must_use]
+    pub fn first(&self) -> Option<u64> {
+        self.iter().next().map(|(_, v)| v)
+    }
+
     /// How many entities were written.
     #[must_use]
     pub fn len(&self) -> usize {

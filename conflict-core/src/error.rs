@@ -379,6 +379,16 @@ pub enum ConflictError<E = std::convert::Infallible> {
         /// The entity named twice.
         target: EntityKey,
     },
+    /// A nested call composed into its root operation's commit, which did not happen — or
+    /// could not join it: the root's body had already ended (a call from a task it spawned
+    /// and did not await), or an entity the root's attempt had read changed meanwhile (the
+    /// root runs its body again). Nothing of this call was committed.
+    RolledBack {
+        /// This operation.
+        op_id: OpId,
+        /// The root operation it composed into.
+        root_op_id: OpId,
+    },
     /// One of the call's handles belongs to another runtime than the first one's: a call
     /// commits in one store. Nothing ran.
     ForeignHandle {
@@ -482,6 +492,10 @@ impl<E: fmt::Display> fmt::Display for ConflictError<E> {
                 f,
                 "operation {op_id} names {target} twice among its entities; nothing ran: pass each entity once"
             ),
+            Self::RolledBack { op_id, root_op_id } => write!(
+                f,
+                "operation {op_id} composed into operation {root_op_id}'s commit, which did not happen (it failed, ran its body again, or had already ended): nothing of it was committed"
+            ),
             Self::ForeignHandle { op_id, target } => write!(
                 f,
                 "operation {op_id}: the handle of {target} belongs to another runtime than its first entity's; nothing ran: a call commits in one store"
@@ -528,6 +542,7 @@ impl<E> ConflictError<E> {
             Self::DuplicateTarget { .. } | Self::ForeignHandle { .. } => {
                 OutcomeKind::InvalidTargets
             }
+            Self::RolledBack { .. } => OutcomeKind::RolledBack,
             Self::Store(_) => OutcomeKind::StoreError,
         }
     }
@@ -547,6 +562,7 @@ impl<E> ConflictError<E> {
             | Self::IdentityChanged { op_id, .. }
             | Self::DuplicateTarget { op_id, .. }
             | Self::ForeignHandle { op_id, .. }
+            | Self::RolledBack { op_id, .. }
             | Self::Store(StoreError::OutcomeUnknown { op_id, .. }) => Some(*op_id),
             Self::Body(_) | Self::Store(_) => None,
         }
@@ -690,6 +706,10 @@ impl<E> ConflictError<E> {
             Self::ForeignHandle { op_id, target } => ConflictError::ForeignHandle {
                 op_id: *op_id,
                 target: target.clone(),
+            },
+            Self::RolledBack { op_id, root_op_id } => ConflictError::RolledBack {
+                op_id: *op_id,
+                root_op_id: *root_op_id,
             },
         }
     }

@@ -14,8 +14,10 @@ pub struct OperationInfo {
     pub op_id: OpId,
     /// The annotated function's name.
     pub op_type: Cow<'static, str>,
-    /// The entity it targets.
+    /// The entity it targets (a multi-entity call's first entity parameter).
     pub target: EntityKey,
+    /// A multi-entity call's other entities, in parameter order (empty for one entity).
+    pub more_targets: Vec<EntityKey>,
     /// Its own priority.
     pub priority: OperationPriority,
     /// Its priority raised to the maximum of its parent chain.

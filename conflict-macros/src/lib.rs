@@ -212,10 +212,26 @@ fn attribute_on_fn<A: syn::parse::Parse>(
         Ok(ts) => out.extend(ts),
         Err(e) => {
             out.extend(e.into_compile_error());
-            out.extend(original);
+            out.extend(without_read_markers(original));
         }
     }
     out.into()
+}
+
+/// The user's function as written, minus the `#[read]` parameter markers (which only the
+/// attribute understands): what is emitted when it cannot be expanded.
+fn without_read_markers(original: proc_macro2::TokenStream) -> proc_macro2::TokenStream {
+    match syn::parse2::<syn::ItemFn>(original.clone()) {
+        Ok(mut f) => {
+            for arg in &mut f.sig.inputs {
+                if let syn::FnArg::Typed(pt) = arg {
+                    pt.attrs.retain(|a| !a.path().is_ident("read"));
+                }
+            }
+            quote::ToTokens::into_token_stream(f)
+        }
+        Err(_) => original,
+    }
 }
 
 /// Registers an `async fn(&OperationRecord) -> Result<(), CleanupError>` (or

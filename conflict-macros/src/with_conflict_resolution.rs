@@ -53,6 +53,23 @@ fn classify(output: &ReturnType) -> Returns {
     Returns::Value(ty)
 }
 
+/// `ts` with every token at `span`.
+fn respan(ts: TokenStream, span: Span) -> TokenStream {
+    ts.into_iter()
+        .map(|tt| match tt {
+            proc_macro2::TokenTree::Group(g) => {
+                let mut out = proc_macro2::Group::new(g.delimiter(), respan(g.stream(), span));
+                out.set_span(span);
+                proc_macro2::TokenTree::Group(out)
+            }
+            mut other => {
+                other.set_span(span);
+                other
+            }
+        })
+        .collect()
+}
+
 /// Whether a type contains an `impl Trait` anywhere.
 fn contains_impl_trait(ty: &Type) -> bool {
     fn walk(ts: TokenStream) -> bool {
@@ -87,6 +104,20 @@ struct Param {
     ty: Type,
 }
 
+/// An entity parameter: the handle's name in the generated function, the entity type, and
+/// whether the call writes it (`&mut`) or only reads it (`#[read] &`).
+struct EntityParam {
+    outer: Ident,
+    ty: Type,
+    write: bool,
+}
+
+/// A parameter's place: the index of its entity or plain argument.
+enum Slot {
+    Entity(usize),
+    Plain(usize),
+}
+
 #[allow(
     clippy::too_many_lines,
     reason = "one expansion read top to bottom: checks of the signature, then the generated items"
@@ -113,91 +144,129 @@ pub(crate) fn expand(args: &ConflictArgs, func: &ItemFn) -> syn::Result<TokenStr
         );
     }
 
-    let mut inputs = sig.inputs.iter();
-    let mut entity: Option<(Ident, Type)> = None;
+    // Every parameter in order: an entity (`&mut E` written, `#[read] &E` read, a method's
+    // `&mut self`) or a plain argument.
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut entities: Vec<EntityParam> = Vec::new();
+    let mut params: Vec<Param> = Vec::new();
     // A method (`&mut self`) is generated as an associated function taking `this: &Handle<Self>`;
     // its body stays a method, emitted beside it.
     let mut method = false;
-    match inputs.next() {
-        None => errors.push(syn::Error::new(
-            sig.paren_token.span.join(),
-            "expected the entity as first parameter, e.g. `account: &mut Account`",
-        )),
-        Some(FnArg::Receiver(r)) => {
-            let by_mut_ref = matches!(r.kind, syn::ReceiverKind::Reference(_, _, Some(_)));
-            if by_mut_ref {
-                method = true;
-                entity = Some((format_ident!("this"), syn::parse_quote!(Self)));
-                if let Some(named_this) = sig.inputs.iter().skip(1).find_map(|a| match a {
-                    FnArg::Typed(pt) => match &*pt.pat {
-                        Pat::Ident(pi) if pi.ident == "this" => Some(pi.ident.clone()),
-                        _ => None,
-                    },
-                    FnArg::Receiver(_) => None,
-                }) {
+    for (i, arg) in sig.inputs.iter().enumerate() {
+        match arg {
+            FnArg::Receiver(r) if i == 0 => {
+                let by_mut_ref = matches!(r.kind, syn::ReceiverKind::Reference(_, _, Some(_)));
+                if by_mut_ref {
+                    method = true;
+                    slots.push(Slot::Entity(entities.len()));
+                    entities.push(EntityParam {
+                        outer: format_ident!("this"),
+                        ty: syn::parse_quote!(Self),
+                        write: true,
+                    });
+                    if let Some(named_this) = sig.inputs.iter().skip(1).find_map(|a| match a {
+                        FnArg::Typed(pt) => match &*pt.pat {
+                            Pat::Ident(pi) if pi.ident == "this" => Some(pi.ident.clone()),
+                            _ => None,
+                        },
+                        FnArg::Receiver(_) => None,
+                    }) {
+                        errors.spanned(
+                            named_this,
+                            "a method operation's generated function takes `this: &Handle<Self>` first: rename this parameter",
+                        );
+                    }
+                } else {
                     errors.spanned(
-                        named_this,
-                        "a method operation's generated function takes `this: &Handle<Self>` first: rename this parameter",
+                        r,
+                        "a method's receiver must be `&mut self` (the entity the operation changes); it is generated as an associated function taking `this: &Handle<Self>`",
                     );
                 }
-            } else {
-                errors.spanned(
-                    r,
-                    "a method's receiver must be `&mut self` (the entity the operation changes); it is generated as an associated function taking `this: &Handle<Self>`",
-                );
             }
-        }
-        Some(FnArg::Typed(pt)) => match &*pt.ty {
-            Type::Reference(r) if r.mutability.is_some() => {
-                let name = match &*pt.pat {
-                    Pat::Ident(pi) if pi.subpat.is_none() => pi.ident.clone(),
-                    _ => format_ident!("__conflict_entity_handle"),
-                };
-                entity = Some((name, (*r.elem).clone()));
-            }
-            other => errors.spanned(
-                other,
-                "the entity parameter must be `&mut E` (E: Entity): the framework hands the body a private copy to mutate",
-            ),
-        },
-    }
-
-    let mut params = Vec::new();
-    for (i, arg) in inputs.enumerate() {
-        match arg {
             FnArg::Receiver(r) => errors.spanned(r, "`self` must be the first parameter"),
             FnArg::Typed(pt) => {
-                if let Type::Reference(r) = &*pt.ty {
-                    if r.mutability.is_some() {
-                        errors.spanned(
-                            &pt.ty,
-                            "a second `&mut` parameter: an operation targets exactly one entity (multi-entity operations are not supported yet); pass other values by value or by shared reference",
-                        );
+                let read_attr = pt.attrs.iter().find(|a| a.path().is_ident("read"));
+                if let Some(attr) = read_attr {
+                    if !matches!(attr.meta, syn::Meta::Path(_)) {
+                        errors.spanned(attr, "`#[read]` takes no arguments");
                         continue;
                     }
                 }
-                let outer = match &*pt.pat {
-                    Pat::Ident(pi) if pi.subpat.is_none() && pi.by_ref.is_none() => {
-                        pi.ident.clone()
-                    }
-                    _ => format_ident!("__conflict_arg{}", i + 1),
+                let reference = match &*pt.ty {
+                    Type::Reference(r) => Some(r),
+                    _ => None,
                 };
-                params.push(Param {
-                    outer,
-                    ty: (*pt.ty).clone(),
-                });
+                let entity_kind = match (read_attr, reference) {
+                    (None, Some(r)) if r.mutability.is_some() => Some(true),
+                    (None, _) => None,
+                    (Some(_), Some(r)) if r.mutability.is_none() => Some(false),
+                    (Some(attr), Some(_)) => {
+                        errors.spanned(
+                            attr,
+                            "`#[read]` marks an entity the call only reads (`#[read] name: &E`); a `&mut` parameter is an entity the call writes: remove `#[read]`",
+                        );
+                        // Taken as what it is (a written entity): one error, not two.
+                        Some(true)
+                    }
+                    (Some(_), None) => {
+                        errors.spanned(
+                            &pt.ty,
+                            "`#[read]` needs a shared reference to an entity: `#[read] name: &E`",
+                        );
+                        None
+                    }
+                };
+                match (entity_kind, reference) {
+                    (Some(write), Some(r)) => {
+                        let outer = match &*pt.pat {
+                            Pat::Ident(pi) if pi.subpat.is_none() && pi.by_ref.is_none() => {
+                                pi.ident.clone()
+                            }
+                            _ => format_ident!("__conflict_entity{}", i + 1),
+                        };
+                        slots.push(Slot::Entity(entities.len()));
+                        entities.push(EntityParam {
+                            outer,
+                            ty: (*r.elem).clone(),
+                            write,
+                        });
+                    }
+                    _ => {
+                        let outer = match &*pt.pat {
+                            Pat::Ident(pi) if pi.subpat.is_none() && pi.by_ref.is_none() => {
+                                pi.ident.clone()
+                            }
+                            _ => format_ident!("__conflict_arg{}", i + 1),
+                        };
+                        slots.push(Slot::Plain(params.len()));
+                        params.push(Param {
+                            outer,
+                            ty: (*pt.ty).clone(),
+                        });
+                    }
+                }
             }
+        }
+    }
+    if entities.is_empty() && !sig.inputs.iter().any(|a| matches!(a, FnArg::Receiver(_))) {
+        let msg = "expected an entity parameter: `account: &mut Account` to change it, or `#[read] account: &Account` to read it (E: Entity)";
+        match sig.inputs.first() {
+            Some(FnArg::Typed(pt)) => errors.spanned(&pt.ty, msg),
+            _ => errors.push(syn::Error::new(sig.paren_token.span.join(), msg)),
         }
     }
     errors.finish()?;
     // Errors found while expanding (the return type).
     let mut errors = Errors::default();
-    let Some((entity_ident, entity_ty)) = entity else {
+    if entities.is_empty() {
         return Err(syn::Error::new(
             Span::call_site(),
             "missing entity parameter",
         ));
-    };
+    }
+    // The one-entity shape (`&mut E` first) keeps the single-entity executor's fast path.
+    let single =
+        entities.len() == 1 && entities[0].write && matches!(slots.first(), Some(Slot::Entity(0)));
 
     let krate = &args.krate;
     let p = quote!(#krate::__private);
@@ -210,7 +279,14 @@ pub(crate) fn expand(args: &ConflictArgs, func: &ItemFn) -> syn::Result<TokenStr
     let where_clause = &generics.where_clause;
     let block = &func.block;
     let inner_output = &sig.output;
-    let inner_inputs = &sig.inputs;
+    // The body's own signature, without the `#[read]` markers (not attributes Rust knows).
+    let mut inner_inputs = sig.inputs.clone();
+    for arg in &mut inner_inputs {
+        if let FnArg::Typed(pt) = arg {
+            pt.attrs.retain(|a| !a.path().is_ident("read"));
+        }
+    }
+    let inner_inputs = &inner_inputs;
 
     // A plain value's type may still be a `Result` under another name (`type Outcome<T> =
     // Result<T, E>`): the macro cannot see through aliases, so the generated code asks the type
@@ -264,9 +340,43 @@ pub(crate) fn expand(args: &ConflictArgs, func: &ItemFn) -> syn::Result<TokenStr
     };
     errors.finish()?;
 
-    let outer_params = params.iter().map(|prm| {
-        let (id, ty) = (&prm.outer, &prm.ty);
-        quote!(#id: #ty)
+    // In parameter order: each entity as its handle, each plain argument as it is.
+    let outer_params: Vec<TokenStream> = slots
+        .iter()
+        .map(|slot| match slot {
+            Slot::Entity(i) => {
+                let (id, ty) = (&entities[*i].outer, &entities[*i].ty);
+                quote!(#id: &#p::Handle<#ty>)
+            }
+            Slot::Plain(i) => {
+                let (id, ty) = (&params[*i].outer, &params[*i].ty);
+                quote!(#id: #ty)
+            }
+        })
+        .collect();
+    // A plain argument whose type is an entity is almost certainly a mistake (the call would
+    // neither stage, read nor commit it): refused, spanned at its type. Only concrete types
+    // can be checked; a generic one is taken as a plain value.
+    let entity_checks = params.iter().filter_map(|prm| {
+        let ty = match &prm.ty {
+            Type::Reference(r) => &*r.elem,
+            other => other,
+        };
+        if contains_impl_trait(ty) {
+            return None;
+        }
+        // Every token at the type, so that the error points there (and two mistakes are two
+        // errors, not one merged at the attribute).
+        Some(respan(
+            quote! {
+                {
+                    #[allow(unused_imports)]
+                    use #p::{EntityArg as _, NotAnEntityArg as _};
+                    (&#p::EntityProbe::<#ty>::new()).not_an_entity();
+                }
+            },
+            ty.span(),
+        ))
     });
     let ids: Vec<&Ident> = params.iter().map(|prm| &prm.outer).collect();
     // Each attempt gets fresh clones; the helper's bound carries the "must be Clone" message,
@@ -311,12 +421,85 @@ pub(crate) fn expand(args: &ConflictArgs, func: &ItemFn) -> syn::Result<TokenStr
     let outer_attrs = attrs
         .iter()
         .filter(|a| !(method && a.path().is_ident("expect")));
+    let run = if single {
+        let (entity_ident, ty) = (&entities[0].outer, &entities[0].ty);
+        let execute = quote_spanned!(ty.span()=> <#ty as #p::EntityParam>::execute);
+        quote! {
+            #execute(
+                &__CONFLICT_SPEC,
+                #entity_ident,
+                move |mut __conflict_entity| {
+                    #(#clones)*
+                    async move {
+                        let __conflict_out =
+                            #body_call(&mut __conflict_entity, #(#ids),*).await;
+                        (__conflict_entity, #wrap)
+                    }
+                },
+            )
+            .await
+        }
+    } else {
+        let targets = entities.iter().map(|e| {
+            let (id, ty) = (&e.outer, &e.ty);
+            if e.write {
+                quote_spanned!(ty.span()=> <#ty as #p::EntityParam>::write(#id))
+            } else {
+                quote_spanned!(ty.span()=> <#ty as #p::EntityParam>::read(#id))
+            }
+        });
+        let copy = |i: usize| format_ident!("__conflict_e{}", i);
+        let takes = entities.iter().enumerate().map(|(i, e)| {
+            let (c, ty) = (copy(i), &e.ty);
+            if e.write {
+                quote_spanned!(ty.span()=> let mut #c = <#ty as #p::EntityParam>::copy_at(__conflict_snaps, #i)?;)
+            } else {
+                quote_spanned!(ty.span()=> let #c = <#ty as #p::EntityParam>::share_at(__conflict_snaps, #i)?;)
+            }
+        });
+        let call_args = slots.iter().map(|slot| match slot {
+            Slot::Entity(i) => {
+                let c = copy(*i);
+                if entities[*i].write {
+                    quote!(&mut #c)
+                } else {
+                    quote!(&*#c)
+                }
+            }
+            Slot::Plain(i) => {
+                let id = &params[*i].outer;
+                quote!(#id)
+            }
+        });
+        let written = entities
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.write)
+            .map(|(i, e)| {
+                let (c, ty) = (copy(i), &e.ty);
+                quote_spanned!(ty.span()=> <#ty as #p::EntityParam>::erase(#c))
+            });
+        quote! {
+            #p::execute_many(
+                &__CONFLICT_SPEC,
+                [#(#targets),*],
+                move |__conflict_snaps: &[#p::Snapshot]| -> ::core::result::Result<_, #p::StoreError> {
+                    #(#takes)*
+                    #(#clones)*
+                    ::core::result::Result::Ok(async move {
+                        let __conflict_out = #body_call(#(#call_args),*).await;
+                        (::std::vec![#(#written),*], #wrap)
+                    })
+                },
+            )
+            .await
+        }
+    };
     Ok(quote! {
         #body_item
 
         #(#outer_attrs)*
         #vis async fn #name #generics (
-            #entity_ident: &#p::Handle<#entity_ty>,
             #(#outer_params),*
         ) -> ::core::result::Result<#p::Committed<#ok_ty>, #p::ConflictError<#err_ty>>
         #where_clause
@@ -333,20 +516,9 @@ pub(crate) fn expand(args: &ConflictArgs, func: &ItemFn) -> syn::Result<TokenStr
             }
 
             #not_a_result
+            #(#entity_checks)*
 
-            #p::execute(
-                &__CONFLICT_SPEC,
-                #entity_ident,
-                move |mut __conflict_entity| {
-                    #(#clones)*
-                    async move {
-                        let __conflict_out =
-                            #body_call(&mut __conflict_entity, #(#ids),*).await;
-                        (__conflict_entity, #wrap)
-                    }
-                },
-            )
-            .await
+            #run
         }
     })
 }

@@ -32,6 +32,206 @@ where
     crate::occ::execute(spec, handle, body)
 }
 
+pub use crate::store::{Snapshot, StoreError, StoredValue};
+
+/// One entity parameter of a call over several entities (or of a nested call).
+pub struct Target<'h>(crate::occ::Target<'h>);
+
+/// A `&mut E` parameter: written.
+#[inline]
+#[must_use]
+pub fn write<E: Entity>(handle: &Handle<E>) -> Target<'_> {
+    Target(crate::occ::Target::write(handle))
+}
+
+/// A `#[read] &E` parameter: read in the call's snapshot and validated at commit.
+#[inline]
+#[must_use]
+pub fn read<E: Entity>(handle: &Handle<E>) -> Target<'_> {
+    Target(crate::occ::Target::read(handle))
+}
+
+/// Runs one call of a function over several entities (or with a `#[read]` parameter). The
+/// body gets the snapshots of `targets`, in order, and returns the new values of the written
+/// ones, in order.
+pub fn execute_many<'t, const N: usize, F, Fut, T, Err>(
+    spec: &'static OperationSpec,
+    targets: [Target<'t>; N],
+    body: F,
+) -> impl Future<Output = Result<Committed<T>, ConflictError<Err>>> + 't
+where
+    F: FnMut(&[Snapshot]) -> Result<Fut, StoreError> + 't,
+    Fut: Future<Output = (Vec<StoredValue>, Result<T, Err>)> + 't,
+    T: 't,
+    Err: BodyError + 't,
+{
+    async move {
+        let targets = targets.map(|t| t.0);
+        crate::occ::execute_many(spec, &targets, body).await
+    }
+}
+
+/// A private copy of the entity at `index` (for a `&mut` parameter).
+///
+/// # Errors
+/// [`StoreError::Codec`] if the snapshot holds another type (a store returning the wrong
+/// value).
+#[inline]
+pub fn entity_mut<E: Entity>(snaps: &[Snapshot], index: usize) -> Result<E, StoreError> {
+    let snap = &snaps[index];
+    crate::occ::copy_of::<E>(&snap.value.entity_key(), snap)
+}
+
+/// The shared entity at `index` (for a `#[read]` parameter: not copied).
+///
+/// # Errors
+/// [`StoreError::Codec`] if the snapshot holds another type.
+#[inline]
+pub fn entity_ref<E: Entity>(
+    snaps: &[Snapshot],
+    index: usize,
+) -> Result<std::sync::Arc<E>, StoreError> {
+    let value = snaps[index].value.clone();
+    let key = value.entity_key();
+    value
+        .into_any_arc()
+        .downcast::<E>()
+        .map_err(|_| StoreError::Codec {
+            key,
+            message: format!(
+                "the store returned a value that is not a `{}`",
+                std::any::type_name::<E>()
+            ),
+        })
+}
+
+/// A written parameter's new value, type-erased for the commit.
+#[inline]
+pub fn erase<E: Entity>(entity: E) -> StoredValue {
+    std::sync::Arc::new(entity)
+}
+
+/// What the generated code does with an entity parameter's type, through one trait: a type
+/// that is not an entity fails once, with this message, at the parameter's type.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an entity: a `&mut` (or `#[read] &`) parameter of a #[with_conflict_resolution] function must be an entity type",
+    label = "not an `Entity`",
+    note = "derive it (`#[derive(Entity)]` with an `#[entity(id)]` field), or pass the value by value or by plain `&`"
+)]
+pub trait EntityParam: Sized {
+    /// [`execute`] for a single-entity call on this type.
+    fn execute<F, Fut, T, Err>(
+        spec: &'static OperationSpec,
+        handle: &Handle<Self>,
+        body: F,
+    ) -> impl Future<Output = Result<Committed<T>, ConflictError<Err>>>
+    where
+        F: FnMut(Self) -> Fut,
+        Fut: Future<Output = (Self, Result<T, Err>)>,
+        Err: BodyError;
+
+    /// [`write`].
+    fn write(handle: &Handle<Self>) -> Target<'_>;
+
+    /// [`read`].
+    fn read(handle: &Handle<Self>) -> Target<'_>;
+
+    /// [`entity_mut`].
+    ///
+    /// # Errors
+    /// As [`entity_mut`].
+    fn copy_at(snaps: &[Snapshot], index: usize) -> Result<Self, StoreError>;
+
+    /// [`entity_ref`].
+    ///
+    /// # Errors
+    /// As [`entity_ref`].
+    fn share_at(snaps: &[Snapshot], index: usize) -> Result<std::sync::Arc<Self>, StoreError>;
+
+    /// [`erase`].
+    fn erase(self) -> StoredValue;
+}
+
+impl<E: Entity> EntityParam for E {
+    #[inline]
+    fn execute<F, Fut, T, Err>(
+        spec: &'static OperationSpec,
+        handle: &Handle<Self>,
+        body: F,
+    ) -> impl Future<Output = Result<Committed<T>, ConflictError<Err>>>
+    where
+        F: FnMut(Self) -> Fut,
+        Fut: Future<Output = (Self, Result<T, Err>)>,
+        Err: BodyError,
+    {
+        crate::occ::execute(spec, handle, body)
+    }
+
+    #[inline]
+    fn write(handle: &Handle<Self>) -> Target<'_> {
+        write(handle)
+    }
+
+    #[inline]
+    fn read(handle: &Handle<Self>) -> Target<'_> {
+        read(handle)
+    }
+
+    #[inline]
+    fn copy_at(snaps: &[Snapshot], index: usize) -> Result<Self, StoreError> {
+        entity_mut::<Self>(snaps, index)
+    }
+
+    #[inline]
+    fn share_at(snaps: &[Snapshot], index: usize) -> Result<std::sync::Arc<Self>, StoreError> {
+        entity_ref::<Self>(snaps, index)
+    }
+
+    #[inline]
+    fn erase(self) -> StoredValue {
+        erase(self)
+    }
+}
+
+/// Tells at compile time whether an argument's type is an entity (see [`not_an_entity`]).
+pub struct EntityProbe<T: ?Sized>(core::marker::PhantomData<T>);
+
+impl<T: ?Sized> EntityProbe<T> {
+    /// A probe for `T`.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self(core::marker::PhantomData)
+    }
+}
+
+/// Picked for entity types (through auto-ref, before [`NotAnEntityArg`]).
+pub trait EntityArg {
+    /// Fails to compile: an entity was passed by value (or by unmarked shared reference).
+    fn not_an_entity(&self)
+    where
+        Self: EntityPassedByValue,
+    {
+    }
+}
+
+impl<E: Entity> EntityArg for EntityProbe<E> {}
+
+/// Picked for every other type.
+pub trait NotAnEntityArg {
+    /// Compiles: a plain argument.
+    fn not_an_entity(&self) {}
+}
+
+impl<T: ?Sized> NotAnEntityArg for &EntityProbe<T> {}
+
+/// Never implemented: what an entity passed by value or by unmarked `&` runs into.
+#[diagnostic::on_unimplemented(
+    message = "an entity is passed as a plain argument of a #[with_conflict_resolution] function",
+    label = "an entity type",
+    note = "take it as `&mut E` to change it in this call's commit, or as `#[read] name: &E` to read it in the call's consistent snapshot (validated at commit); to pass a value that is not meant as an entity, wrap or convert it"
+)]
+pub trait EntityPassedByValue {}
+
 /// Checked for a fallible body's error type: its message is kept in the operation's record and
 /// in the `ConflictError` the caller gets.
 #[diagnostic::on_unimplemented(

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use conflict_core::{EntityKey, OccConfig, OnLose, OpId, OperationPriority};
 
+use crate::txn::TxnShared;
+
 /// A running operation, as its children see it. Obtain it with [`current_operation`] and pass it
 /// to [`Scope::parent`] to make calls in another task children of this operation.
 ///
@@ -25,13 +27,44 @@ pub struct OperationContext {
 pub(crate) struct Link {
     pub(crate) runtime_id: u64,
     pub(crate) op_id: OpId,
-    pub(crate) target: EntityKey,
+    pub(crate) params: Params,
     pub(crate) effective_priority: OperationPriority,
     pub(crate) parent: Option<Arc<Link>>,
     /// Whether the body run (attempt) that handed this link out is still running; cleared when
     /// that run ends. Between its attempts and while it commits, an operation still holds its
     /// target, which `find_target` asks the runtime about.
     pub(crate) live: AtomicBool,
+    /// The transaction of the body run that handed this link out (its root operation's
+    /// attempt): nested calls made under this link compose into it.
+    pub(crate) txn: Arc<TxnShared>,
+}
+
+/// An operation's entity parameters: the entities its body holds copies of.
+#[derive(Clone, Debug)]
+pub(crate) enum Params {
+    /// One written entity (every single-entity call).
+    One(EntityKey),
+    /// Several, each with whether it is written (`&mut`) or only read (`#[read]`).
+    Many(Arc<[(EntityKey, bool)]>),
+}
+
+impl Params {
+    /// The first entity parameter.
+    pub(crate) fn first(&self) -> &EntityKey {
+        match self {
+            Self::One(k) => k,
+            Self::Many(all) => &all[0].0,
+        }
+    }
+
+    /// Each entity parameter and whether it is written.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&EntityKey, bool)> + '_ {
+        let (one, many) = match self {
+            Self::One(k) => (Some((k, true)), &[][..]),
+            Self::Many(all) => (None, &all[..]),
+        };
+        one.into_iter().chain(many.iter().map(|(k, w)| (k, *w)))
+    }
 }
 
 impl OperationContext {
@@ -47,10 +80,16 @@ impl OperationContext {
         self.link.effective_priority
     }
 
-    /// The entity it executes on.
+    /// The entity it executes on (a multi-entity call's first entity parameter).
     #[must_use]
     pub fn target(&self) -> &EntityKey {
-        &self.link.target
+        self.link.params.first()
+    }
+
+    /// Every entity parameter of the operation, in order.
+    #[must_use]
+    pub fn targets(&self) -> Vec<EntityKey> {
+        self.link.params.iter().map(|(k, _)| k.clone()).collect()
     }
 
     /// The ids of its ancestors, nearest first (not including itself).
@@ -100,10 +139,25 @@ impl OperationContext {
         target: &EntityKey,
         holds: impl Fn(OpId) -> bool,
     ) -> Option<OpId> {
+        self.find_conflicting(runtime_id, target, true, holds)
+    }
+
+    /// The nearest operation in this chain (itself included) of runtime `runtime_id` whose
+    /// running body has a copy of `key` that a nested call using it would get wrong: any copy
+    /// if the nested call `writes` it (the ancestor's copy would go stale, or overwrite it), a
+    /// written copy if it only reads it (its pending change is in the ancestor's copy only).
+    /// Ancestors whose body ended count while `holds(op_id)` (still executing on the target).
+    pub(crate) fn find_conflicting(
+        &self,
+        runtime_id: u64,
+        key: &EntityKey,
+        writes: bool,
+        holds: impl Fn(OpId) -> bool,
+    ) -> Option<OpId> {
         let mut cur = Some(&*self.link);
         while let Some(l) = cur {
             if l.runtime_id == runtime_id
-                && &l.target == target
+                && l.params.iter().any(|(k, w)| k == key && (writes || w))
                 && (l.live.load(Ordering::Acquire) || holds(l.op_id))
             {
                 return Some(l.op_id);
@@ -111,6 +165,11 @@ impl OperationContext {
             cur = l.parent.as_deref();
         }
         None
+    }
+
+    /// The transaction nested calls under this context compose into.
+    pub(crate) fn txn(&self) -> &Arc<TxnShared> {
+        &self.link.txn
     }
 }
 
@@ -181,26 +240,41 @@ enum Current {
 pub(crate) struct LazyLink {
     pub(crate) runtime_id: u64,
     pub(crate) op_id: OpId,
-    pub(crate) target: EntityKey,
+    pub(crate) params: Params,
     pub(crate) effective_priority: OperationPriority,
     pub(crate) parent: Option<OperationContext>,
+    /// The transaction nested calls compose into: given (a multi-entity root, or a composed
+    /// call, which uses its root's), or made when the link is built for a single-entity root,
+    /// from `version`, the version its body's copy was read at.
+    txn: TxnSeed,
     built: std::cell::OnceCell<OperationContext>,
+}
+
+pub(crate) enum TxnSeed {
+    Given(Arc<TxnShared>),
+    /// A single-entity root's: its entity, read at this version.
+    Root {
+        version: u64,
+        codec: crate::store::EntityCodec,
+    },
 }
 
 impl LazyLink {
     pub(crate) fn new(
         runtime_id: u64,
         op_id: OpId,
-        target: EntityKey,
+        params: Params,
         effective_priority: OperationPriority,
         parent: Option<OperationContext>,
+        txn: TxnSeed,
     ) -> Self {
         Self {
             runtime_id,
             op_id,
-            target,
+            params,
             effective_priority,
             parent,
+            txn,
             built: std::cell::OnceCell::new(),
         }
     }
@@ -211,13 +285,34 @@ impl LazyLink {
                 link: Arc::new(Link {
                     runtime_id: self.runtime_id,
                     op_id: self.op_id,
-                    target: self.target.clone(),
+                    params: self.params.clone(),
                     effective_priority: self.effective_priority,
                     parent: self.parent.as_ref().map(|p| p.link.clone()),
                     live: AtomicBool::new(true),
+                    txn: match &self.txn {
+                        TxnSeed::Given(t) => t.clone(),
+                        TxnSeed::Root { version, codec } => Arc::new(TxnShared::for_root(
+                            self.runtime_id,
+                            self.op_id,
+                            self.params.first().clone(),
+                            *codec,
+                            *version,
+                        )),
+                    },
                 }),
             })
             .clone()
+    }
+
+    /// Ends the body run, keeping the transaction nested calls composed into (if a single-entity
+    /// root's link made one) for the root to commit; its owner abandons it when dropped.
+    pub(crate) fn into_txn(mut self) -> Option<crate::txn::TxnOwner> {
+        if !matches!(self.txn, TxnSeed::Root { .. }) {
+            return None;
+        }
+        let txn = self.built.get()?.link.txn.clone();
+        self.txn = TxnSeed::Given(txn.clone());
+        Some(crate::txn::TxnOwner(txn))
     }
 }
 
@@ -227,6 +322,10 @@ impl Drop for LazyLink {
     fn drop(&mut self) {
         if let Some(ctx) = self.built.get() {
             ctx.link.live.store(false, Ordering::Release);
+            if let TxnSeed::Root { .. } = self.txn {
+                // A single-entity root owns the transaction its link made.
+                ctx.link.txn.abandon();
+            }
         }
     }
 }
@@ -266,7 +365,11 @@ pub(crate) fn inherited() -> Inherited {
 
 /// Runs `fut` as the body of `op`: calls inside see it as their parent. (Not an `async fn`:
 /// that would keep `fut` twice in the caller's future, once as argument, once in the scope.)
-pub(crate) fn run_as<F: Future>(op: LazyLink, fut: F) -> impl Future<Output = F::Output> {
+/// Once it has completed, [`body_link`] takes `op` back out.
+pub(crate) fn run_as<F: Future>(
+    op: LazyLink,
+    fut: F,
+) -> tokio::task::futures::TaskLocalFuture<Frame, F> {
     FRAME.scope(
         Frame {
             current: Current::Lazy(op),
@@ -275,6 +378,17 @@ pub(crate) fn run_as<F: Future>(op: LazyLink, fut: F) -> impl Future<Output = F:
         },
         fut,
     )
+}
+
+/// The link a completed [`run_as`] ran its body as (to reach the transaction its nested calls
+/// composed into). Dropping it ends the body run for nested calls' checks.
+pub(crate) fn body_link<F: Future>(
+    fut: std::pin::Pin<&mut tokio::task::futures::TaskLocalFuture<Frame, F>>,
+) -> Option<LazyLink> {
+    match fut.take_value()?.current {
+        Current::Lazy(l) => Some(l),
+        Current::None | Current::Ready(_) => None,
+    }
 }
 
 /// The operation whose body is running in this task, if any.

@@ -156,6 +156,7 @@ mod registry;
 mod runtime;
 pub mod staging;
 pub mod store;
+mod txn;
 
 pub use conflict_core::{Committed, ConflictError, Entity, EntityId, policy};
 pub use conflict_macros::{Entity, cleanup_handler, with_conflict_resolution};

@@ -76,6 +76,8 @@ pub(crate) struct Finished<'a> {
     pub(crate) spec: &'static OperationSpec,
     pub(crate) op_id: OpId,
     pub(crate) target: &'a EntityKey,
+    /// The call's other entities (a multi-entity call), after `target`.
+    pub(crate) more: &'a [EntityKey],
     pub(crate) priority: OperationPriority,
     pub(crate) effective: OperationPriority,
     pub(crate) parent: Option<OpId>,
@@ -115,6 +117,8 @@ struct Done {
     spec: &'static OperationSpec,
     op_id: OpId,
     target: EntityKey,
+    /// The other entities of a multi-entity call (empty, unallocated, for one entity).
+    more: Vec<EntityKey>,
     priority: OperationPriority,
     effective: OperationPriority,
     parent: Option<OpId>,
@@ -133,7 +137,10 @@ impl Done {
             op_type: self.spec.name.into(),
             priority: self.priority,
             effective_priority: self.effective,
-            target_ids: vec![self.target.clone()],
+            target_ids: std::iter::once(&self.target)
+                .chain(&self.more)
+                .cloned()
+                .collect(),
             retry_count: self.attempts.saturating_sub(1),
             max_retries: cfg.effective_max_retries(),
             parent_op_id: self.parent,
@@ -284,6 +291,7 @@ impl Registry {
                 spec: f.spec,
                 op_id: f.op_id,
                 target: f.target.clone(),
+                more: f.more.to_vec(),
                 priority: f.priority,
                 effective: f.effective,
                 parent: f.parent,
@@ -333,7 +341,7 @@ impl Registry {
             op_type: f.spec.name.into(),
             priority: f.priority,
             effective_priority: f.effective,
-            target_ids: vec![f.target.clone()],
+            target_ids: std::iter::once(f.target).chain(f.more).cloned().collect(),
             retry_count: f.attempts.saturating_sub(1),
             max_retries: f.spec.config.effective_max_retries(),
             parent_op_id: f.parent,

@@ -56,6 +56,8 @@ pub trait ErasedEntity: Any + Send + Sync {
     fn as_any(&self) -> &dyn Any;
     /// The entity's key.
     fn entity_key(&self) -> EntityKey;
+    /// The shared value as `Any`, to downcast back to an `Arc` of its type.
+    fn into_any_arc(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }
 
 impl<E: Entity> ErasedEntity for E {
@@ -67,6 +69,9 @@ impl<E: Entity> ErasedEntity for E {
     }
     fn entity_key(&self) -> EntityKey {
         self.key()
+    }
+    fn into_any_arc(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
     }
 }
 

@@ -19,13 +19,17 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::cleanup::Finished;
-use crate::context::{self, LazyLink, OperationContext};
+use crate::context::{self, LazyLink, OperationContext, Params, TxnSeed};
 use crate::handle::{Handle, HandleCache, downcast};
 use crate::metrics::{Counter, Ending};
 use crate::registry::OperationSpec;
 use crate::runtime::Inner;
 use crate::staging::{ExecGuard, StageError, Watch};
-use crate::store::{Cas, CommitInfo, EntityCodec, Snapshot, StoredValue, Write};
+use crate::store::{Cas, CommitInfo, CommitOutcome, EntityCodec, Snapshot, StoredValue, Write};
+
+mod many;
+
+pub(crate) use many::{Target, copy_of, execute_many};
 
 /// One call of an annotated function, from submission to its single outcome.
 struct Operation<'rt> {
@@ -37,6 +41,8 @@ struct Operation<'rt> {
     effective: OperationPriority,
     parent: Option<OperationContext>,
     target: EntityKey,
+    /// A multi-entity call's other entities, in parameter order (empty, unallocated, for one).
+    more: Vec<EntityKey>,
     submitted: Instant,
     started: Option<Instant>,
     /// When it committed (read once before the commit, reused as its end time).
@@ -47,7 +53,9 @@ struct Operation<'rt> {
     /// A commit sent to a store whose commit awaits, running in its own task until it
     /// settles. If the caller drops the call meanwhile, the task records the outcome the commit
     /// had (see `Drop`), not `Cancelled`.
-    in_flight: Option<tokio::task::JoinHandle<Result<Cas, StoreError>>>,
+    in_flight: Option<InFlight>,
+    /// Nested calls composed into the attempt being committed: they end with its outcome.
+    composed: Vec<Books>,
     /// Per-call overrides (`scope()`): what to do on losing, the retry budget, the deadline.
     on_lose: Option<conflict_core::OnLose>,
     max_retries: Option<u32>,
@@ -83,6 +91,7 @@ impl<'rt> Operation<'rt> {
             effective,
             parent,
             target: target.clone(),
+            more: Vec::new(),
             submitted,
             started: None,
             committed_at: None,
@@ -90,6 +99,7 @@ impl<'rt> Operation<'rt> {
             conflicts: 0,
             ended: false,
             in_flight: None,
+            composed: Vec::new(),
             on_lose: frame.overrides.on_lose,
             max_retries: frame.overrides.max_retries,
             deadline,
@@ -123,6 +133,7 @@ impl<'rt> Operation<'rt> {
             op_id: self.op_id,
             op_type: self.spec.name.into(),
             target: self.target.clone(),
+            more_targets: self.more.clone(),
             priority: self.priority,
             effective_priority: self.effective,
             parent_op_id: self.parent.as_ref().map(OperationContext::op_id),
@@ -149,6 +160,7 @@ impl<'rt> Operation<'rt> {
             spec: self.spec,
             op_id: self.op_id,
             target: &self.target,
+            more: &self.more,
             priority: self.priority,
             effective: self.effective,
             parent: self.parent.as_ref().map(OperationContext::op_id),
@@ -180,6 +192,10 @@ impl<'rt> Operation<'rt> {
     }
 
     fn finish<T, E: std::fmt::Display>(mut self, result: &Result<Committed<T>, ConflictError<E>>) {
+        if self.ended {
+            // A composed nested call: it ends with its root's attempt.
+            return;
+        }
         match result {
             Ok(c) => self.end(OutcomeKind::Committed, Some(c.version), None),
             Err(e) => {
@@ -204,17 +220,127 @@ impl<'rt> Operation<'rt> {
     }
 }
 
+/// What a call's books need to be closed later (by another owner than the call's future):
+/// a composed nested call's, closed with its root's outcome, or a dropped call's whose commit
+/// is in flight, closed when it settles.
+pub(crate) struct Books {
+    spec: &'static OperationSpec,
+    op_id: OpId,
+    seq: u64,
+    priority: OperationPriority,
+    effective: OperationPriority,
+    parent: Option<OperationContext>,
+    target: EntityKey,
+    more: Vec<EntityKey>,
+    submitted: Instant,
+    started: Option<Instant>,
+    attempts: u32,
+    conflicts: u32,
+    /// A composed call's first written entity (its version is the root commit's).
+    wrote: Option<EntityKey>,
+}
+
+impl Operation<'_> {
+    /// Hands the books over; this call no longer ends the operation itself.
+    fn park(&mut self, wrote: Option<EntityKey>) -> Books {
+        self.ended = true;
+        Books {
+            spec: self.spec,
+            op_id: self.op_id,
+            seq: self.seq,
+            priority: self.priority,
+            effective: self.effective,
+            parent: self.parent.take(),
+            target: self.target.clone(),
+            more: std::mem::take(&mut self.more),
+            submitted: self.submitted,
+            started: self.started,
+            attempts: self.attempts,
+            conflicts: self.conflicts,
+            wrote,
+        }
+    }
+}
+
+impl Books {
+    fn resume(self, rt: &Arc<Inner>) -> Operation<'_> {
+        Operation {
+            rt,
+            spec: self.spec,
+            op_id: self.op_id,
+            seq: self.seq,
+            priority: self.priority,
+            effective: self.effective,
+            parent: self.parent,
+            target: self.target,
+            more: self.more,
+            submitted: self.submitted,
+            started: self.started,
+            committed_at: None,
+            attempts: self.attempts,
+            conflicts: self.conflicts,
+            ended: false,
+            in_flight: None,
+            composed: Vec::new(),
+            on_lose: None,
+            max_retries: None,
+            deadline: None,
+        }
+    }
+}
+
+/// Ends composed nested calls with their root's outcome: `Some(versions)` if the root
+/// committed them, else `RolledBack`.
+pub(crate) fn settle_composed(
+    rt: &Arc<Inner>,
+    root: OpId,
+    children: Vec<Books>,
+    committed: Option<&conflict_core::Versions>,
+) {
+    for child in children {
+        let wrote = child.wrote.clone();
+        let mut op = child.resume(rt);
+        match committed {
+            Some(versions) => {
+                let version = wrote.as_ref().and_then(|k| versions.get(k));
+                op.end(OutcomeKind::Committed, version, None);
+            }
+            None => {
+                let e = ConflictError::<BodyFailed>::RolledBack {
+                    op_id: op.op_id,
+                    root_op_id: root,
+                };
+                op.end(OutcomeKind::RolledBack, None, Some(e));
+            }
+        }
+    }
+}
+
+/// A commit running in a task of its own.
+enum InFlight {
+    One(tokio::task::JoinHandle<Result<Cas, StoreError>>),
+    /// With the keys written, in the order of the versions the commit reports.
+    Many {
+        task: tokio::task::JoinHandle<Result<CommitOutcome, StoreError>>,
+        keys: Vec<EntityKey>,
+    },
+}
+
 impl Drop for Operation<'_> {
     fn drop(&mut self) {
+        let composed = std::mem::take(&mut self.composed);
         if self.ended {
+            settle_composed(self.rt, self.op_id, composed, None);
             return;
         }
         let Some(commit) = self.in_flight.take() else {
+            settle_composed(self.rt, self.op_id, composed, None);
             self.end(OutcomeKind::Cancelled, None, None);
             return;
         };
         let Ok(tokio_rt) = tokio::runtime::Handle::try_current() else {
             // Dropped outside any tokio runtime: the commit task cannot be waited for here.
+            settle_composed(self.rt, self.op_id, composed, None);
             let e = ConflictError::<BodyFailed>::Store(StoreError::OutcomeUnknown {
                 op_id: self.op_id,
                 message: "the call was dropped outside a tokio runtime while its commit was in \
@@ -228,49 +354,42 @@ impl Drop for Operation<'_> {
         // store, not by the caller leaving. The commit's task goes on; the outcome is recorded
         // when it settles (the operation stays in flight until then, so shutdown waits for it).
         let rt = Arc::clone(self.rt);
-        let (spec, op_id, seq, priority, effective) = (
-            self.spec,
-            self.op_id,
-            self.seq,
-            self.priority,
-            self.effective,
-        );
-        let (parent, target) = (self.parent.take(), self.target.clone());
-        let (submitted, started, attempts, conflicts) =
-            (self.submitted, self.started, self.attempts, self.conflicts);
-        self.ended = true;
+        let books = self.park(None);
         let settle = async move {
-            let mut rest = Operation {
-                rt: &rt,
-                spec,
-                op_id,
-                seq,
-                priority,
-                effective,
-                parent,
-                target,
-                submitted,
-                started,
-                committed_at: None,
-                attempts,
-                conflicts,
-                ended: false,
-                in_flight: None,
-                on_lose: None,
-                max_retries: None,
-                deadline: None,
+            let root = books.op_id;
+            let mut rest = books.resume(&rt);
+            let outcome = match commit {
+                InFlight::One(task) => flatten_commit(task.await).map(|cas| match cas {
+                    Cas::Committed(v) => (
+                        Some(v),
+                        conflict_core::Versions::one(rest.target.clone(), v),
+                    ),
+                    Cas::Conflict(_) => (None, conflict_core::Versions::default()),
+                }),
+                InFlight::Many { task, keys } => flatten(task.await).map(|out| match out {
+                    CommitOutcome::Committed { versions, .. } => (
+                        Some(versions.first().copied().unwrap_or(0)),
+                        conflict_core::Versions::from(
+                            keys.into_iter().zip(versions).collect::<Vec<_>>(),
+                        ),
+                    ),
+                    CommitOutcome::Conflict { .. } => (None, conflict_core::Versions::default()),
+                }),
             };
-            match flatten_commit(commit.await) {
-                Ok(Cas::Committed(version)) => {
+            match outcome {
+                Ok((Some(version), versions)) => {
+                    settle_composed(&rt, root, composed, Some(&versions));
                     rest.end(OutcomeKind::Committed, Some(version), None);
                 }
                 // Not applied; the caller is gone, so there is no retry.
-                Ok(Cas::Conflict(_)) => {
+                Ok((None, _)) => {
+                    settle_composed(&rt, root, composed, None);
                     rest.rt.metrics.add(Counter::OccConflicts, 1);
                     rest.conflicts += 1;
                     rest.end(OutcomeKind::Cancelled, None, None);
                 }
                 Err(e) => {
+                    settle_composed(&rt, root, composed, None);
                     let e = ConflictError::<BodyFailed>::Store(e);
                     rest.end(e.kind(), None, Some(e));
                 }
@@ -285,6 +404,12 @@ impl Drop for Operation<'_> {
 fn flatten_commit(
     joined: Result<Result<Cas, StoreError>, tokio::task::JoinError>,
 ) -> Result<Cas, StoreError> {
+    flatten(joined)
+}
+
+fn flatten<T>(
+    joined: Result<Result<T, StoreError>, tokio::task::JoinError>,
+) -> Result<T, StoreError> {
     joined.unwrap_or_else(|e| {
         Err(StoreError::Backend {
             message: format!("the store's commit task failed: {e}"),
@@ -315,6 +440,14 @@ where
 {
     let rt = &handle.rt.inner;
     let mut op = Operation::begin(rt, spec, &handle.key);
+    if op.parent.is_some() {
+        // Called inside another call's body: part of that call's commit.
+        // Boxed: only nested calls take this path, and inline it would make every call's
+        // future larger.
+        let result = Box::pin(many::compose_one(&mut op, handle, body)).await;
+        op.finish(&result);
+        return result;
+    }
     let span = tracing::info_span!(
         "conflict.op",
         op_id = %op.op_id,
@@ -325,9 +458,9 @@ where
     // Without a subscriber for the span, skip the `Instrumented` wrapper: wrapping moves the
     // whole call's state once more for nothing.
     let result = if span.is_disabled() {
-        run::<E, F, Fut, T, Err>(&mut op, &handle.cache, body, &span).await
+        run::<E, F, Fut, T, Err>(&mut op, &handle.key, &handle.cache, body, &span).await
     } else {
-        run::<E, F, Fut, T, Err>(&mut op, &handle.cache, body, &span)
+        run::<E, F, Fut, T, Err>(&mut op, &handle.key, &handle.cache, body, &span)
             .instrument(span.clone())
             .await
     };
@@ -349,6 +482,7 @@ enum Interrupt {
 /// there.
 async fn run<E, F, Fut, T, Err>(
     op: &mut Operation<'_>,
+    key: &EntityKey,
     cache: &HandleCache,
     mut body: F,
     span: &tracing::Span,
@@ -360,28 +494,88 @@ where
     Err: std::fmt::Display,
 {
     op.admit()?;
-    let exec = op.stage(cache).await?;
-    let exec = exec.as_ref();
+    let exec = op.stage(key, cache).await?;
+    let exec = exec.as_slice();
     let max_attempts = op.max_attempts();
     let mut attempt = 0u32;
     loop {
         attempt += 1;
         op.begin_attempt(attempt, span)?;
         let snap = op.snapshot::<E, Err>(exec, cache, attempt).await?;
-        let (entity, value) = op.run_body(exec, &snap, &mut body).await?;
-        match op.commit(exec, cache, &snap, entity, attempt).await? {
-            Cas::Committed(version) => {
+        let (entity, value, nested) = op.run_body(exec, &snap, &mut body).await?;
+        let sealed = nested
+            .as_ref()
+            .map(|txn| txn.0.seal())
+            .filter(|s| !s.is_empty());
+        let Some(sealed) = sealed else {
+            // The fast path: nothing nested composed into this attempt.
+            drop(nested);
+            match op.commit(exec, cache, &snap, entity, attempt).await? {
+                Cas::Committed(version) => {
+                    return Ok(Committed {
+                        value,
+                        version,
+                        versions: conflict_core::Versions::one(key.clone(), version),
+                        op_id: op.op_id,
+                        attempts: attempt,
+                    });
+                }
+                Cas::Conflict(actual) => {
+                    op.back_off(exec, key, snap.version, actual, attempt, max_attempts)
+                        .await?;
+                }
+            }
+            continue;
+        };
+        // Nested calls composed into this attempt: one commit of everything.
+        let value_written: StoredValue = Arc::new(entity);
+        let mut writes = vec![Write {
+            key: key.clone(),
+            expected_version: snap.version,
+            value: value_written,
+        }];
+        writes.extend(sealed.writes);
+        let children = nested
+            .as_ref()
+            .map(|t| t.0.take_children())
+            .unwrap_or_default();
+        let exec_keys: &[EntityKey] = if exec.is_empty() {
+            &[]
+        } else {
+            std::slice::from_ref(key)
+        };
+        let outcome = op
+            .commit_all(
+                exec,
+                exec_keys,
+                writes,
+                sealed.reads,
+                children,
+                sealed.doomed,
+                attempt,
+            )
+            .await?;
+        drop(nested);
+        match outcome {
+            Ok(versions) => {
                 return Ok(Committed {
                     value,
-                    version,
-                    versions: conflict_core::Versions::one(op.target.clone(), version),
+                    version: versions.get(key).unwrap_or(0),
+                    versions,
                     op_id: op.op_id,
                     attempts: attempt,
                 });
             }
-            Cas::Conflict(actual) => {
-                op.back_off(exec, snap.version, actual, attempt, max_attempts)
-                    .await?;
+            Err(stale) => {
+                op.back_off(
+                    exec,
+                    &stale.key,
+                    stale.expected,
+                    stale.actual,
+                    attempt,
+                    max_attempts,
+                )
+                .await?;
             }
         }
     }
@@ -421,17 +615,37 @@ impl<'rt> Operation<'rt> {
     #[inline]
     async fn stage<'c, Err>(
         &mut self,
+        key: &EntityKey,
         cache: &'c HandleCache,
     ) -> Result<Option<ExecGuard<'c>>, ConflictError<Err>>
     where
         'rt: 'c,
     {
-        let rt = self.rt;
-        let cfg = &self.spec.config;
-        if !cfg.mode.staging() {
+        if !self.spec.config.mode.staging() {
             self.started = Some(self.submitted);
             return Ok(None);
         }
+        let (guard, waited) = self.enter_stage(key, &cache.cell).await?;
+        // An operation that ran at once started when it was submitted: no clock read.
+        self.started = Some(if waited {
+            Instant::now()
+        } else {
+            self.submitted
+        });
+        Ok(Some(guard))
+    }
+
+    /// Waits in `key`'s staging area until this call executes there; whether it waited.
+    async fn enter_stage<'c, Err>(
+        &self,
+        key: &EntityKey,
+        cell: &'c std::sync::OnceLock<Arc<crate::staging::TargetCell>>,
+    ) -> Result<(ExecGuard<'c>, bool), ConflictError<Err>>
+    where
+        'rt: 'c,
+    {
+        let rt = self.rt;
+        let cfg = &self.spec.config;
         let overridden;
         let pre_ecs = match self.on_lose {
             Some(on_lose) => {
@@ -444,8 +658,8 @@ impl<'rt> Operation<'rt> {
             None => &cfg.pre_ecs,
         };
         let entered = rt.staging.enter(
-            &self.target,
-            &cache.cell,
+            key,
+            cell,
             self.candidate(),
             pre_ecs,
             &rt.lifecycle.abort,
@@ -461,15 +675,7 @@ impl<'rt> Operation<'rt> {
             },
         };
         match entered {
-            Ok((guard, waited)) => {
-                // An operation that ran at once started when it was submitted: no clock read.
-                self.started = Some(if waited {
-                    Instant::now()
-                } else {
-                    self.submitted
-                });
-                Ok(Some(guard))
-            }
+            Ok(entered) => Ok(entered),
             Err(StageError::Rejected { winner }) => Err(self.rejected(winner)),
             Err(StageError::Overloaded { capacity, scope }) => Err(ConflictError::Overloaded {
                 op_id: self.op_id,
@@ -541,13 +747,13 @@ impl<'rt> Operation<'rt> {
     #[inline]
     async fn snapshot<E: Entity, Err>(
         &self,
-        exec: Option<&ExecGuard<'_>>,
+        exec: &[ExecGuard<'_>],
         cache: &HandleCache,
         attempt: u32,
     ) -> Result<Snapshot, ConflictError<Err>> {
         let rt = self.rt;
         let cached = match (exec, attempt) {
-            (Some(guard), 1) if rt.backend.is_remote() => guard.last_snapshot(),
+            ([guard], 1) if rt.backend.is_remote() => guard.last_snapshot(),
             _ => None,
         };
         if let Some(s) = cached {
@@ -576,10 +782,10 @@ impl<'rt> Operation<'rt> {
     #[inline]
     async fn run_body<E, F, Fut, T, Err>(
         &self,
-        exec: Option<&ExecGuard<'_>>,
+        exec: &[ExecGuard<'_>],
         snap: &Snapshot,
         body: &mut F,
-    ) -> Result<(E, T), ConflictError<Err>>
+    ) -> Result<(E, T, Option<crate::txn::TxnOwner>), ConflictError<Err>>
     where
         E: Entity,
         F: FnMut(E) -> Fut,
@@ -600,18 +806,26 @@ impl<'rt> Operation<'rt> {
                 });
             }
         };
-        let body_fut = context::run_as(
+        let mut scoped = std::pin::pin!(context::run_as(
             LazyLink::new(
                 rt.id,
                 self.op_id,
-                self.target.clone(),
+                Params::One(self.target.clone()),
                 self.effective,
                 self.parent.clone(),
+                TxnSeed::Root {
+                    version: snap.version,
+                    codec: EntityCodec::of::<E>(),
+                },
             ),
             AssertUnwindSafe(body_fut).catch_unwind(),
-        );
-        let body_run = interruptible(rt, exec, self.seq, self.deadline, body_fut);
-        let (entity, out) = match body_run.await {
+        ));
+        let ran = interruptible(rt, exec, self.seq, self.deadline, scoped.as_mut()).await;
+        // The body run is over: its link (if nested calls asked for one) stops counting as a
+        // running ancestor, and the transaction they composed into is this attempt's to
+        // commit or abandon.
+        let nested = context::body_link(scoped.as_mut()).and_then(LazyLink::into_txn);
+        let (entity, out) = match ran {
             Ok(Ok(pair)) => pair,
             Ok(Err(payload)) => {
                 return Err(ConflictError::Panicked {
@@ -630,7 +844,7 @@ impl<'rt> Operation<'rt> {
                 found,
             });
         }
-        Ok((entity, value))
+        Ok((entity, value, nested))
     }
 
     fn interrupted<Err>(&self, interrupt: Interrupt) -> ConflictError<Err> {
@@ -648,7 +862,7 @@ impl<'rt> Operation<'rt> {
     #[inline]
     async fn commit<E: Entity, Err>(
         &mut self,
-        exec: Option<&ExecGuard<'_>>,
+        exec: &[ExecGuard<'_>],
         cache: &HandleCache,
         snap: &Snapshot,
         entity: E,
@@ -658,7 +872,7 @@ impl<'rt> Operation<'rt> {
         if self.deadline.is_some() && self.past_deadline(Instant::now()) {
             return Err(self.deadline_exceeded());
         }
-        if let Some(guard) = exec {
+        if let [guard] = exec {
             guard.begin_commit().map_err(|by| self.preempted(by))?;
         }
         if rt.lifecycle.abort.is_set() {
@@ -686,9 +900,11 @@ impl<'rt> Operation<'rt> {
             // leaves now can neither cut it short nor have it miscounted (see
             // `Operation::drop`), and it keeps the target until it settles (`CommitSlot`).
             Some((h, commit)) => {
-                let slot = exec.map(|g| g.commit_slot(&rt.staging, &self.target));
+                let slot = exec
+                    .first()
+                    .map(|g| g.commit_slot(&rt.staging, &self.target));
                 let (value, last_modified) = (value_written, rt.wall_time(at));
-                let task = self.in_flight.insert(h.spawn(async move {
+                let task = h.spawn(async move {
                     let r = commit.await;
                     if let Some(slot) = slot {
                         slot.settle(match &r {
@@ -701,13 +917,17 @@ impl<'rt> Operation<'rt> {
                         });
                     }
                     r
-                }));
-                let joined = task.await;
+                });
+                self.in_flight = Some(InFlight::One(task));
+                let joined = match self.in_flight.as_mut() {
+                    Some(InFlight::One(task)) => task.await,
+                    _ => unreachable!("set just above"),
+                };
                 self.in_flight = None;
                 flatten_commit(joined)
             }
             None => {
-                let remember = exec.filter(|_| rt.backend.is_remote());
+                let remember = exec.first().filter(|_| rt.backend.is_remote());
                 let outcome = rt
                     .backend
                     .commit_one(info, write, &cache.slot, rt.wall_time(at))
@@ -737,7 +957,8 @@ impl<'rt> Operation<'rt> {
     /// backoff delay (interruptible like the body) before the next attempt.
     async fn back_off<Err>(
         &mut self,
-        exec: Option<&ExecGuard<'_>>,
+        exec: &[ExecGuard<'_>],
+        contended: &EntityKey,
         expected: u64,
         actual: Option<u64>,
         attempt: u32,
@@ -757,14 +978,14 @@ impl<'rt> Operation<'rt> {
             expected_version: expected,
             actual_version: actual,
         });
-        if let Some(guard) = exec {
+        for guard in exec {
             guard.end_commit();
         }
         if attempt >= max_attempts {
             return Err(ConflictError::RetriesExhausted {
                 op_id: self.op_id,
                 attempts: attempt,
-                target: self.target.clone(),
+                target: contended.clone(),
             });
         }
         let delay = self.spec.config.occ.backoff_delay(attempt, fastrand::f64());
@@ -805,7 +1026,7 @@ pin_project_lite::pin_project! {
         #[pin]
         abort_wait: Option<tokio::sync::futures::Notified<'a>>,
         rt: &'a Inner,
-        exec: Option<&'a ExecGuard<'g>>,
+        exec: &'a [ExecGuard<'g>],
         // Only calls with a deadline have a timer (boxed: it is large).
         deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     }
@@ -813,7 +1034,7 @@ pin_project_lite::pin_project! {
 
 fn interruptible<'a, 'g, F: Future>(
     rt: &'a Inner,
-    exec: Option<&'a ExecGuard<'g>>,
+    exec: &'a [ExecGuard<'g>],
     seq: u64,
     deadline: Option<Instant>,
     fut: F,
@@ -823,7 +1044,7 @@ fn interruptible<'a, 'g, F: Future>(
     // flag check, so that no abort slips in between.
     Interruptible {
         fut,
-        abort_wait: exec.is_none().then(|| rt.lifecycle.abort.notified(seq)),
+        abort_wait: exec.is_empty().then(|| rt.lifecycle.abort.notified(seq)),
         rt,
         exec,
         deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
@@ -847,21 +1068,23 @@ impl<F: Future> Future for Interruptible<'_, '_, F> {
                 return Poll::Ready(Err(Interrupt::Deadline));
             }
         }
-        match this.exec {
-            Some(guard) => {
-                if let Watch::Preempted(by) = guard.watch(cx.waker()) {
-                    return Poll::Ready(Err(Interrupt::Preempted(by)));
-                }
-                // Checked after registering: an abort from here on wakes this task.
-                if abort.is_set() {
-                    return Poll::Ready(Err(Interrupt::Abort));
-                }
-            }
-            None => {
+        match *this.exec {
+            [] => {
                 if let Some(w) = this.abort_wait.as_pin_mut() {
                     if w.poll(cx).is_ready() {
                         return Poll::Ready(Err(Interrupt::Abort));
                     }
+                }
+            }
+            guards => {
+                for guard in guards {
+                    if let Watch::Preempted(by) = guard.watch(cx.waker()) {
+                        return Poll::Ready(Err(Interrupt::Preempted(by)));
+                    }
+                }
+                // Checked after registering: an abort from here on wakes this task.
+                if abort.is_set() {
+                    return Poll::Ready(Err(Interrupt::Abort));
                 }
             }
         }

@@ -7,8 +7,8 @@ struct Account {
 }
 
 #[with_conflict_resolution]
-async fn transfer(from: &mut Account, to: &mut Account) {
-    let _ = (from, to);
+async fn touch(#[read] account: &mut Account) {
+    let _ = account;
 }
 
 fn main() {}

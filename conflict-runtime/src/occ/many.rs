@@ -1,0 +1,755 @@
+//! Calls over several entities, and nested calls that compose into their root's commit.
+//!
+//! A multi-entity call stages on every entity it writes, one after the other in key order
+//! (ordered acquisition: a call waits for an entity only while holding entities of smaller
+//! keys, so waits cannot form a cycle), reads all its entities as one consistent snapshot,
+//! runs its body once per attempt, and commits every write and validates every read in one
+//! atomic store commit. A nested call (see [`crate::txn`]) neither stages nor commits: it reads
+//! through its root's transaction and leaves its writes there.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use conflict_core::{Committed, ConflictError, Entity, EntityKey, StoreError, Versions};
+use futures_util::FutureExt;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::{Books, InFlight, Operation, flatten, interruptible, panic_message, settle_composed};
+use crate::context::{self, LazyLink, Params, TxnSeed};
+use crate::handle::{Handle, HandleCache};
+use crate::registry::OperationSpec;
+use crate::runtime::Inner;
+use crate::staging::ExecGuard;
+use crate::store::{
+    CommitInfo, CommitOutcome, EntityCodec, Read, SlotCache, Snapshot, StoredValue, Write,
+};
+use crate::txn::{Entry, Role, TxnOwner, TxnShared};
+
+/// One entity parameter of a call: its handle's parts, and whether the call writes it.
+pub(crate) struct Target<'h> {
+    pub(crate) key: &'h EntityKey,
+    pub(crate) cache: &'h HandleCache,
+    pub(crate) codec: EntityCodec,
+    pub(crate) write: bool,
+    pub(crate) rt: &'h Arc<Inner>,
+}
+
+impl<'h> Target<'h> {
+    /// A `&mut E` parameter.
+    pub(crate) fn write<E: Entity>(h: &'h Handle<E>) -> Self {
+        Self {
+            key: &h.key,
+            cache: &h.cache,
+            codec: EntityCodec::of::<E>(),
+            write: true,
+            rt: &h.rt.inner,
+        }
+    }
+
+    /// A `#[read] &E` parameter.
+    pub(crate) fn read<E: Entity>(h: &'h Handle<E>) -> Self {
+        Self {
+            write: false,
+            ..Self::write(h)
+        }
+    }
+}
+
+struct DisplayTargets<'a>(&'a [Target<'a>]);
+
+impl std::fmt::Display for DisplayTargets<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, t) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{}{}", if t.write { "" } else { "read " }, t.key)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `fut` in `span` (skipping the wrapper when nothing listens).
+async fn in_span<F: Future>(span: &tracing::Span, fut: F) -> F::Output {
+    if span.is_disabled() {
+        fut.await
+    } else {
+        fut.instrument(span.clone()).await
+    }
+}
+
+/// Runs one call of a function over several entities (or one nested call of any function).
+pub(crate) async fn execute_many<F, Fut, T, Err>(
+    spec: &'static OperationSpec,
+    targets: &[Target<'_>],
+    body: F,
+) -> Result<Committed<T>, ConflictError<Err>>
+where
+    F: FnMut(&[Snapshot]) -> Result<Fut, StoreError>,
+    Fut: Future<Output = (Vec<StoredValue>, Result<T, Err>)>,
+    Err: std::fmt::Display,
+{
+    let Some(first) = targets.first() else {
+        // The macro refuses a function without an entity parameter.
+        return Err(ConflictError::Store(StoreError::Backend {
+            message: format!("`{}` was called without an entity", spec.name),
+            source: None,
+        }));
+    };
+    let rt = first.rt;
+    let mut op = Operation::begin(rt, spec, first.key);
+    op.more = targets[1..].iter().map(|t| t.key.clone()).collect();
+    let span = tracing::info_span!(
+        "conflict.op",
+        op_id = %op.op_id,
+        op = spec.name,
+        target = %first.key,
+        targets = %DisplayTargets(targets),
+        attempt = tracing::field::Empty,
+    );
+    let result = if op.parent.is_some() {
+        Box::pin(in_span(&span, compose(&mut op, targets, body, &span))).await
+    } else {
+        in_span(&span, run_many(&mut op, targets, body, &span)).await
+    };
+    op.finish(&result);
+    result
+}
+
+/// A nested single-entity call: composes into its root's transaction.
+pub(crate) async fn compose_one<E, F, Fut, T, Err>(
+    op: &mut Operation<'_>,
+    handle: &Handle<E>,
+    mut body: F,
+) -> Result<Committed<T>, ConflictError<Err>>
+where
+    E: Entity,
+    F: FnMut(E) -> Fut,
+    Fut: Future<Output = (E, Result<T, Err>)>,
+    Err: std::fmt::Display,
+{
+    let targets = [Target::write(handle)];
+    let span = tracing::info_span!(
+        "conflict.op",
+        op_id = %op.op_id,
+        op = op.spec.name,
+        target = %handle.key,
+        attempt = tracing::field::Empty,
+    );
+    let key = &handle.key;
+    let adapted = |snaps: &[Snapshot]| -> Result<_, StoreError> {
+        let entity = copy_of::<E>(key, &snaps[0])?;
+        let fut = body(entity);
+        Ok(async move {
+            let (entity, out) = fut.await;
+            (vec![Arc::new(entity) as StoredValue], out)
+        })
+    };
+    in_span(&span, compose(op, &targets, adapted, &span)).await
+}
+
+/// A private copy of the entity in `snap` (for a `&mut` parameter).
+pub(crate) fn copy_of<E: Entity>(key: &EntityKey, snap: &Snapshot) -> Result<E, StoreError> {
+    Ok(crate::handle::downcast::<E>(key, snap)?.clone())
+}
+
+/// The checks every call over a list of entities makes before anything runs: one runtime, no
+/// entity twice.
+fn check_targets<Err>(
+    op: &Operation<'_>,
+    targets: &[Target<'_>],
+) -> Result<(), ConflictError<Err>> {
+    if let Some(t) = targets.iter().find(|t| !Arc::ptr_eq(t.rt, op.rt)) {
+        return Err(ConflictError::ForeignHandle {
+            op_id: op.op_id,
+            target: t.key.clone(),
+        });
+    }
+    if targets.len() > 1 {
+        let mut keys: Vec<&EntityKey> = targets.iter().map(|t| t.key).collect();
+        keys.sort_unstable();
+        if let Some(pair) = keys.windows(2).find(|p| p[0] == p[1]) {
+            return Err(ConflictError::DuplicateTarget {
+                op_id: op.op_id,
+                target: pair[0].clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A root call over several entities.
+async fn run_many<F, Fut, T, Err>(
+    op: &mut Operation<'_>,
+    targets: &[Target<'_>],
+    mut body: F,
+    span: &tracing::Span,
+) -> Result<Committed<T>, ConflictError<Err>>
+where
+    F: FnMut(&[Snapshot]) -> Result<Fut, StoreError>,
+    Fut: Future<Output = (Vec<StoredValue>, Result<T, Err>)>,
+    Err: std::fmt::Display,
+{
+    check_targets(op, targets)?;
+    op.admit()?;
+    let (guards, guard_keys) = op.stage_many(targets).await?;
+    let max_attempts = op.max_attempts();
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        op.begin_attempt(attempt, span)?;
+        let snaps = op.snapshot_many::<Err>(targets).await?;
+        let txn = TxnOwner(Arc::new(TxnShared::with_entries(
+            op.rt.id,
+            op.op_id,
+            targets
+                .iter()
+                .zip(&snaps)
+                .map(|(t, s)| Entry {
+                    key: t.key.clone(),
+                    codec: t.codec,
+                    read_version: s.version,
+                    last_modified: s.last_modified,
+                    value: (!t.write).then(|| s.value.clone()),
+                    role: if t.write { Role::RootWrite } else { Role::Read },
+                })
+                .collect(),
+        )));
+        let params = Params::Many(targets.iter().map(|t| (t.key.clone(), t.write)).collect());
+        let (written, value) = op
+            .run_body_on(
+                &guards,
+                &snaps,
+                params,
+                TxnSeed::Given(txn.0.clone()),
+                &mut body,
+            )
+            .await?;
+        let sealed = txn.0.seal();
+        let mut writes = Vec::with_capacity(written.len() + sealed.writes.len());
+        let mut written = written.into_iter();
+        for (t, snap) in targets.iter().zip(&snaps) {
+            if !t.write {
+                continue;
+            }
+            let value = written.next().ok_or_else(|| missing_write(op, t.key))?;
+            check_identity(op, t.key, &value)?;
+            writes.push(Write {
+                key: t.key.clone(),
+                expected_version: snap.version,
+                value,
+            });
+        }
+        writes.extend(sealed.writes);
+        let children = txn.0.take_children();
+        let outcome = op
+            .commit_all(
+                &guards,
+                &guard_keys,
+                writes,
+                sealed.reads,
+                children,
+                sealed.doomed,
+                attempt,
+            )
+            .await?;
+        drop(txn);
+        match outcome {
+            Ok(versions) => {
+                return Ok(Committed {
+                    value,
+                    version: versions.first().unwrap_or(0),
+                    versions,
+                    op_id: op.op_id,
+                    attempts: attempt,
+                });
+            }
+            Err(conflict) => {
+                op.back_off(
+                    &guards,
+                    &conflict.key,
+                    conflict.expected,
+                    conflict.actual,
+                    attempt,
+                    max_attempts,
+                )
+                .await?;
+            }
+        }
+    }
+}
+
+fn missing_write<Err>(op: &Operation<'_>, key: &EntityKey) -> ConflictError<Err> {
+    ConflictError::Store(StoreError::Backend {
+        message: format!(
+            "operation {}'s body returned no value for {key} (a bug in the generated code)",
+            op.op_id
+        ),
+        source: None,
+    })
+}
+
+fn check_identity<Err>(
+    op: &Operation<'_>,
+    key: &EntityKey,
+    value: &StoredValue,
+) -> Result<(), ConflictError<Err>> {
+    let found = value.entity_key();
+    if found == *key {
+        return Ok(());
+    }
+    Err(ConflictError::IdentityChanged {
+        op_id: op.op_id,
+        expected: key.id,
+        found: found.id,
+    })
+}
+
+/// A commit that did not apply: the entity found stale.
+pub(crate) struct Stale {
+    pub(crate) key: EntityKey,
+    pub(crate) expected: u64,
+    pub(crate) actual: Option<u64>,
+}
+
+impl<'rt> Operation<'rt> {
+    /// Stage one for a call over several entities: executes on each entity it writes, taken in
+    /// key order (see the module docs). The guards, and the key of each.
+    async fn stage_many<'c, Err>(
+        &mut self,
+        targets: &[Target<'c>],
+    ) -> Result<(Vec<ExecGuard<'c>>, Vec<EntityKey>), ConflictError<Err>>
+    where
+        'rt: 'c,
+    {
+        if !self.spec.config.mode.staging() {
+            self.started = Some(self.submitted);
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let mut written: Vec<&Target<'c>> = targets.iter().filter(|t| t.write).collect();
+        written.sort_by(|a, b| a.key.cmp(b.key));
+        let mut guards = Vec::with_capacity(written.len());
+        let mut keys = Vec::with_capacity(written.len());
+        let mut waited_any = false;
+        for t in written {
+            let (guard, waited) = self.enter_stage(t.key, &t.cache.cell).await?;
+            waited_any |= waited;
+            guards.push(guard);
+            keys.push(t.key.clone());
+        }
+        self.started = Some(if waited_any {
+            Instant::now()
+        } else {
+            self.submitted
+        });
+        Ok((guards, keys))
+    }
+
+    /// Every target as one consistent snapshot.
+    async fn snapshot_many<Err>(
+        &self,
+        targets: &[Target<'_>],
+    ) -> Result<Vec<Snapshot>, ConflictError<Err>> {
+        let list: Vec<(&EntityKey, EntityCodec, &SlotCache)> = targets
+            .iter()
+            .map(|t| (t.key, t.codec, &t.cache.slot))
+            .collect();
+        let load = self.rt.backend.load_many(&list);
+        let loaded = match self.deadline {
+            None => load.await?,
+            Some(d) => match Box::pin(tokio::time::timeout_at(d, load)).await {
+                Ok(loaded) => loaded?,
+                Err(_) => return Err(self.deadline_exceeded()),
+            },
+        };
+        loaded
+            .into_iter()
+            .zip(targets)
+            .map(|(s, t)| {
+                s.ok_or_else(|| ConflictError::Store(StoreError::NotFound { key: t.key.clone() }))
+            })
+            .collect()
+    }
+
+    /// Runs a body that takes the snapshots (its generated code copies or shares each
+    /// entity), as this operation, interruptible like any body. Returns the values of its
+    /// written parameters, in order, and its value.
+    async fn run_body_on<F, Fut, T, Err>(
+        &self,
+        exec: &[ExecGuard<'_>],
+        snaps: &[Snapshot],
+        params: Params,
+        txn: TxnSeed,
+        body: &mut F,
+    ) -> Result<(Vec<StoredValue>, T), ConflictError<Err>>
+    where
+        F: FnMut(&[Snapshot]) -> Result<Fut, StoreError>,
+        Fut: Future<Output = (Vec<StoredValue>, Result<T, Err>)>,
+    {
+        let rt = self.rt;
+        // Copying the entities and cloning the arguments is user code too (`Clone`).
+        let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| body(snaps))) {
+            Ok(Ok(fut)) => fut,
+            Ok(Err(e)) => return Err(ConflictError::Store(e)),
+            Err(payload) => {
+                return Err(ConflictError::Panicked {
+                    op_id: self.op_id,
+                    message: panic_message(payload.as_ref()),
+                });
+            }
+        };
+        let link = LazyLink::new(
+            rt.id,
+            self.op_id,
+            params,
+            self.effective,
+            self.parent.clone(),
+            txn,
+        );
+        let mut scoped =
+            std::pin::pin!(context::run_as(link, AssertUnwindSafe(fut).catch_unwind()));
+        let ran = interruptible(rt, exec, self.seq, self.deadline, scoped.as_mut()).await;
+        // The body run is over: its link stops counting as a running ancestor.
+        drop(context::body_link(scoped.as_mut()));
+        let (written, out) = match ran {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(payload)) => {
+                return Err(ConflictError::Panicked {
+                    op_id: self.op_id,
+                    message: panic_message(payload.as_ref()),
+                });
+            }
+            Err(interrupt) => return Err(self.interrupted(interrupt)),
+        };
+        let value = out.map_err(ConflictError::Body)?;
+        Ok((written, value))
+    }
+
+    /// Commits `writes` and validates `reads` in one store commit, after entering the commit
+    /// phase on every guard. `children` (nested calls composed into this attempt) end with the
+    /// outcome. A doomed attempt (a nested call saw an entity change) does not commit: it is
+    /// a conflict on that entity.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one commit: the guards and their keys, the writes, the reads, the nested calls, and whether the attempt is doomed"
+    )]
+    pub(super) async fn commit_all<Err>(
+        &mut self,
+        exec: &[ExecGuard<'_>],
+        exec_keys: &[EntityKey],
+        writes: Vec<Write>,
+        reads: Vec<Read>,
+        children: Vec<Books>,
+        doomed: Option<EntityKey>,
+        attempt: u32,
+    ) -> Result<Result<Versions, Stale>, ConflictError<Err>> {
+        let rt = self.rt;
+        self.composed = children;
+        if let Some(key) = doomed {
+            settle_composed(rt, self.op_id, std::mem::take(&mut self.composed), None);
+            return Ok(Err(Stale {
+                key,
+                expected: 0,
+                actual: None,
+            }));
+        }
+        if self.deadline.is_some() && self.past_deadline(Instant::now()) {
+            return Err(self.deadline_exceeded());
+        }
+        for (i, guard) in exec.iter().enumerate() {
+            if let Err(by) = guard.begin_commit() {
+                for g in &exec[..i] {
+                    g.end_commit();
+                }
+                return Err(self.preempted(by));
+            }
+        }
+        if rt.lifecycle.abort.is_set() {
+            return Err(ConflictError::ShuttingDown { op_id: self.op_id });
+        }
+        let info = CommitInfo {
+            op_id: self.op_id,
+            op_type: self.spec.name,
+            priority: self.effective,
+            attempt,
+        };
+        let keys: Vec<EntityKey> = writes.iter().map(|w| w.key.clone()).collect();
+        let at = Instant::now();
+        let task = rt
+            .backend
+            .commit_many_task(info, &writes, &reads)
+            .and_then(|c| Some((tokio::runtime::Handle::try_current().ok()?, c)));
+        let outcome = match task {
+            // As for one write (see `Operation::commit`): the commit runs in its own task and
+            // keeps every staged entity until it settles.
+            Some((h, commit)) => {
+                let last_modified = rt.wall_time(at);
+                let slots: Vec<_> = exec
+                    .iter()
+                    .zip(exec_keys)
+                    .map(|(g, key)| {
+                        let value = writes
+                            .iter()
+                            .find(|w| &w.key == key)
+                            .map(|w| w.value.clone());
+                        (g.commit_slot(&rt.staging, key), value)
+                    })
+                    .collect();
+                let key_order = keys.clone();
+                let task = h.spawn(async move {
+                    let r = commit.await;
+                    for (slot, value) in slots {
+                        let wrote = match (&r, value) {
+                            (Ok(CommitOutcome::Committed { versions, .. }), Some(value)) => {
+                                let key = value.entity_key();
+                                key_order
+                                    .iter()
+                                    .position(|k| *k == key)
+                                    .and_then(|i| versions.get(i))
+                                    .map(|&version| Snapshot {
+                                        value,
+                                        version,
+                                        last_modified,
+                                    })
+                            }
+                            _ => None,
+                        };
+                        slot.settle(wrote);
+                    }
+                    r
+                });
+                self.in_flight = Some(InFlight::Many {
+                    task,
+                    keys: keys.clone(),
+                });
+                let joined = match self.in_flight.as_mut() {
+                    Some(InFlight::Many { task, .. }) => task.await,
+                    _ => unreachable!("set just above"),
+                };
+                self.in_flight = None;
+                flatten(joined)
+            }
+            None => rt.backend.commit_many(info, writes, reads).await,
+        };
+        let outcome = outcome?;
+        let composed = std::mem::take(&mut self.composed);
+        match outcome {
+            CommitOutcome::Committed { versions, .. } => {
+                let versions = Versions::from(keys.into_iter().zip(versions).collect::<Vec<_>>());
+                settle_composed(rt, self.op_id, composed, Some(&versions));
+                self.committed_at = Some(at);
+                Ok(Ok(versions))
+            }
+            CommitOutcome::Conflict {
+                key,
+                expected,
+                actual,
+            } => {
+                settle_composed(rt, self.op_id, composed, None);
+                Ok(Err(Stale {
+                    key,
+                    expected,
+                    actual,
+                }))
+            }
+        }
+    }
+}
+
+/// A nested call: reads through its root's transaction, runs its body once, and leaves its
+/// writes there (see [`crate::txn`]). It ends when its root's attempt does.
+async fn compose<F, Fut, T, Err>(
+    op: &mut Operation<'_>,
+    targets: &[Target<'_>],
+    mut body: F,
+    span: &tracing::Span,
+) -> Result<Committed<T>, ConflictError<Err>>
+where
+    F: FnMut(&[Snapshot]) -> Result<Fut, StoreError>,
+    Fut: Future<Output = (Vec<StoredValue>, Result<T, Err>)>,
+    Err: std::fmt::Display,
+{
+    let rt = op.rt;
+    let Some(parent) = op.parent.clone() else {
+        unreachable!("only nested calls compose");
+    };
+    let txn = parent.txn().clone();
+    check_targets(op, targets)?;
+    if txn.runtime_id != rt.id {
+        return Err(ConflictError::ForeignHandle {
+            op_id: op.op_id,
+            target: op.target.clone(),
+        });
+    }
+    if !rt.lifecycle.accepting() {
+        return Err(ConflictError::ShuttingDown { op_id: op.op_id });
+    }
+    if op.deadline.is_some() && op.past_deadline(op.submitted) {
+        return Err(op.deadline_exceeded());
+    }
+    for t in targets {
+        // An ancestor between its attempts, or committing, still executes on its target.
+        let holds = |id| rt.staging.is_executing(t.key, id);
+        if let Some(ancestor) = parent.find_conflicting(rt.id, t.key, t.write, holds) {
+            return Err(ConflictError::Reentrant {
+                op_id: op.op_id,
+                target: t.key.clone(),
+                ancestor_op_id: ancestor,
+            });
+        }
+    }
+    op.started = Some(op.submitted);
+    op.begin_attempt(1, span)?;
+    let snaps = read_through(op, &txn, targets).await?;
+    let params = Params::Many(targets.iter().map(|t| (t.key.clone(), t.write)).collect());
+    let (written, value) = op
+        .run_body_on(&[], &snaps, params, TxnSeed::Given(txn.clone()), &mut body)
+        .await?;
+    let mut writes = Vec::new();
+    let mut written = written.into_iter();
+    for (t, snap) in targets.iter().zip(&snaps) {
+        if t.write {
+            let value = written.next().ok_or_else(|| missing_write(op, t.key))?;
+            check_identity(op, t.key, &value)?;
+            writes.push((t.key.clone(), value, snap.version));
+        }
+    }
+    let mut st = txn.lock();
+    if st.sealed || st.doomed.is_some() {
+        drop(st);
+        return Err(ConflictError::RolledBack {
+            op_id: op.op_id,
+            root_op_id: txn.root,
+        });
+    }
+    let mut versions = Vec::with_capacity(writes.len());
+    for (key, value, read_version) in writes {
+        if let Some(e) = st.entry_mut(&key) {
+            e.value = Some(value);
+            e.role = Role::Write;
+        }
+        versions.push((key, read_version + 1));
+    }
+    if st.rt.is_none() {
+        st.rt = Some(Arc::clone(rt));
+    }
+    let wrote = versions.first().map(|(k, _)| k.clone());
+    st.children.push(op.park(wrote));
+    drop(st);
+    let versions = Versions::from(versions);
+    Ok(Committed {
+        value,
+        version: versions.first().unwrap_or(0),
+        versions,
+        op_id: op.op_id,
+        attempts: 1,
+    })
+}
+
+/// The snapshots a nested call's body starts from: each target as the transaction has it
+/// (read earlier, or written by an earlier nested call), else loaded — together with every
+/// entity already in the transaction, which must not have changed (else the transaction is
+/// doomed and this call rolled back).
+async fn read_through<Err>(
+    op: &Operation<'_>,
+    txn: &Arc<TxnShared>,
+    targets: &[Target<'_>],
+) -> Result<Vec<Snapshot>, ConflictError<Err>> {
+    let rolled_back = || ConflictError::RolledBack {
+        op_id: op.op_id,
+        root_op_id: txn.root,
+    };
+    // What to load: the targets not in the transaction, then every entity in it.
+    let (missing, known): (Vec<&Target<'_>>, Vec<(EntityKey, EntityCodec, u64)>) = {
+        let st = txn.lock();
+        if st.sealed || st.doomed.is_some() {
+            return Err(rolled_back());
+        }
+        let missing: Vec<&Target<'_>> = targets
+            .iter()
+            .filter(|t| st.entry(t.key).is_none())
+            .collect();
+        let known = if missing.is_empty() {
+            Vec::new()
+        } else {
+            st.entries
+                .iter()
+                .map(|e| (e.key.clone(), e.codec, e.read_version))
+                .collect()
+        };
+        (missing, known)
+    };
+    if !missing.is_empty() {
+        let scratch: Vec<SlotCache> = known.iter().map(|_| SlotCache::new()).collect();
+        let list: Vec<(&EntityKey, EntityCodec, &SlotCache)> = missing
+            .iter()
+            .map(|t| (t.key, t.codec, &t.cache.slot))
+            .chain(known.iter().zip(&scratch).map(|((k, c, _), s)| (k, *c, s)))
+            .collect();
+        let load = op.rt.backend.load_many(&list);
+        let loaded = match op.deadline {
+            None => load.await?,
+            Some(d) => match Box::pin(tokio::time::timeout_at(d, load)).await {
+                Ok(loaded) => loaded?,
+                Err(_) => return Err(op.deadline_exceeded()),
+            },
+        };
+        let (fresh, again) = loaded.split_at(missing.len().min(loaded.len()));
+        let mut st = txn.lock();
+        if st.sealed || st.doomed.is_some() {
+            return Err(rolled_back());
+        }
+        for ((key, _, version), now) in known.iter().zip(again) {
+            if now.as_ref().map(|s| s.version) != Some(*version) {
+                // Read at `version`, changed since: this attempt of the root cannot commit, and
+                // this body must not see the mixed state.
+                st.doomed = Some(key.clone());
+                return Err(rolled_back());
+            }
+        }
+        for (t, snap) in missing.iter().zip(fresh) {
+            let Some(snap) = snap else {
+                return Err(ConflictError::Store(StoreError::NotFound {
+                    key: t.key.clone(),
+                }));
+            };
+            match st.entry(t.key) {
+                // Another nested call (in another task) read it meanwhile: it must be the
+                // same version.
+                Some(e) if e.read_version != snap.version => {
+                    st.doomed = Some(t.key.clone());
+                    return Err(rolled_back());
+                }
+                Some(_) => {}
+                None => st.entries.push(Entry {
+                    key: t.key.clone(),
+                    codec: t.codec,
+                    read_version: snap.version,
+                    last_modified: snap.last_modified,
+                    value: Some(snap.value.clone()),
+                    role: Role::Read,
+                }),
+            }
+        }
+    }
+    let st = txn.lock();
+    targets
+        .iter()
+        .map(|t| match st.entry(t.key) {
+            Some(Entry {
+                value: Some(value),
+                read_version,
+                last_modified,
+                ..
+            }) => Ok(Snapshot {
+                value: value.clone(),
+                version: *read_version,
+                last_modified: *last_modified,
+            }),
+            // The root's written parameter (the reentrancy check refuses it first) or gone.
+            _ => Err(rolled_back()),
+        })
+        .collect()
+}

@@ -1,0 +1,204 @@
+//! The transaction of one body run: what nested calls composed into it read and wrote.
+//!
+//! A root operation (one called outside any body, or detached) runs its body once per attempt;
+//! each run has a transaction. A call made inside that body (at any depth) does not stage and
+//! does not commit on its own: it reads through the transaction (seeing what earlier nested
+//! calls wrote, and the root's snapshot of the entities the root reads), runs its body once, and
+//! leaves its writes in the transaction. The root commits them with its own writes, validating
+//! every entity read, in one atomic commit; if the root's attempt does not commit (its body
+//! fails, it conflicts and runs again, it is preempted, cancelled or shut down), nothing of its
+//! nested calls is committed and each of them ends [`RolledBack`](conflict_core::OutcomeKind).
+//!
+//! Nested calls never wait for another operation (they take no staging slot), so nesting cannot
+//! form a wait cycle: two roots that reach for each other's entities through nested calls both
+//! run, and the version compare at commit lets one commit and makes the other run again.
+//!
+//! Reads are *opaque*: a nested call that loads an entity not yet in the transaction reads it
+//! together with every entity already in it (one consistent snapshot) and, if any of those has
+//! moved on since it was read, the transaction is doomed: the nested call ends `RolledBack` at
+//! once (its body never sees the mixed state) and the root's attempt runs again.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use conflict_core::{EntityKey, OpId};
+
+use crate::occ::Books;
+use crate::store::{EntityCodec, Read, StoredValue, Write};
+
+/// What a body run's nested calls share (behind its [`Link`](crate::context::Link)s).
+pub(crate) struct TxnShared {
+    pub(crate) runtime_id: u64,
+    /// The root operation whose attempt this is.
+    pub(crate) root: OpId,
+    state: Mutex<TxnState>,
+}
+
+#[derive(Default)]
+pub(crate) struct TxnState {
+    /// The root's body has ended: nothing joins any more.
+    pub(crate) sealed: bool,
+    /// An entity of the transaction was found changed by a nested call's read: the root's
+    /// attempt cannot commit.
+    pub(crate) doomed: Option<EntityKey>,
+    pub(crate) entries: Vec<Entry>,
+    /// Nested calls that left their writes here, waiting for the root's outcome.
+    pub(crate) children: Vec<Books>,
+    /// The runtime, set by the first nested call that parks here: what closes their books if
+    /// the root's body run is dropped instead of sealing (see [`TxnShared::abandon`]).
+    pub(crate) rt: Option<Arc<crate::runtime::Inner>>,
+}
+
+pub(crate) struct Entry {
+    pub(crate) key: EntityKey,
+    pub(crate) codec: EntityCodec,
+    /// The version read from the store (what the root's commit expects).
+    pub(crate) read_version: u64,
+    /// When that version was written.
+    pub(crate) last_modified: std::time::SystemTime,
+    /// The current value: as read, or as a nested call left it. `None` for a root's written
+    /// parameter (only its body has that copy).
+    pub(crate) value: Option<StoredValue>,
+    pub(crate) role: Role,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Role {
+    /// A root's written parameter: nested calls may neither read nor write it.
+    RootWrite,
+    /// Read (by the root, as a `#[read]` parameter, or by a nested call): validated at commit.
+    Read,
+    /// Written by a nested call: committed with the root.
+    Write,
+}
+
+/// What the root takes when its body ends.
+#[derive(Default)]
+pub(crate) struct Sealed {
+    pub(crate) doomed: Option<EntityKey>,
+    /// Nested calls' writes (expected version: the one read).
+    pub(crate) writes: Vec<Write>,
+    /// Entities read and not written (the root's `#[read]` parameters included).
+    pub(crate) reads: Vec<Read>,
+}
+
+impl Sealed {
+    /// Whether nested calls left nothing (the root commits alone).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.doomed.is_none() && self.writes.is_empty() && self.reads.is_empty()
+    }
+}
+
+impl std::fmt::Debug for TxnShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Txn(root {})", self.root)
+    }
+}
+
+impl TxnShared {
+    /// The transaction of a single-entity root, whose body holds `key` read at `version`.
+    pub(crate) fn for_root(
+        runtime_id: u64,
+        root: OpId,
+        key: EntityKey,
+        codec: EntityCodec,
+        version: u64,
+    ) -> Self {
+        Self::with_entries(
+            runtime_id,
+            root,
+            vec![Entry {
+                key,
+                codec,
+                read_version: version,
+                last_modified: std::time::SystemTime::UNIX_EPOCH,
+                value: None,
+                role: Role::RootWrite,
+            }],
+        )
+    }
+
+    pub(crate) fn with_entries(runtime_id: u64, root: OpId, entries: Vec<Entry>) -> Self {
+        Self {
+            runtime_id,
+            root,
+            state: Mutex::new(TxnState {
+                entries,
+                ..TxnState::default()
+            }),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, TxnState> {
+        // No user code runs under this lock and no state change is left halfway by a panic.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ends the body run: nothing joins from now on; returns what nested calls left (their
+    /// books stay here until [`take_children`](Self::take_children), so that an abandoned
+    /// attempt still closes them).
+    pub(crate) fn seal(&self) -> Sealed {
+        let mut st = self.lock();
+        st.sealed = true;
+        let mut out = Sealed {
+            doomed: st.doomed.take(),
+            ..Sealed::default()
+        };
+        for e in std::mem::take(&mut st.entries) {
+            match (e.role, e.value) {
+                (Role::Write, Some(value)) => out.writes.push(Write {
+                    key: e.key,
+                    expected_version: e.read_version,
+                    value,
+                }),
+                (Role::Read, _) => out.reads.push(Read {
+                    key: e.key,
+                    version: e.read_version,
+                }),
+                (Role::RootWrite | Role::Write, _) => {}
+            }
+        }
+        out
+    }
+}
+
+impl TxnShared {
+    /// The nested calls waiting for the root's outcome, for the root to close.
+    pub(crate) fn take_children(&self) -> Vec<Books> {
+        std::mem::take(&mut self.lock().children)
+    }
+}
+
+impl TxnState {
+    pub(crate) fn entry(&self, key: &EntityKey) -> Option<&Entry> {
+        self.entries.iter().find(|e| &e.key == key)
+    }
+
+    pub(crate) fn entry_mut(&mut self, key: &EntityKey) -> Option<&mut Entry> {
+        self.entries.iter_mut().find(|e| &e.key == key)
+    }
+}
+
+impl TxnShared {
+    /// The root's body run ended without taking what nested calls left (it was interrupted,
+    /// panicked or dropped): seals, and ends every parked nested call `RolledBack`.
+    pub(crate) fn abandon(&self) {
+        let (children, rt) = {
+            let mut st = self.lock();
+            st.sealed = true;
+            (std::mem::take(&mut st.children), st.rt.take())
+        };
+        if let Some(rt) = rt {
+            crate::occ::settle_composed(&rt, self.root, children, None);
+        }
+    }
+}
+
+/// Seals (abandoning what was not taken) a multi-entity root's transaction when its body run
+/// ends, whichever way; a single-entity root's link does the same (`LazyLink`'s drop).
+pub(crate) struct TxnOwner(pub(crate) Arc<TxnShared>);
+
+impl Drop for TxnOwner {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
+}
