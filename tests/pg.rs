@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use conflict_runtime::prelude::*;
 use conflict_runtime::store::postgres::{LedgerEntry, LedgerStatus};
 use conflict_runtime::store::{
-    Commit, CommitOutcome, EntityCodec, EntityStore, PgStore, StoredValue, Write,
+    Commit, CommitOutcome, EntityCodec, EntityStore, PgStore, Read, StoredValue, Write,
 };
 use conflict_runtime::{entity::EntityKey, store::StoreError};
 use conflict_tests::suite::{self, Scale};
@@ -53,6 +53,20 @@ fn commit_of(op_id: OpId, writes: Vec<Write>) -> Commit {
         attempt: 1,
         writes,
         reads: Vec::new(),
+    }
+}
+
+fn commit_reading(op_id: OpId, writes: Vec<Write>, reads: Vec<Read>) -> Commit {
+    Commit {
+        reads,
+        ..commit_of(op_id, writes)
+    }
+}
+
+fn read_of(id: EntityId, version: u64) -> Read {
+    Read {
+        key: key_of(id),
+        version,
     }
 }
 
@@ -198,7 +212,8 @@ fn every_commit_is_in_the_ledger_exactly_once() {
 
 /// Invariant: a multi-write commit applies all of its writes or none: one stale write leaves
 /// every entity as it was and writes no ledger entry; a current one bumps every version once
-/// and records one entry listing all targets. The same key twice is refused as a conflict.
+/// and records one entry listing all targets. The same key twice is refused (`DuplicateWrite`)
+/// with no ledger entry; a commit with no writes (and no reads) records nothing either.
 #[test]
 fn a_multi_write_commit_is_all_or_nothing() {
     multi_thread(2, async {
@@ -276,13 +291,246 @@ fn a_multi_write_commit_is_all_or_nothing() {
             "no ledger entry"
         );
 
+        // Nothing written, nothing recorded: an empty commit leaves no ledger entry.
         let empty = fresh_op();
         let out = store.commit(commit_of(empty, vec![])).await.unwrap();
         assert!(matches!(out, CommitOutcome::Committed { versions, .. } if versions.is_empty()));
-        assert_eq!(
-            store.lookup(empty).await.unwrap().unwrap().status,
-            LedgerStatus::Committed
+        assert_eq!(store.lookup(empty).await.unwrap(), None, "no ledger entry");
+    });
+}
+
+/// Invariant: reads leave no trace in the ledger: a commit with writes and reads records one
+/// entry listing the writes only; a commit with reads only records none, whether it applies or
+/// conflicts; and a read is validated against the newest committed row — a commit whose read
+/// waits for a concurrent transaction that changes the entity conflicts once that one commits,
+/// and applies none of its writes.
+#[test]
+fn reads_are_validated_in_the_commit_and_leave_no_ledger_trace() {
+    multi_thread(2, async {
+        let store = pg::store("reads").await;
+        let (a, b) = (EntityId::new(), EntityId::new());
+        store.insert(key_of(a), counter_with(a, 0)).await.unwrap();
+        store.insert(key_of(b), counter_with(b, 0)).await.unwrap();
+        let write_a = move |v| Write {
+            key: key_of(a),
+            expected_version: v,
+            value: counter_with(a, v * 10),
+        };
+
+        let op = fresh_op();
+        let out = store
+            .commit(commit_reading(op, vec![write_a(1)], vec![read_of(b, 1)]))
+            .await
+            .unwrap();
+        assert!(
+            matches!(&out, CommitOutcome::Committed { versions, .. } if versions == &vec![2]),
+            "{out:?}"
         );
+        let entry = store.lookup(op).await.unwrap().expect("ledger entry");
+        assert_eq!(entry.status, LedgerStatus::Committed);
+        assert_eq!(
+            entry
+                .targets
+                .iter()
+                .map(|t| (t.key.clone(), t.version))
+                .collect::<Vec<_>>(),
+            [(key_of(a), 2)],
+            "the writes only"
+        );
+        assert!(store.ledger_for(&key_of(b)).await.unwrap().is_empty());
+
+        for (version, applies) in [(1, true), (2, false)] {
+            let op = fresh_op();
+            let out = store
+                .commit(commit_reading(
+                    op,
+                    vec![],
+                    vec![read_of(b, version), read_of(a, 2)],
+                ))
+                .await
+                .unwrap();
+            assert_eq!(
+                matches!(out, CommitOutcome::Committed { .. }),
+                applies,
+                "{out:?}"
+            );
+            assert_eq!(store.lookup(op).await.unwrap(), None, "no ledger entry");
+        }
+
+        // Another transaction holds `b` and changes it; the commit reading `b` waits for it.
+        let s = store.schema().to_string();
+        let blocker = store.pool().get().await.unwrap();
+        blocker
+            .batch_execute(&format!(
+                "BEGIN; UPDATE \"{s}\".entities SET version = version + 1 WHERE id = '{b}'"
+            ))
+            .await
+            .unwrap();
+        let op = fresh_op();
+        let committing = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .commit(commit_reading(op, vec![write_a(2)], vec![read_of(b, 1)]))
+                    .await
+            })
+        };
+        waiting_backend(&store).await;
+        blocker.batch_execute("COMMIT").await.unwrap();
+        match committing.await.unwrap() {
+            Ok(CommitOutcome::Conflict {
+                key,
+                expected,
+                actual,
+            }) => assert_eq!((key, expected, actual), (key_of(b), 1, Some(2))),
+            other => panic!("expected a conflict on the read, got {other:?}"),
+        }
+        assert_eq!(load(&store, a).await.1, 2, "the write did not apply");
+        assert_eq!(store.lookup(op).await.unwrap(), None, "no ledger entry");
+    });
+}
+
+/// Invariant: `load_many` decodes each entity with its own codec (entities of several types in
+/// one call), and a value its codec cannot decode is `StoreError::Codec` naming that key.
+#[test]
+fn load_many_decodes_each_entity_with_its_codec() {
+    multi_thread(2, async {
+        let store = pg::store("load_many_codec").await;
+        let (a, l) = (EntityId::new(), EntityId::new());
+        store.insert(key_of(a), counter_with(a, 5)).await.unwrap();
+        let label = suite::Label {
+            id: l,
+            text: "hello".into(),
+        };
+        let label_key = EntityKey::new(suite::Label::TYPE_NAME, l);
+        store
+            .insert(label_key.clone(), Arc::new(label.clone()))
+            .await
+            .unwrap();
+        let keys = [
+            (label_key.clone(), EntityCodec::of::<suite::Label>()),
+            (key_of(a), EntityCodec::of::<Counter>()),
+        ];
+        let snaps = store.load_many(&keys).await.unwrap();
+        let got_label = snaps[0].as_ref().unwrap().value.as_any().downcast_ref();
+        assert_eq!(got_label, Some(&label));
+        let got_counter = snaps[1].as_ref().unwrap().value.as_any();
+        assert_eq!(
+            got_counter.downcast_ref::<Counter>().map(|c| c.value),
+            Some(5)
+        );
+
+        let wrong = [
+            (key_of(a), EntityCodec::of::<Counter>()),
+            (label_key.clone(), EntityCodec::of::<Counter>()),
+        ];
+        match store.load_many(&wrong).await {
+            Err(StoreError::Codec { key, .. }) => assert_eq!(key, label_key),
+            other => panic!("expected a codec error, got {other:?}"),
+        }
+    });
+}
+
+/// Invariant: when the connection is lost at `COMMIT` of a commit with reads, the store settles
+/// the op id through the ledger exactly as for writes alone (reads add nothing to the ledger):
+/// here the commit had not applied, so the ledger records it as aborted, the caller gets a
+/// `Backend` error saying so, nothing was applied and the read row is no longer held.
+#[test]
+fn a_connection_lost_at_commit_with_reads_is_settled_through_the_ledger() {
+    multi_thread(2, async {
+        let store = pg::store("lost_at_commit").await;
+        let (a, b) = (EntityId::new(), EntityId::new());
+        store.insert(key_of(a), counter_with(a, 0)).await.unwrap();
+        store.insert(key_of(b), counter_with(b, 0)).await.unwrap();
+        let s = store.schema().to_string();
+        // A deferred trigger on the ledger makes COMMIT wait for an advisory lock the test
+        // holds: the commit is then in flight at COMMIT, where its connection is killed.
+        let lock_key = fastrand::i64(1..i64::from(i32::MAX));
+        let admin = store.pool().get().await.unwrap();
+        admin
+            .batch_execute(&format!(
+                "CREATE FUNCTION \"{s}\".hold_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN
+                     IF NEW.status = 'committed' THEN PERFORM pg_advisory_xact_lock({lock_key}); END IF;
+                     RETURN NULL;
+                 END $$;
+                 CREATE CONSTRAINT TRIGGER hold_commit AFTER INSERT ON \"{s}\".ledger
+                     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION \"{s}\".hold_commit();
+                 SELECT pg_advisory_lock({lock_key});"
+            ))
+            .await
+            .unwrap();
+        let op = fresh_op();
+        let committing = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let write = Write {
+                    key: key_of(a),
+                    expected_version: 1,
+                    value: counter_with(a, 1),
+                };
+                store
+                    .commit(commit_reading(op, vec![write], vec![read_of(b, 1)]))
+                    .await
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pid: i32 = loop {
+            let rows = admin
+                .query(
+                    "SELECT pid FROM pg_locks \
+                     WHERE locktype = 'advisory' AND NOT granted AND objid::bigint = $1",
+                    &[&lock_key],
+                )
+                .await
+                .unwrap();
+            if let Some(row) = rows.first() {
+                break row.get(0);
+            }
+            assert!(Instant::now() < deadline, "the commit never reached COMMIT");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let query: String = admin
+            .query_one("SELECT query FROM pg_stat_activity WHERE pid = $1", &[&pid])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(query, "COMMIT", "waiting at COMMIT");
+        admin
+            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .unwrap();
+        let out = committing.await.unwrap();
+        admin
+            .batch_execute(&format!("SELECT pg_advisory_unlock({lock_key})"))
+            .await
+            .unwrap();
+        match out {
+            Err(StoreError::Backend { message, .. }) => {
+                assert!(message.contains("aborted"), "{message}");
+            }
+            other => panic!("expected a settled Backend error, got {other:?}"),
+        }
+        let entry = store.lookup(op).await.unwrap().expect("settled");
+        assert_eq!(entry.status, LedgerStatus::Aborted);
+        assert!(entry.targets.is_empty());
+        assert_eq!(load(&store, a).await.1, 1, "nothing applied");
+        assert_eq!(load(&store, b).await.1, 1, "nothing applied");
+        // `b` is free again: a commit writing it applies at once.
+        let write_b = Write {
+            key: key_of(b),
+            expected_version: 1,
+            value: counter_with(b, 2),
+        };
+        let out = store
+            .commit(commit_reading(
+                fresh_op(),
+                vec![write_b],
+                vec![read_of(a, 1)],
+            ))
+            .await
+            .unwrap();
+        assert!(matches!(out, CommitOutcome::Committed { .. }), "{out:?}");
     });
 }
 

@@ -18,12 +18,12 @@
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use conflict_runtime::prelude::*;
 use conflict_runtime::store::{
-    Commit, CommitOutcome, EntityCodec, EntityStore, MemoryStore, StoredValue, Write,
+    Commit, CommitOutcome, EntityCodec, EntityStore, MemoryStore, Read, StoredValue, Write,
 };
 use conflict_runtime::{entity::EntityKey, operation::OutcomeKind, store::StoreError};
 
@@ -139,9 +139,15 @@ macro_rules! backend_suite {
             $crate::__suite_case!(store $backend, store_refuses_a_value_under_another_key);
             $crate::__suite_case!(store $backend, store_refuses_a_multi_write_with_one_mismatched_write);
             $crate::__suite_case!(store $backend, store_refuses_an_insert_under_another_key);
+            $crate::__suite_case!(store $backend, store_commit_with_a_stale_read_is_a_conflict_and_applies_nothing);
+            $crate::__suite_case!(store $backend, store_read_only_commit_validates_its_reads_and_bumps_nothing);
+            $crate::__suite_case!(store $backend, store_refuses_a_key_both_written_and_read);
+            $crate::__suite_case!(store $backend, store_load_many_returns_the_keys_in_order_and_none_for_a_missing_one);
             // Through an `Arc<dyn EntityStore>` shared by many tasks.
             $crate::__suite_case!(shared_store $backend, store_concurrent_commit_many_conserves_the_total,
                 <$backend as $crate::suite::Backend>::SCALES.transfers);
+            $crate::__suite_case!(shared_store $backend, store_write_skew_is_impossible);
+            $crate::__suite_case!(shared_store $backend, store_load_many_is_consistent_under_concurrent_transfers);
         }
     };
 }
@@ -724,6 +730,21 @@ pub async fn store_refuses_an_insert_under_another_key(store: &dyn EntityStore) 
     assert_eq!(load_counter(store, key_id).await, (3, 1));
 }
 
+/// A commit of `writes` that also validates `reads`.
+fn commit_with(writes: Vec<Write>, reads: Vec<Read>) -> Commit {
+    Commit {
+        reads,
+        ..commit_of(writes)
+    }
+}
+
+fn read(id: EntityId, version: u64) -> Read {
+    Read {
+        key: counter_key(id),
+        version,
+    }
+}
+
 fn write(id: EntityId, expected_version: u64, value: u64) -> Write {
     Write {
         key: counter_key(id),
@@ -1190,6 +1211,396 @@ pub async fn store_concurrent_commit_many_conserves_the_total(
         START * COUNTERS as u64,
         "transfers conserve the total"
     );
+}
+
+/// Invariant: a commit whose read entity is no longer at the version read — whichever of its
+/// keys that is in the store's lock order — is a `Conflict` naming that key, the version read
+/// and the one found, and applies none of its writes, although they are all current; a read of
+/// a key that does not exist likewise (and the key is not created). With every read current,
+/// the commit applies: the written entities each grow by one version, reported in the order of
+/// the writes, and the read ones keep theirs.
+pub async fn store_commit_with_a_stale_read_is_a_conflict_and_applies_nothing(
+    store: &dyn EntityStore,
+) {
+    let ids = insert_counters(store, &[10, 20, 30, 40]).await;
+    let mut state = load_all(store, &ids).await;
+
+    for stale in 0..ids.len() {
+        // Another writer commits `stale` after this commit read it.
+        let (value, version) = state[stale];
+        committed_versions(
+            store
+                .commit(commit_of(vec![write(ids[stale], version, value + 1)]))
+                .await,
+        );
+        state[stale] = (value + 1, version + 1);
+        // Every other entity is written at its current version; `stale` is read at the old one.
+        let writes = (0..ids.len())
+            .filter(|&i| i != stale)
+            .map(|i| write(ids[i], state[i].1, 1_000 + i as u64))
+            .collect();
+        let reads = vec![read(ids[stale], version)];
+        let found = conflict(store.commit(commit_with(writes, reads)).await);
+        assert_eq!(
+            found,
+            (counter_key(ids[stale]), version, Some(version + 1)),
+            "the stale read is the one named"
+        );
+        assert_eq!(load_all(store, &ids).await, state, "no write applied");
+    }
+
+    // One stale read among current ones, with a current write.
+    let reads = vec![
+        read(ids[1], state[1].1),
+        read(ids[2], state[2].1 - 1),
+        read(ids[3], state[3].1),
+    ];
+    let found = conflict(
+        store
+            .commit(commit_with(vec![write(ids[0], state[0].1, 0)], reads))
+            .await,
+    );
+    assert_eq!(
+        found,
+        (counter_key(ids[2]), state[2].1 - 1, Some(state[2].1))
+    );
+    assert_eq!(load_all(store, &ids).await, state, "no write applied");
+
+    let ghost = EntityId::new();
+    let found = conflict(
+        store
+            .commit(commit_with(
+                vec![write(ids[0], state[0].1, 0), write(ids[1], state[1].1, 0)],
+                vec![read(ghost, 1)],
+            ))
+            .await,
+    );
+    assert_eq!(found, (counter_key(ghost), 1, None), "no version found");
+    assert_eq!(load_all(store, &ids).await, state, "no write applied");
+    assert_never_created(store, ghost).await;
+
+    // All current: the writes apply, the reads only validate.
+    let writes = vec![write(ids[2], state[2].1, 7), write(ids[0], state[0].1, 5)];
+    let reads = vec![read(ids[3], state[3].1), read(ids[1], state[1].1)];
+    let (versions, _) = committed_versions(store.commit(commit_with(writes, reads)).await);
+    assert_eq!(
+        versions,
+        [state[2].1 + 1, state[0].1 + 1],
+        "the writes' new versions, in the order of the writes"
+    );
+    state[0] = (5, state[0].1 + 1);
+    state[2] = (7, state[2].1 + 1);
+    assert_eq!(
+        load_all(store, &ids).await,
+        state,
+        "the written entities +1, the read ones unchanged"
+    );
+    // The validated reads left nothing locked: the read entities commit as before.
+    let (versions, _) = committed_versions(
+        store
+            .commit(commit_of(vec![
+                write(ids[1], state[1].1, 1),
+                write(ids[3], state[3].1, 3),
+            ]))
+            .await,
+    );
+    assert_eq!(versions, [state[1].1 + 1, state[3].1 + 1]);
+}
+
+/// Invariant: a commit with reads and no writes applies when every read is current — with no
+/// versions, bumping nothing — and is a `Conflict` naming the stale read (behind or ahead of
+/// the entity, or of a missing key) with the version read and the one found when one is not;
+/// after another writer commits a read entity, the same reads are stale.
+pub async fn store_read_only_commit_validates_its_reads_and_bumps_nothing(store: &dyn EntityStore) {
+    let ids = insert_counters(store, &[1, 2, 3]).await;
+    committed_versions(store.commit(commit_of(vec![write(ids[1], 1, 20)])).await);
+    let state = load_all(store, &ids).await;
+    assert_eq!(state, [(1, 1), (20, 2), (3, 1)]);
+    let current: Vec<Read> = ids
+        .iter()
+        .zip(&state)
+        .map(|(&id, &(_, version))| read(id, version))
+        .collect();
+
+    for reads in [current.clone(), current.clone(), vec![read(ids[1], 2)]] {
+        let (versions, _) = committed_versions(store.commit(commit_with(vec![], reads)).await);
+        assert!(versions.is_empty(), "nothing written: {versions:?}");
+    }
+    assert_eq!(
+        load_all(store, &ids).await,
+        state,
+        "validating bumps nothing"
+    );
+
+    for (i, stale) in [(1, 1), (1, 3), (0, 2), (2, 0)] {
+        let mut reads = current.clone();
+        reads[i].version = stale;
+        let found = conflict(store.commit(commit_with(vec![], reads)).await);
+        assert_eq!(
+            found,
+            (counter_key(ids[i]), stale, Some(state[i].1)),
+            "read {i} at {stale}"
+        );
+    }
+    let ghost = EntityId::new();
+    let mut reads = current.clone();
+    reads.push(read(ghost, 1));
+    let found = conflict(store.commit(commit_with(vec![], reads)).await);
+    assert_eq!(found, (counter_key(ghost), 1, None), "no version found");
+    assert_never_created(store, ghost).await;
+    assert_eq!(
+        load_all(store, &ids).await,
+        state,
+        "the refusals bump nothing"
+    );
+
+    committed_versions(store.commit(commit_of(vec![write(ids[2], 1, 30)])).await);
+    let found = conflict(store.commit(commit_with(vec![], current)).await);
+    assert_eq!(found, (counter_key(ids[2]), 1, Some(2)), "now stale");
+}
+
+/// Invariant: a commit that names a key twice across its writes and reads — written and read,
+/// or read twice, with or without other writes — is refused as a whole with
+/// `StoreError::DuplicateWrite` naming that key, before anything is applied; the entities stay
+/// writable.
+pub async fn store_refuses_a_key_both_written_and_read(store: &dyn EntityStore) {
+    let ids = insert_counters(store, &[1, 2]).await;
+    let (a, b) = (ids[0], ids[1]);
+    let cases: [(Vec<Write>, Vec<Read>); 5] = [
+        (vec![write(a, 1, 10)], vec![read(a, 1)]),
+        (vec![write(a, 1, 10)], vec![read(b, 1), read(a, 1)]),
+        (vec![write(b, 1, 20), write(a, 1, 10)], vec![read(a, 1)]),
+        (vec![write(b, 1, 20)], vec![read(a, 1), read(a, 1)]),
+        (vec![], vec![read(a, 1), read(b, 1), read(a, 1)]),
+    ];
+    for (i, (writes, reads)) in cases.into_iter().enumerate() {
+        match store.commit(commit_with(writes, reads)).await {
+            Err(StoreError::DuplicateWrite { key }) => {
+                assert_eq!(key, counter_key(a), "case {i}: the key named twice");
+            }
+            other => panic!("case {i}: expected DuplicateWrite, got {other:?}"),
+        }
+        assert_eq!(
+            load_all(store, &ids).await,
+            [(1, 1), (2, 1)],
+            "case {i}: nothing applied"
+        );
+    }
+    let (versions, _) = committed_versions(
+        store
+            .commit(commit_with(vec![write(a, 1, 10)], vec![read(b, 1)]))
+            .await,
+    );
+    assert_eq!(versions, [2], "the refused commits left nothing locked");
+    assert_eq!(load_all(store, &ids).await, [(10, 2), (2, 1)]);
+}
+
+/// Invariant (no write skew): two commits from the same versions, one reading A and writing B,
+/// the other reading B and writing A, started together: exactly one applies; the other is a
+/// `Conflict` on the key it read (the one the first wrote). Classic on-call rule: each takes
+/// the other off duty only while it sees itself on duty, so one always stays on duty.
+pub async fn store_write_skew_is_impossible(store: Arc<dyn EntityStore>) {
+    const ROUNDS: usize = 20;
+    let ids = insert_counters(&*store, &[1, 1]).await;
+    for round in 0..ROUNDS {
+        let on_call = load_all(&*store, &ids).await;
+        assert_eq!(on_call.iter().map(|s| s.0).collect::<Vec<_>>(), [1, 1]);
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        // Task `me` reads itself (on duty) and takes the other off duty.
+        let tasks: Vec<_> = [(0, 1), (1, 0)]
+            .into_iter()
+            .map(|(me, other)| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                let (reads, writes) = (
+                    vec![read(ids[me], on_call[me].1)],
+                    vec![write(ids[other], on_call[other].1, 0)],
+                );
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store.commit(commit_with(writes, reads)).await
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for t in tasks {
+            outcomes.push(t.await.unwrap());
+        }
+        let winner = match (&outcomes[0], &outcomes[1]) {
+            (Ok(CommitOutcome::Committed { .. }), Ok(CommitOutcome::Conflict { .. })) => 0,
+            (Ok(CommitOutcome::Conflict { .. }), Ok(CommitOutcome::Committed { .. })) => 1,
+            other => panic!("round {round}: expected exactly one to apply, got {other:?}"),
+        };
+        let loser = 1 - winner;
+        // The loser read itself, which the winner took off duty.
+        let found = conflict(outcomes.swap_remove(loser));
+        assert_eq!(
+            found,
+            (
+                counter_key(ids[loser]),
+                on_call[loser].1,
+                Some(on_call[loser].1 + 1)
+            ),
+            "round {round}: the loser's read is stale"
+        );
+        let now = load_all(&*store, &ids).await;
+        assert_eq!(now[winner], on_call[winner], "round {round}: untouched");
+        assert_eq!(now[loser], (0, on_call[loser].1 + 1), "round {round}");
+        // Back on duty, for the next round.
+        committed_versions(
+            store
+                .commit(commit_of(vec![write(ids[loser], now[loser].1, 1)]))
+                .await,
+        );
+    }
+}
+
+/// Invariant: `load_many` returns one snapshot per key, in the order given, each what `load`
+/// returns for it (value, version, last-modified), `None` for a key that does not exist and the
+/// same snapshot for a key named twice; no keys, no snapshots.
+pub async fn store_load_many_returns_the_keys_in_order_and_none_for_a_missing_one(
+    store: &dyn EntityStore,
+) {
+    let codec = EntityCodec::of::<Counter>();
+    assert!(store.load_many(&[]).await.unwrap().is_empty());
+    let ids = insert_counters(store, &[10, 20, 30]).await;
+    committed_versions(store.commit(commit_of(vec![write(ids[1], 1, 21)])).await);
+    committed_versions(
+        store
+            .commit(commit_of(vec![write(ids[2], 1, 31), write(ids[1], 2, 22)]))
+            .await,
+    );
+    committed_versions(store.commit(commit_of(vec![write(ids[2], 2, 32)])).await);
+    assert_eq!(load_all(store, &ids).await, [(10, 1), (22, 3), (32, 3)]);
+
+    let ghost = EntityId::new();
+    let order = [Some(2), None, Some(0), Some(1), Some(2)];
+    let keys: Vec<(EntityKey, EntityCodec)> = order
+        .iter()
+        .map(|o| (counter_key(o.map_or(ghost, |i| ids[i])), codec))
+        .collect();
+    let snaps = store.load_many(&keys).await.unwrap();
+    assert_eq!(snaps.len(), keys.len(), "one answer per key");
+    for (j, (o, snap)) in order.iter().zip(&snaps).enumerate() {
+        match (o, snap) {
+            (None, None) => {}
+            (Some(i), Some(snap)) => {
+                let c = snap.value.as_any().downcast_ref::<Counter>().unwrap();
+                let one = store.load(&keys[j].0, codec).await.unwrap().unwrap();
+                let expected = one.value.as_any().downcast_ref::<Counter>().unwrap();
+                assert_eq!(c, expected, "key {j}: entity {i}'s value");
+                assert_eq!(
+                    (snap.version, snap.last_modified),
+                    (one.version, one.last_modified),
+                    "key {j}: entity {i}'s metadata"
+                );
+            }
+            other => panic!("key {j}: expected {o:?}, got {other:?}"),
+        }
+    }
+    let ghosts = [
+        (counter_key(ghost), codec),
+        (counter_key(EntityId::new()), codec),
+    ];
+    let snaps = store.load_many(&ghosts).await.unwrap();
+    assert!(
+        snaps.len() == 2 && snaps.iter().all(Option::is_none),
+        "{snaps:?}"
+    );
+}
+
+/// Invariant: `load_many` sees one instant. One task commits transfers between three counters
+/// (multi-write commits of two or three of them, each moving a non-zero amount), while another
+/// reads all three with `load_many` as often as it can: every snapshot's total is the starting
+/// total (a torn read, one counter before a transfer and another after, would be off), every
+/// version only grows from one snapshot to the next, and the last snapshot, taken after the
+/// last transfer, is the final state.
+pub async fn store_load_many_is_consistent_under_concurrent_transfers(store: Arc<dyn EntityStore>) {
+    const COUNTERS: usize = 3;
+    const START: u64 = 1_000;
+    const TRANSFERS: u64 = 150;
+    let ids = insert_counters(&*store, &[START; COUNTERS]).await;
+    let keys: Vec<(EntityKey, EntityCodec)> = ids
+        .iter()
+        .map(|&id| (counter_key(id), EntityCodec::of::<Counter>()))
+        .collect();
+    let done = Arc::new(AtomicBool::new(false));
+    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+    let reader = {
+        let (store, done) = (store.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut started_tx = Some(started_tx);
+            let mut last = vec![(START, 1); COUNTERS];
+            let mut snapshots = 0u64;
+            loop {
+                // Read before the snapshot: the last round starts after the last transfer.
+                let finished = done.load(Ordering::SeqCst);
+                let snaps = store.load_many(&keys).await.unwrap();
+                let now: Vec<(u64, u64)> = snaps
+                    .iter()
+                    .zip(&keys)
+                    .map(|(snap, (key, _))| {
+                        let snap = snap.as_ref().expect("every counter exists");
+                        let c = snap.value.as_any().downcast_ref::<Counter>().unwrap();
+                        assert_eq!(&counter_key(c.id), key, "in the order of the keys");
+                        (c.value, snap.version)
+                    })
+                    .collect();
+                assert_eq!(
+                    now.iter().map(|s| s.0).sum::<u64>(),
+                    START * COUNTERS as u64,
+                    "snapshot {snapshots} is torn: {now:?}"
+                );
+                for (before, after) in last.iter().zip(&now) {
+                    assert!(
+                        after.1 >= before.1,
+                        "versions only grow: {last:?} then {now:?}"
+                    );
+                }
+                last = now;
+                snapshots += 1;
+                if let Some(tx) = started_tx.take() {
+                    let _ = tx.send(());
+                }
+                if finished {
+                    return (snapshots, last);
+                }
+            }
+        })
+    };
+    started.await.unwrap();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut state = vec![(START, 1u64); COUNTERS];
+    for _ in 0..TRANSFERS {
+        let mut picked: Vec<usize> = (0..COUNTERS).collect();
+        rng.shuffle(&mut picked);
+        picked.truncate(rng.usize(2..=COUNTERS));
+        // From the richest of the picked to the others: never below zero.
+        picked.sort_by_key(|&i| std::cmp::Reverse(state[i].0));
+        let receivers = picked.len() as u64 - 1;
+        let amount = rng.u64(1..=5);
+        let mut next = state.clone();
+        for (j, &i) in picked.iter().enumerate() {
+            if j == 0 {
+                next[i].0 -= amount * receivers;
+            } else {
+                next[i].0 += amount;
+            }
+            next[i].1 += 1;
+        }
+        let writes = picked
+            .iter()
+            .map(|&i| write(ids[i], state[i].1, next[i].0))
+            .collect();
+        // The only writer: every transfer applies.
+        committed_versions(store.commit(commit_of(writes)).await);
+        state = next;
+        tokio::task::yield_now().await;
+    }
+    done.store(true, Ordering::SeqCst);
+    let (snapshots, last) = reader.await.unwrap();
+    assert!(snapshots >= 2, "read before and after the transfers");
+    assert_eq!(last, state, "the last snapshot is the final state");
+    assert_eq!(load_all(&*store, &ids).await, state);
 }
 
 #[cfg(test)]

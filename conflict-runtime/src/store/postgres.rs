@@ -13,7 +13,16 @@
 //! joined (in the same statement, so the same implicit transaction) with the insert of the
 //! operation's row in the ledger. Zero rows updated is a conflict, retried by the runtime exactly
 //! like a conflict in memory. A multi-write commit is one transaction: every update, then the
-//! ledger row, then `COMMIT`; any stale write rolls all of it back.
+//! ledger row, then `COMMIT`; any stale write rolls all of it back. A commit's reads (entities
+//! read but not written) are validated in the same transaction: each read row is taken
+//! `FOR SHARE`, in one key order with the written rows (so two commits never deadlock each
+//! other), and held until `COMMIT`, so no commit can change it before this one has committed;
+//! a read entity no longer at the version read rolls everything back, a conflict on that key.
+//! The ledger row lists the writes only. A commit without writes validates its reads in one
+//! statement and records nothing (no ledger row); without reads either, it does no I/O.
+//!
+//! [`load_many`](EntityStore::load_many) is one statement (`unnest` of the keys joined with the
+//! entities), so one snapshot: a multi-write commit is seen whole or not at all.
 //!
 //! Staging (priorities, admission) stays per process: two processes do not see each other's
 //! staged operations, and priorities never order operations of different processes. What one
@@ -23,9 +32,9 @@
 //!
 //! | what happened | what the caller gets |
 //! |---|---|
-//! | a stale version, or SQLSTATE `40001`/`40P01` (serialization failure, deadlock) | [`CommitOutcome::Conflict`]: retried with backoff |
+//! | a stale version (written or read), or SQLSTATE `40001`/`40P01` (serialization failure, deadlock) | [`CommitOutcome::Conflict`]: retried with backoff |
 //! | a value written or inserted under another entity's key | [`StoreError::KeyMismatch`], before any I/O: nothing was applied, no ledger row |
-//! | one key written twice in one commit | [`StoreError::DuplicateWrite`], before any I/O: nothing was applied, no ledger row |
+//! | one key twice in one commit (written twice, or written and read) | [`StoreError::DuplicateWrite`], before any I/O: nothing was applied, no ledger row |
 //! | any other database error before the commit applied (or a lost connection before `COMMIT` was sent) | [`StoreError::Backend`]: nothing was applied |
 //! | the connection lost while the commit was in flight | the store looks the op id up in the ledger at once (fencing it, see [`PgStore::resolve`]) and returns the definite answer: `Committed`, or `Backend` (nothing applied) |
 //! | ... and that look-up failed too (database down) | [`StoreError::OutcomeUnknown`] with the op id: call [`PgStore::resolve`] later |
@@ -634,32 +643,45 @@ impl PgStore {
         }
     }
 
-    /// Several writes (or none): one transaction, updates in key order (so two multi-writes
-    /// never deadlock each other), then the ledger entry, then `COMMIT`.
+    /// Several writes, or writes with reads: one transaction that takes every row in key order
+    /// (so two multi-commits never deadlock each other) — an `UPDATE` for a write, a
+    /// `SELECT ... FOR SHARE` for a read, held until `COMMIT` so that the read stays valid —
+    /// then the ledger entry (listing the writes), then `COMMIT`. At least one write (a commit
+    /// without writes is [`commit_reads`](Self::commit_reads)).
     async fn commit_multi(&self, commit: &Commit) -> Result<CommitOutcome, StoreError> {
-        let writes = &commit.writes;
-        let mut order: Vec<usize> = (0..writes.len()).collect();
-        order.sort_by(|&a, &b| writes[a].key.cmp(&writes[b].key));
+        let (writes, reads) = (&commit.writes, &commit.reads);
+        let mut order: Vec<(&EntityKey, Target)> = writes
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (&w.key, Target::Write(i)))
+            .chain(
+                reads
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (&r.key, Target::Read(i))),
+            )
+            .collect();
+        order.sort_by(|a, b| a.0.cmp(b.0));
         // No key twice: `commit` refused that (`DuplicateWrite`) before any I/O.
-        debug_assert!(
-            order
-                .windows(2)
-                .all(|p| writes[p[0]].key != writes[p[1]].key)
-        );
-        let mut encoded = Vec::with_capacity(writes.len());
-        for &i in &order {
-            let w = &writes[i];
-            encoded.push(Encoded {
-                index: i,
-                json: w.value.to_json().map_err(|e| codec_error(&w.key, &e))?,
-                expected: to_db_version(w.expected_version)?,
+        debug_assert!(order.windows(2).all(|p| p[0].0 != p[1].0));
+        let mut steps = Vec::with_capacity(order.len());
+        for &(_, target) in &order {
+            steps.push(match target {
+                Target::Write(index) => {
+                    let w = &writes[index];
+                    Step::Write {
+                        index,
+                        json: w.value.to_json().map_err(|e| codec_error(&w.key, &e))?,
+                        expected: to_db_version(w.expected_version)?,
+                    }
+                }
+                Target::Read(index) => Step::Read { index },
             });
         }
-        let first = order
-            .first()
-            .map(|&i| (&writes[i].key, writes[i].expected_version));
+        // The first key in lock order, written or read, with the version it expects.
+        let first = steps.first().map(|step| step.expects(commit));
         let mut conn = self.client().await?;
-        let result = self.multi_transaction(&mut conn, commit, &encoded).await;
+        let result = self.multi_transaction(&mut conn, commit, &steps).await;
         match result {
             // A conflict met inside the transaction is an outcome, not a failure.
             Ok(outcome) | Err(TxFailure::Conflict(outcome)) => Ok(outcome),
@@ -679,18 +701,76 @@ impl PgStore {
             Err(TxFailure::AtCommit(e)) => {
                 let e = conn.fail(e);
                 drop(conn);
+                // Reads add nothing to the ledger: settling finds the writes there, or nothing.
                 self.commit_failed(commit, first, e).await
             }
         }
+    }
+
+    /// A commit without writes: one statement reads the versions of every read entity (a
+    /// single statement sees one instant, so no lock is needed when nothing is written) and
+    /// compares them; nothing is recorded, not even a ledger entry. No reads: no I/O at all.
+    async fn commit_reads(&self, commit: &Commit) -> Result<CommitOutcome, StoreError> {
+        let reads = &commit.reads;
+        if reads.is_empty() {
+            return Ok(CommitOutcome::Committed {
+                versions: Vec::new(),
+                last_modified: SystemTime::now(),
+            });
+        }
+        let types: Vec<&str> = reads.iter().map(|r| r.key.entity_type.as_ref()).collect();
+        let ids: Vec<uuid::Uuid> = reads.iter().map(|r| *r.key.id.as_uuid()).collect();
+        let conn = self.client().await?;
+        let rows = match conn.prepare_cached(&self.sql.versions_many).await {
+            Ok(stmt) => conn.query(&stmt, &[&types, &ids]).await,
+            Err(e) => Err(e),
+        };
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                let e = conn.fail(e);
+                return match reads.iter().min_by(|a, b| a.key.cmp(&b.key)) {
+                    Some(r) if is_conflict(&e) => Ok(CommitOutcome::Conflict {
+                        key: r.key.clone(),
+                        expected: r.version,
+                        actual: None,
+                    }),
+                    // Nothing is written either way.
+                    _ => Err(not_applied(commit.op_id, e)),
+                };
+            }
+        };
+        drop(conn);
+        let mut found: Vec<Option<u64>> = vec![None; reads.len()];
+        for row in &rows {
+            let (i, version) = ordinal_row(row, reads.len())?;
+            found[i] = Some(version);
+        }
+        // The first stale read in key order, as the locking path would find it.
+        let stale = (0..reads.len())
+            .filter(|&i| found[i] != Some(reads[i].version))
+            .min_by(|&a, &b| reads[a].key.cmp(&reads[b].key));
+        Ok(match stale {
+            // One instant, no lock waited for: the version found is the current one.
+            Some(i) => CommitOutcome::Conflict {
+                key: reads[i].key.clone(),
+                expected: reads[i].version,
+                actual: found[i],
+            },
+            None => CommitOutcome::Committed {
+                versions: Vec::new(),
+                last_modified: SystemTime::now(),
+            },
+        })
     }
 
     async fn multi_transaction(
         &self,
         conn: &mut Conn,
         commit: &Commit,
-        encoded: &[Encoded],
+        steps: &[Step],
     ) -> Result<CommitOutcome, TxFailure> {
-        let writes = &commit.writes;
+        let (writes, reads) = (&commit.writes, &commit.reads);
         let priority = i16::from(commit.priority.get());
         let attempt = attempt_to_db(commit.attempt).map_err(TxFailure::Store)?;
         let tx = conn.transaction().await.map_err(TxFailure::BeforeCommit)?;
@@ -698,67 +778,47 @@ impl PgStore {
             .prepare_cached(&self.sql.update)
             .await
             .map_err(TxFailure::BeforeCommit)?;
+        let read_lock = if reads.is_empty() {
+            None
+        } else {
+            Some(
+                tx.prepare_cached(&self.sql.read_lock)
+                    .await
+                    .map_err(TxFailure::BeforeCommit)?,
+            )
+        };
         let mut versions = vec![0u64; writes.len()];
         let mut targets = Vec::with_capacity(writes.len());
         let mut last_modified = SystemTime::UNIX_EPOCH;
-        for e in encoded {
-            let w = &writes[e.index];
-            let row = tx
-                .query_opt(
-                    &update,
-                    &[
-                        &w.key.entity_type.as_ref(),
-                        w.key.id.as_uuid(),
-                        &e.json,
-                        &e.expected,
-                    ],
-                )
-                .await
-                .map_err(|err| {
-                    if is_conflict(&err) {
-                        // Reported on the write that met it.
-                        TxFailure::Conflict(CommitOutcome::Conflict {
-                            key: w.key.clone(),
-                            expected: w.expected_version,
-                            actual: None,
-                        })
-                    } else {
-                        TxFailure::BeforeCommit(err)
-                    }
-                })?;
-            let Some(row) = row else {
-                let found: Option<i64> = tx
-                    .query_opt(
-                        self.sql.version_of.as_str(),
-                        &[&w.key.entity_type.as_ref(), w.key.id.as_uuid()],
-                    )
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|r| r.try_get(0).ok());
-                // Rolling back explicitly returns a clean connection to the pool; if it fails,
-                // dropping the transaction rolls back too.
-                let _ = tx.rollback().await;
-                return Ok(CommitOutcome::Conflict {
-                    key: w.key.clone(),
-                    expected: w.expected_version,
-                    actual: reported_actual(found, w.expected_version),
-                });
-            };
-            let version: i64 = row.try_get(0).map_err(TxFailure::BeforeCommit)?;
-            let version = from_db_version(version).map_err(TxFailure::Store)?;
-            let modified: SystemTime = row.try_get(1).map_err(TxFailure::BeforeCommit)?;
-            last_modified = last_modified.max(modified);
-            versions[e.index] = version;
-            targets.push(TargetJson {
-                entity_type: w.key.entity_type.to_string(),
-                id: *w.key.id.as_uuid(),
-                version,
-            });
+        for step in steps {
+            match self
+                .take_row(&tx, &update, read_lock.as_ref(), step, commit)
+                .await?
+            {
+                Taken::Current => {}
+                Taken::Written {
+                    index,
+                    version,
+                    modified,
+                } => {
+                    let (key, _) = step.expects(commit);
+                    last_modified = last_modified.max(modified);
+                    versions[index] = version;
+                    targets.push(TargetJson {
+                        entity_type: key.entity_type.to_string(),
+                        id: *key.id.as_uuid(),
+                        version,
+                    });
+                }
+                Taken::Stale(outcome) => {
+                    // Rolling back explicitly returns a clean connection to the pool; if it
+                    // fails, dropping the transaction rolls back too.
+                    let _ = tx.rollback().await;
+                    return Ok(outcome);
+                }
+            }
         }
-        if targets.is_empty() {
-            last_modified = SystemTime::now();
-        }
+        // The writes only, in lock order: reads leave no trace in the ledger.
         let targets = serde_json::to_value(&targets).map_err(|e| {
             TxFailure::Store(StoreError::Backend {
                 message: format!(
@@ -788,9 +848,130 @@ impl PgStore {
         })
     }
 
+    /// Several entities in one statement (so one snapshot), decoded with their codecs.
+    async fn load_rows(
+        &self,
+        keys: &[(EntityKey, EntityCodec)],
+    ) -> Result<Vec<Option<Snapshot>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let types: Vec<&str> = keys.iter().map(|(k, _)| k.entity_type.as_ref()).collect();
+        let ids: Vec<uuid::Uuid> = keys.iter().map(|(k, _)| *k.id.as_uuid()).collect();
+        let conn = self.client().await?;
+        let what = || format!("could not load {} entities together", keys.len());
+        let fail = |e| backend_error(&what(), conn.fail(e));
+        let stmt = conn
+            .prepare_cached(&self.sql.load_many)
+            .await
+            .map_err(fail)?;
+        let rows = conn.query(&stmt, &[&types, &ids]).await.map_err(fail)?;
+        drop(conn);
+        let mut out: Vec<Option<Snapshot>> = vec![None; keys.len()];
+        for row in &rows {
+            let (i, version) = ordinal_row(row, keys.len())?;
+            let (key, codec) = &keys[i];
+            let read = |e| backend_error(&format!("could not read {key}"), e);
+            let last_modified: SystemTime = row.try_get(2).map_err(read)?;
+            let json: serde_json::Value = row.try_get(3).map_err(read)?;
+            let value = (codec.decode)(json).map_err(|e| codec_error(key, &e))?;
+            out[i] = Some(Snapshot {
+                value,
+                version,
+                last_modified,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Takes the row of one step of a multi-commit: for a read, `SELECT ... FOR SHARE` (held
+    /// until `COMMIT`: no commit can change the entity before this one has committed, so the
+    /// read stays valid; after waiting for a lock, READ COMMITTED returns the newest committed
+    /// row) and the comparison; for a write, the conditional `UPDATE`. SQLSTATE 40001/40P01 is
+    /// a conflict on this step's key.
+    async fn take_row(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        update: &tokio_postgres::Statement,
+        read_lock: Option<&tokio_postgres::Statement>,
+        step: &Step,
+        commit: &Commit,
+    ) -> Result<Taken, TxFailure> {
+        let (key, expected) = step.expects(commit);
+        let conflict_or_failure = |err: tokio_postgres::Error| {
+            if is_conflict(&err) {
+                TxFailure::Conflict(CommitOutcome::Conflict {
+                    key: key.clone(),
+                    expected,
+                    actual: None,
+                })
+            } else {
+                TxFailure::BeforeCommit(err)
+            }
+        };
+        let stale = |found: Option<i64>| {
+            Taken::Stale(CommitOutcome::Conflict {
+                key: key.clone(),
+                expected,
+                actual: reported_actual(found, expected),
+            })
+        };
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+            [&key.entity_type.as_ref(), key.id.as_uuid()];
+        match step {
+            Step::Read { .. } => {
+                let Some(read_lock) = read_lock else {
+                    return Err(TxFailure::Store(config_error(
+                        "a read without its prepared statement",
+                    )));
+                };
+                let found: Option<i64> = tx
+                    .query_opt(read_lock, &params)
+                    .await
+                    .map_err(conflict_or_failure)?
+                    .map(|row| row.try_get(0))
+                    .transpose()
+                    .map_err(TxFailure::BeforeCommit)?;
+                Ok(
+                    if found.and_then(|v| u64::try_from(v).ok()) == Some(expected) {
+                        Taken::Current
+                    } else {
+                        stale(found)
+                    },
+                )
+            }
+            Step::Write {
+                index,
+                json,
+                expected: db_expected,
+            } => {
+                let row = tx
+                    .query_opt(update, &[params[0], params[1], json, db_expected])
+                    .await
+                    .map_err(conflict_or_failure)?;
+                let Some(row) = row else {
+                    let found: Option<i64> = tx
+                        .query_opt(self.sql.version_of.as_str(), &params)
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|r| r.try_get(0).ok());
+                    return Ok(stale(found));
+                };
+                let version: i64 = row.try_get(0).map_err(TxFailure::BeforeCommit)?;
+                Ok(Taken::Written {
+                    index: *index,
+                    version: from_db_version(version).map_err(TxFailure::Store)?,
+                    modified: row.try_get(1).map_err(TxFailure::BeforeCommit)?,
+                })
+            }
+        }
+    }
+
     /// The commit statement (or `COMMIT`) failed: a conflict, a definite failure, or a lost
     /// connection with an unknown outcome, which is settled through the ledger. `first` is the
-    /// first write in lock order (`None` for an empty commit).
+    /// first key in lock order, written or read, with the version it expects (a conflict is
+    /// reported on it).
     async fn commit_failed(
         &self,
         commit: &Commit,
@@ -911,11 +1092,72 @@ impl Drop for Conn {
     }
 }
 
-/// A write of a multi-write commit, encoded before the transaction starts.
-struct Encoded {
-    index: usize,
-    json: serde_json::Value,
-    expected: i64,
+/// An entity a multi-commit names: its write or its read, by index.
+#[derive(Clone, Copy)]
+enum Target {
+    Write(usize),
+    Read(usize),
+}
+
+/// One row a multi-commit takes, in lock order: a write (encoded before the transaction
+/// starts) or a read to validate.
+enum Step {
+    Write {
+        index: usize,
+        json: serde_json::Value,
+        expected: i64,
+    },
+    Read {
+        index: usize,
+    },
+}
+
+impl Step {
+    /// The key and the version it must be at (expected by the write, or read).
+    fn expects<'c>(&self, commit: &'c Commit) -> (&'c EntityKey, u64) {
+        match *self {
+            Self::Write { index, .. } => {
+                let w = &commit.writes[index];
+                (&w.key, w.expected_version)
+            }
+            Self::Read { index } => {
+                let r = &commit.reads[index];
+                (&r.key, r.version)
+            }
+        }
+    }
+}
+
+/// What taking the row of one step found.
+enum Taken {
+    /// A read entity still at the version read.
+    Current,
+    /// Write `index` applied: the entity's new version and last-modified.
+    Written {
+        index: usize,
+        version: u64,
+        modified: SystemTime,
+    },
+    /// Not at the version expected (or missing): the commit's outcome, to roll back.
+    Stale(CommitOutcome),
+}
+
+/// A row of a statement over an array of `len` keys (`Sql::load_many`, `Sql::versions_many`):
+/// its key's index (from the 1-based `WITH ORDINALITY` in column 0) and its version (column 1).
+fn ordinal_row(row: &tokio_postgres::Row, len: usize) -> Result<(usize, u64), StoreError> {
+    let read = |e| backend_error("could not read the entities read together", e);
+    let ord: i64 = row.try_get(0).map_err(read)?;
+    let version: i64 = row.try_get(1).map_err(read)?;
+    let index = usize::try_from(ord)
+        .ok()
+        .and_then(|o| o.checked_sub(1))
+        .filter(|&i| i < len)
+        .ok_or_else(|| {
+            config_error(&format!(
+                "the database answered position {ord} for {len} entities read together"
+            ))
+        })?;
+    Ok((index, from_db_version(version)?))
 }
 
 /// How a multi-write transaction failed.
@@ -943,6 +1185,15 @@ impl EntityStore for PgStore {
         Box::pin(self.load_row(key, codec))
     }
 
+    /// One statement, so one snapshot: under `READ COMMITTED` a statement sees the commits
+    /// made before it started, each whole (a multi-write commit is one transaction).
+    fn load_many<'a>(
+        &'a self,
+        keys: &'a [(EntityKey, EntityCodec)],
+    ) -> StoreFuture<'a, Vec<Option<Snapshot>>> {
+        Box::pin(self.load_rows(keys))
+    }
+
     fn insert(&self, key: EntityKey, value: StoredValue) -> StoreFuture<'_, Snapshot> {
         Box::pin(async move {
             // Before any I/O: a row whose value is another entity would fail every load.
@@ -957,6 +1208,7 @@ impl EntityStore for PgStore {
             // database, not even its ledger row.
             check_writes(&commit.writes, &commit.reads)?;
             match commit.writes.as_slice() {
+                [] => self.commit_reads(&commit).await,
                 [w] if commit.reads.is_empty() => self.commit_single(&commit, w).await,
                 _ => self.commit_multi(&commit).await,
             }
@@ -980,6 +1232,9 @@ struct Sql {
     schema_version: String,
     schema_version_insert: String,
     load: String,
+    load_many: String,
+    versions_many: String,
+    read_lock: String,
     insert: String,
     commit_single: String,
     update: String,
@@ -999,39 +1254,29 @@ impl Sql {
             "op_id, status, op_type, targets, priority, attempt, reason, commit_seq, recorded_at";
         Self {
             schema: schema.to_string(),
-            ddl: format!(
-                "CREATE SCHEMA IF NOT EXISTS {s};
-                 CREATE TABLE IF NOT EXISTS {s}.schema_version (
-                     version     integer     NOT NULL,
-                     migrated_at timestamptz NOT NULL DEFAULT clock_timestamp()
-                 );
-                 CREATE TABLE IF NOT EXISTS {s}.entities (
-                     entity_type   text        NOT NULL,
-                     id            uuid        NOT NULL,
-                     version       bigint      NOT NULL CHECK (version >= 1),
-                     last_modified timestamptz NOT NULL,
-                     value         jsonb       NOT NULL,
-                     PRIMARY KEY (entity_type, id)
-                 ) WITH (fillfactor = 80);
-                 CREATE SEQUENCE IF NOT EXISTS {s}.commit_seq;
-                 CREATE TABLE IF NOT EXISTS {s}.ledger (
-                     op_id       uuid        PRIMARY KEY,
-                     status      text        NOT NULL CHECK (status IN ('committed', 'aborted')),
-                     op_type     text,
-                     targets     jsonb       NOT NULL DEFAULT '[]',
-                     priority    smallint,
-                     attempt     integer,
-                     reason      text,
-                     commit_seq  bigint      UNIQUE,
-                     recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-                     CHECK ((status = 'committed') = (commit_seq IS NOT NULL))
-                 );"
-            ),
+            ddl: ddl(&s),
             schema_version: format!("SELECT max(version) FROM {s}.schema_version"),
             schema_version_insert: format!("INSERT INTO {s}.schema_version (version) VALUES ($1)"),
             load: format!(
                 "SELECT version, last_modified, value FROM {s}.entities \
                  WHERE entity_type = $1 AND id = $2"
+            ),
+            // `ord` is the 1-based position of the key in the arrays; a missing key has no row.
+            load_many: format!(
+                "SELECT k.ord, e.version, e.last_modified, e.value
+                   FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS k(entity_type, id, ord)
+                   JOIN {s}.entities AS e ON e.entity_type = k.entity_type AND e.id = k.id"
+            ),
+            versions_many: format!(
+                "SELECT k.ord, e.version
+                   FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS k(entity_type, id, ord)
+                   JOIN {s}.entities AS e ON e.entity_type = k.entity_type AND e.id = k.id"
+            ),
+            // FOR SHARE conflicts with the lock an UPDATE takes (FOR NO KEY UPDATE), not with
+            // another FOR SHARE: readers of one entity do not wait for each other.
+            read_lock: format!(
+                "SELECT version FROM {s}.entities \
+                 WHERE entity_type = $1::text AND id = $2::uuid FOR SHARE"
             ),
             insert: format!(
                 "INSERT INTO {s}.entities (entity_type, id, version, last_modified, value) \
@@ -1091,6 +1336,38 @@ impl Sql {
             ),
         }
     }
+}
+
+/// The tables, sequence and schema of a store in schema `s` (already quoted), if missing.
+fn ddl(s: &str) -> String {
+    format!(
+        "CREATE SCHEMA IF NOT EXISTS {s};
+         CREATE TABLE IF NOT EXISTS {s}.schema_version (
+             version     integer     NOT NULL,
+             migrated_at timestamptz NOT NULL DEFAULT clock_timestamp()
+         );
+         CREATE TABLE IF NOT EXISTS {s}.entities (
+             entity_type   text        NOT NULL,
+             id            uuid        NOT NULL,
+             version       bigint      NOT NULL CHECK (version >= 1),
+             last_modified timestamptz NOT NULL,
+             value         jsonb       NOT NULL,
+             PRIMARY KEY (entity_type, id)
+         ) WITH (fillfactor = 80);
+         CREATE SEQUENCE IF NOT EXISTS {s}.commit_seq;
+         CREATE TABLE IF NOT EXISTS {s}.ledger (
+             op_id       uuid        PRIMARY KEY,
+             status      text        NOT NULL CHECK (status IN ('committed', 'aborted')),
+             op_type     text,
+             targets     jsonb       NOT NULL DEFAULT '[]',
+             priority    smallint,
+             attempt     integer,
+             reason      text,
+             commit_seq  bigint      UNIQUE,
+             recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+             CHECK ((status = 'committed') = (commit_seq IS NOT NULL))
+         );"
+    )
 }
 
 fn ledger_entry(row: &tokio_postgres::Row) -> Result<LedgerEntry, StoreError> {
@@ -1283,9 +1560,13 @@ mod tests {
         let sql = Sql::new("sch");
         for text in [
             &sql.load,
+            &sql.load_many,
+            &sql.versions_many,
+            &sql.read_lock,
             &sql.insert,
             &sql.commit_single,
             &sql.update,
+            &sql.version_of,
             &sql.ledger_commit,
             &sql.ledger_fence,
             &sql.ledger_get,
