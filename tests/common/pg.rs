@@ -533,6 +533,7 @@ impl Backend for Postgres {
             tasks: 16,
             calls: 25,
         },
+        bank_transfers: 40,
     };
     const PAUSED_CLOCK: bool = false;
 

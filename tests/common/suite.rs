@@ -56,6 +56,8 @@ pub struct Scales {
     pub mixed_priorities: Scale,
     /// [`store_concurrent_commit_many_conserves_the_total`].
     pub transfers: Scale,
+    /// Transfers per task of [`bank_transfers_conserve_money_and_match_what_callers_were_told`].
+    pub bank_transfers: usize,
 }
 
 /// A backend the suite runs on: what [`backend_suite!`](crate::backend_suite) needs to instantiate every case.
@@ -86,6 +88,7 @@ impl Backend for Memory {
             calls: 100,
         },
         transfers: Scale::FULL,
+        bank_transfers: 150,
     };
     const PAUSED_CLOCK: bool = true;
 
@@ -128,6 +131,12 @@ macro_rules! backend_suite {
             $crate::__suite_case!(runtime $backend, a_missing_entity_is_a_store_error);
             $crate::__suite_case!(runtime $backend, versions_start_at_one_and_grow_by_one);
             $crate::__suite_case!(runtime $backend, mode_none_compares_but_does_not_retry);
+
+            $crate::__suite_case!(runtime $backend, bank_transfers_conserve_money_and_match_what_callers_were_told,
+                <$backend as $crate::suite::Backend>::SCALES.bank_transfers);
+            $crate::__suite_case!(runtime $backend, nested_calls_commit_with_their_parent_and_only_once);
+            $crate::__suite_case!(runtime $backend, cross_nested_calls_never_hang);
+            $crate::__suite_case!(runtime $backend, nested_calls_read_their_siblings_writes);
 
             // Store cases, through `&dyn EntityStore`.
             $crate::__suite_case!(store $backend, store_insert_then_load_returns_version_one);
@@ -1629,4 +1638,376 @@ mod tests {
             "cases not instantiated by backend_suite!: {missing:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Calls over several entities, and nested calls that compose (issue #10), on every backend.
+
+/// An account of the bank cases.
+#[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+#[entity(name = "suite::BankAccount")]
+pub struct BankAccount {
+    #[entity(id)]
+    id: EntityId,
+    balance: i64,
+}
+
+/// A transfer that would overdraw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overdraw;
+
+impl std::fmt::Display for Overdraw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("would overdraw")
+    }
+}
+
+#[with_conflict_resolution(
+    pre_ecs(on_lose = "requeue", staging_timeout_ms = 0),
+    occ(max_retries = 100, base_delay_ms = 0, max_delay_ms = 2)
+)]
+async fn bank_transfer(
+    from: &mut BankAccount,
+    to: &mut BankAccount,
+    amount: i64,
+) -> Result<(), Overdraw> {
+    if from.balance < amount {
+        return Err(Overdraw);
+    }
+    from.balance -= amount;
+    // An await between the two halves: another task runs here.
+    tokio::task::yield_now().await;
+    to.balance += amount;
+    Ok(())
+}
+
+#[with_conflict_resolution(occ(max_retries = 100, base_delay_ms = 0, max_delay_ms = 2))]
+async fn bank_total(
+    #[read] a: &BankAccount,
+    #[read] b: &BankAccount,
+    #[read] c: &BankAccount,
+) -> i64 {
+    a.balance + b.balance + c.balance
+}
+
+/// Invariant (a Jepsen-style bank): 10 accounts, 8 tasks with mixed priorities making random
+/// transfers that refuse to overdraw, with an await in the body, over both orders of every
+/// pair. Money is conserved, no account goes negative, every call ends with one outcome, and
+/// each account ends at its initial balance plus exactly the transfers its callers were told
+/// committed; concurrent three-account reads always see a state some serial order produced
+/// (their sum never exceeds the total and is never negative).
+pub async fn bank_transfers_conserve_money_and_match_what_callers_were_told(
+    rt: Runtime,
+    transfers_per_task: usize,
+) {
+    const ACCOUNTS: usize = 10;
+    const INITIAL: i64 = 100;
+    let mut hs = Vec::new();
+    for _ in 0..ACCOUNTS {
+        hs.push(
+            rt.insert(BankAccount {
+                id: EntityId::new(),
+                balance: INITIAL,
+            })
+            .await
+            .unwrap(),
+        );
+    }
+    let hs = Arc::new(hs);
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let hs = hs.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(t);
+            let priority = [
+                OperationPriority::LOW,
+                OperationPriority::NORMAL,
+                OperationPriority::HIGH,
+            ][t as usize % 3];
+            let mut delta = vec![0i64; ACCOUNTS];
+            let (mut committed, mut refused) = (0u64, 0u64);
+            for _ in 0..transfers_per_task {
+                let from = rng.usize(..ACCOUNTS);
+                let to = (from + 1 + rng.usize(..ACCOUNTS - 1)) % ACCOUNTS;
+                let amount = rng.i64(1..=40);
+                let r = conflict_runtime::operation::scope()
+                    .priority(priority)
+                    .run(bank_transfer(&hs[from], &hs[to], amount))
+                    .await;
+                match r {
+                    Ok(done) => {
+                        assert_eq!(done.versions.len(), 2);
+                        delta[from] -= amount;
+                        delta[to] += amount;
+                        committed += 1;
+                    }
+                    Err(ConflictError::Body(Overdraw)) => refused += 1,
+                    Err(e) => panic!("a transfer ended {e}"),
+                }
+            }
+            (delta, committed, refused)
+        }));
+    }
+    let reader = {
+        let hs = hs.clone();
+        tokio::spawn(async move {
+            let mut reads = 0u64;
+            for i in 0..200usize {
+                let (a, b, c) = (i % ACCOUNTS, (i + 3) % ACCOUNTS, (i + 7) % ACCOUNTS);
+                let sum = bank_total(&hs[a], &hs[b], &hs[c]).await.unwrap().value;
+                assert!(
+                    (0..=INITIAL * ACCOUNTS as i64).contains(&sum),
+                    "a torn read: {sum}"
+                );
+                reads += 1;
+                tokio::task::yield_now().await;
+            }
+            reads
+        })
+    };
+    let mut delta = vec![0i64; ACCOUNTS];
+    let (mut committed, mut refused) = (0u64, 0u64);
+    for t in tasks {
+        let (d, c, r) = t.await.unwrap();
+        for (total, x) in delta.iter_mut().zip(d) {
+            *total += x;
+        }
+        committed += c;
+        refused += r;
+    }
+    assert_eq!(reader.await.unwrap(), 200);
+    let mut sum = 0;
+    for (h, d) in hs.iter().zip(&delta) {
+        let now = h.load().await.unwrap().value.balance;
+        assert!(now >= 0, "an account went negative: {now}");
+        assert_eq!(
+            now,
+            INITIAL + d,
+            "an account differs from what its callers were told"
+        );
+        sum += now;
+    }
+    assert_eq!(sum, INITIAL * ACCOUNTS as i64, "money is conserved");
+    let m = rt.metrics();
+    assert_eq!(committed + refused, 8 * transfers_per_task as u64);
+    assert_eq!(m.outcome(OutcomeKind::Committed), committed + 200);
+    assert_eq!(m.outcome(OutcomeKind::BodyError), refused);
+    assert_eq!(
+        m.submitted,
+        committed + refused + 200,
+        "every call ended exactly once"
+    );
+    assert!(
+        committed > 0 && refused > 0,
+        "both outcomes exercised: {committed} {refused}"
+    );
+}
+
+#[with_conflict_resolution(occ(max_retries = 5, base_delay_ms = 0))]
+async fn add_line(cart: &mut BankAccount, line: i64) -> i64 {
+    cart.balance = cart.balance * 10 + line;
+    cart.balance
+}
+
+/// The parent: adds two lines to `cart` through nested calls, then fails if `fail`; its first
+/// attempt conflicts (an outside writer moves `order` on) when `conflict_once` is set.
+#[with_conflict_resolution(pre_ecs = false, occ(max_retries = 3, base_delay_ms = 0))]
+async fn checkout(
+    order: &mut BankAccount,
+    cart: Handle<BankAccount>,
+    myself: Handle<BankAccount>,
+    fail: bool,
+    conflict_once: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<i64, Overdraw> {
+    add_line(&cart, 2).await.expect("composes");
+    add_line(&cart, 3).await.expect("composes");
+    if conflict_once.swap(false, Ordering::SeqCst) {
+        // Another writer commits on this call's own entity, so this attempt conflicts.
+        conflict_runtime::operation::scope()
+            .detached()
+            .run(add_line(&myself, 9))
+            .await
+            .expect("a detached call commits on its own");
+    }
+    order.balance += 1;
+    if fail {
+        return Err(Overdraw);
+    }
+    Ok(order.balance)
+}
+
+/// Invariant: nested calls commit with their parent, all or nothing. A parent that fails after
+/// its children leaves nothing of them; a parent whose attempt conflicts and runs again applies
+/// its children once, on its fresh snapshot (cart `23`, not `2323`); each nested call ends once:
+/// `RolledBack` for the attempts that did not commit, `Committed` for the one that did.
+pub async fn nested_calls_commit_with_their_parent_and_only_once(rt: Runtime) {
+    let order = rt
+        .insert(BankAccount {
+            id: EntityId::new(),
+            balance: 0,
+        })
+        .await
+        .unwrap();
+    let cart = rt
+        .insert(BankAccount {
+            id: EntityId::new(),
+            balance: 0,
+        })
+        .await
+        .unwrap();
+    let never = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    let e = checkout(&order, cart.clone(), order.clone(), true, never.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ConflictError::Body(Overdraw)), "{e}");
+    let c = cart.load().await.unwrap();
+    assert_eq!(
+        (c.value.balance, c.version),
+        (0, 1),
+        "the failed parent's children left nothing"
+    );
+    assert_eq!(rt.metrics().outcome(OutcomeKind::RolledBack), 2);
+
+    let once = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let done = checkout(&order, cart.clone(), order.clone(), false, once)
+        .await
+        .unwrap();
+    assert_eq!(done.attempts, 2, "the first attempt conflicted");
+    let c = cart.load().await.unwrap();
+    assert_eq!(
+        (c.value.balance, c.version),
+        (23, 2),
+        "children applied once, one version"
+    );
+    assert_eq!(done.version_of(cart.key()), Some(2));
+    let o = order.load().await.unwrap();
+    assert_eq!(
+        (o.value.balance, o.version),
+        (10, 3),
+        "the detached write (9), then the parent (+1)"
+    );
+    let m = rt.metrics();
+    // 2 rolled back by the failed parent, 2 by the conflicting attempt, 2 committed, plus the
+    // detached call.
+    assert_eq!(m.outcome(OutcomeKind::RolledBack), 4);
+    assert_eq!(m.outcome(OutcomeKind::Committed), 1 + 2 + 1);
+    assert_eq!(m.outcome(OutcomeKind::BodyError), 1);
+    assert_eq!(m.submitted, 4 + 4 + 1);
+}
+
+#[with_conflict_resolution(
+    pre_ecs(on_lose = "reject"),
+    occ(max_retries = 20, base_delay_ms = 0, max_delay_ms = 1)
+)]
+async fn reach_reject(mine: &mut BankAccount, other: Handle<BankAccount>) -> i64 {
+    tokio::task::yield_now().await;
+    add_line(&other, 1).await.map(|c| c.value).unwrap_or(-1);
+    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    mine.balance += 1;
+    mine.balance
+}
+
+#[with_conflict_resolution(
+    pre_ecs(on_lose = "requeue"),
+    occ(max_retries = 20, base_delay_ms = 0, max_delay_ms = 1)
+)]
+async fn reach_requeue(mine: &mut BankAccount, other: Handle<BankAccount>) -> i64 {
+    tokio::task::yield_now().await;
+    add_line(&other, 1).await.map(|c| c.value).unwrap_or(-1);
+    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    mine.balance += 1;
+    mine.balance
+}
+
+/// Invariant: two parents that reach for each other's entity through nested calls (product ->
+/// cart beside cart -> product), each holding its own and awaiting, never hang, in `reject` and
+/// `requeue` alike: nested calls never wait, and the version compare lets one commit and makes
+/// the other run again. Every call ends; what committed is exactly what callers were told.
+pub async fn cross_nested_calls_never_hang(rt: Runtime) {
+    for requeue in [false, true] {
+        let x = rt
+            .insert(BankAccount {
+                id: EntityId::new(),
+                balance: 0,
+            })
+            .await
+            .unwrap();
+        let y = rt
+            .insert(BankAccount {
+                id: EntityId::new(),
+                balance: 0,
+            })
+            .await
+            .unwrap();
+        let mut calls = Vec::new();
+        for i in 0..6 {
+            let (mine, other) = if i % 2 == 0 {
+                (x.clone(), y.clone())
+            } else {
+                (y.clone(), x.clone())
+            };
+            calls.push(tokio::spawn(async move {
+                if requeue {
+                    reach_requeue(&mine, other).await.is_ok()
+                } else {
+                    reach_reject(&mine, other).await.is_ok()
+                }
+            }));
+        }
+        let ok = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            futures_util::future::join_all(calls),
+        )
+        .await
+        .expect("cross-nested calls hung")
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count() as i64;
+        assert!(ok >= 1);
+        // Each committed parent added 1 to its own entity and one nested line (a digit 1) to
+        // the other's: balances are 10^k-style sums whose digit count equals the commits.
+        let (vx, vy) = (x.load().await.unwrap(), y.load().await.unwrap());
+        assert_eq!(
+            vx.version - 1 + vy.version - 1,
+            2 * ok as u64,
+            "each commit wrote two entities once"
+        );
+    }
+}
+
+#[with_conflict_resolution(occ(max_retries = 5, base_delay_ms = 0))]
+async fn read_line(#[read] cart: &BankAccount) -> i64 {
+    cart.balance
+}
+
+#[with_conflict_resolution(pre_ecs = false, occ(max_retries = 3, base_delay_ms = 0))]
+async fn write_then_read(order: &mut BankAccount, cart: Handle<BankAccount>) -> (i64, i64) {
+    let written = add_line(&cart, 4).await.unwrap().value;
+    let seen = read_line(&cart).await.unwrap().value;
+    // The parent's own entity is off limits to its children.
+    order.balance += 1;
+    (written, seen)
+}
+
+/// Invariant: a nested call sees what an earlier nested call of the same attempt wrote (read
+/// your writes), and a nested read of it is validated with the parent's commit.
+pub async fn nested_calls_read_their_siblings_writes(rt: Runtime) {
+    let order = rt
+        .insert(BankAccount {
+            id: EntityId::new(),
+            balance: 0,
+        })
+        .await
+        .unwrap();
+    let cart = rt
+        .insert(BankAccount {
+            id: EntityId::new(),
+            balance: 5,
+        })
+        .await
+        .unwrap();
+    let done = write_then_read(&order, cart.clone()).await.unwrap();
+    assert_eq!(done.value, (54, 54));
+    assert_eq!(cart.load().await.unwrap().version, 2, "written once");
 }
