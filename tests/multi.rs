@@ -307,3 +307,89 @@ async fn a_torn_state_is_never_seen_by_a_read_only_call() {
     }
     writer.await.unwrap();
 }
+
+#[with_conflict_resolution(pre_ecs(staging_timeout_ms = 20), occ(max_retries = 0))]
+async fn pair_windowed(a: &mut Account, b: &mut Account) {
+    a.balance += 1;
+    b.balance += 1;
+}
+
+#[with_conflict_resolution(
+    pre_ecs(staging_timeout_ms = 0, grace_period_ms = 10),
+    occ(max_retries = 0)
+)]
+async fn pair_slow(a: &mut Account, b: &mut Account) {
+    a.balance += 1;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    b.balance += 1;
+}
+
+#[with_conflict_resolution(priority = CRITICAL, pre_ecs(staging_timeout_ms = 0), occ(max_retries = 0))]
+async fn urgent(a: &mut Account) {
+    a.balance += 100;
+}
+
+/// Invariant: a call over several entities that loses a staging group, or is preempted, is told
+/// on which entity and by whom; nothing of it is committed on any entity.
+#[tokio::test(start_paused = true)]
+async fn rejection_and_preemption_name_the_entity_and_the_winner() {
+    let rt = Runtime::in_memory();
+    let acc = accounts(&rt, &[0, 0, 0]).await;
+    let shared = acc[2].clone();
+    let (a0, a1, s1, s2) = (
+        acc[0].clone(),
+        acc[1].clone(),
+        shared.clone(),
+        shared.clone(),
+    );
+    let high = tokio::spawn(async move {
+        conflict_runtime::operation::scope()
+            .priority(OperationPriority::HIGH)
+            .run(pair_windowed(&a0, &s1))
+            .await
+    });
+    tokio::task::yield_now().await;
+    let low = tokio::spawn(async move {
+        conflict_runtime::operation::scope()
+            .priority(OperationPriority::LOW)
+            .run(pair_windowed(&a1, &s2))
+            .await
+    });
+    let high = high.await.unwrap().unwrap();
+    match low.await.unwrap() {
+        Err(ConflictError::Rejected {
+            target,
+            winner_op_id,
+            ..
+        }) => {
+            assert_eq!(&target, shared.key());
+            assert_eq!(winner_op_id, high.op_id);
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    assert_eq!(
+        acc[1].load().await.unwrap().version,
+        1,
+        "the loser wrote nothing"
+    );
+
+    let (b0, b1) = (acc[0].clone(), acc[1].clone());
+    let slow = tokio::spawn(async move { pair_slow(&b0, &b1).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let by = urgent(&acc[1]).await.unwrap();
+    match slow.await.unwrap() {
+        Err(ConflictError::Preempted {
+            target, by_op_id, ..
+        }) => {
+            assert_eq!(&target, acc[1].key());
+            assert_eq!(by_op_id, by.op_id);
+        }
+        other => panic!("expected Preempted, got {other:?}"),
+    }
+    assert_eq!(
+        acc[0].load().await.unwrap().version,
+        2,
+        "only the first pair call wrote it"
+    );
+    assert_eq!(rt.staging_status().executing, 0);
+}

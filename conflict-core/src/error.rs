@@ -309,6 +309,9 @@ pub enum ConflictError<E = std::convert::Infallible> {
     Rejected {
         /// This operation.
         op_id: OpId,
+        /// The entity whose staging group it lost (for a call over several entities, the one
+        /// it lost on).
+        target: EntityKey,
         /// The operation that won.
         winner_op_id: OpId,
         /// This operation's effective priority.
@@ -323,6 +326,8 @@ pub enum ConflictError<E = std::convert::Infallible> {
     Preempted {
         /// This operation.
         op_id: OpId,
+        /// The entity it was preempted on.
+        target: EntityKey,
         /// The operation that preempted it.
         by_op_id: OpId,
         /// This operation's effective priority.
@@ -427,22 +432,24 @@ impl<E: fmt::Display> fmt::Display for ConflictError<E> {
         match self {
             Self::Rejected {
                 op_id,
+                target,
                 winner_op_id,
                 priority,
                 winner_priority,
                 reason,
             } => write!(
                 f,
-                "operation {op_id} (priority {priority}) was rejected: {reason}; winner {winner_op_id} (priority {winner_priority}). Retry later, raise the priority, or use on_lose = \"requeue\""
+                "operation {op_id} (priority {priority}) was rejected on {target}: {reason}; winner {winner_op_id} (priority {winner_priority}). Retry later, raise the priority, or use on_lose = \"requeue\""
             ),
             Self::Preempted {
                 op_id,
+                target,
                 by_op_id,
                 priority,
                 by_priority,
             } => write!(
                 f,
-                "operation {op_id} (priority {priority}) was preempted by {by_op_id} (priority {by_priority}) after its grace period; nothing was committed"
+                "operation {op_id} (priority {priority}) was preempted on {target} by {by_op_id} (priority {by_priority}) after its grace period; nothing was committed"
             ),
             Self::RetriesExhausted {
                 op_id,
@@ -632,12 +639,14 @@ impl<E> ConflictError<E> {
             Self::Store(e) => ConflictError::Store(e.clone()),
             Self::Rejected {
                 op_id,
+                target,
                 winner_op_id,
                 priority,
                 winner_priority,
                 reason,
             } => ConflictError::Rejected {
                 op_id: *op_id,
+                target: target.clone(),
                 winner_op_id: *winner_op_id,
                 priority: *priority,
                 winner_priority: *winner_priority,
@@ -645,11 +654,13 @@ impl<E> ConflictError<E> {
             },
             Self::Preempted {
                 op_id,
+                target,
                 by_op_id,
                 priority,
                 by_priority,
             } => ConflictError::Preempted {
                 op_id: *op_id,
+                target: target.clone(),
                 by_op_id: *by_op_id,
                 priority: *priority,
                 by_priority: *by_priority,

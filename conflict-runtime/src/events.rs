@@ -152,6 +152,7 @@ mod tests {
                     op_id: conflict_core::OpId::from_parts(1, 1),
                     op_type: "t".into(),
                     target: conflict_core::EntityKey::new("T", conflict_core::EntityId::new()),
+                    more_targets: Vec::new(),
                     priority: conflict_core::OperationPriority::NORMAL,
                     effective_priority: conflict_core::OperationPriority::NORMAL,
                     parent_op_id: None,

@@ -483,7 +483,7 @@ impl Staging {
     /// target) so that path reads no clock. The flag says whether the operation had to wait.
     pub(crate) async fn enter<'a>(
         &'a self,
-        key: &EntityKey,
+        key: &'a EntityKey,
         hint: &'a OnceLock<Arc<TargetCell>>,
         cand: Candidate,
         cfg: &PreEcsConfig,
@@ -513,6 +513,7 @@ impl Staging {
                 let guard = ExecGuard {
                     staging: self,
                     cell,
+                    key,
                     op_id: cand.op_id,
                 };
                 return Ok((guard, false));
@@ -545,6 +546,7 @@ impl Staging {
         let mut waiter = Waiter {
             staging: self,
             cell,
+            key,
             op_id: cand.op_id,
             rx: Some(rx),
         };
@@ -784,6 +786,7 @@ impl Staging {
 struct Waiter<'s> {
     staging: &'s Staging,
     cell: CellRef<'s>,
+    key: &'s EntityKey,
     op_id: OpId,
     rx: Option<oneshot::Receiver<Decision>>,
 }
@@ -844,6 +847,7 @@ impl<'s> Waiter<'s> {
                 Ok(Decision::Run) => Ok(ExecGuard {
                     staging: self.staging,
                     cell: self.cell.clone(),
+                    key: self.key,
                     op_id: self.op_id,
                 }),
                 Ok(Decision::Rejected { winner }) => Err(StageError::Rejected { winner }),
@@ -907,6 +911,7 @@ impl Drop for Waiter<'_> {
             drop(ExecGuard {
                 staging: self.staging,
                 cell: self.cell.clone(),
+                key: self.key,
                 op_id: self.op_id,
             });
         }
@@ -918,10 +923,17 @@ impl Drop for Waiter<'_> {
 pub(crate) struct ExecGuard<'s> {
     staging: &'s Staging,
     cell: CellRef<'s>,
+    /// The target it executes on.
+    key: &'s EntityKey,
     op_id: OpId,
 }
 
-impl ExecGuard<'_> {
+impl<'s> ExecGuard<'s> {
+    /// The target it executes on.
+    pub(crate) fn key(&self) -> &'s EntityKey {
+        self.key
+    }
+
     /// Enters the commit phase (no preemption from here on), unless already preempted; then it
     /// returns who preempted it.
     pub(crate) fn begin_commit(&self) -> Result<(), Candidate> {

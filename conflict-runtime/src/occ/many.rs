@@ -463,7 +463,7 @@ impl<'rt> Operation<'rt> {
                 for g in &exec[..i] {
                     g.end_commit();
                 }
-                return Err(self.preempted(by));
+                return Err(self.preempted(by, guard.key()));
             }
         }
         if rt.lifecycle.abort.is_set() {

@@ -205,7 +205,7 @@ impl<'rt> Operation<'rt> {
         }
     }
 
-    fn preempted<E>(&self, by: Candidate) -> ConflictError<E> {
+    fn preempted<E>(&self, by: Candidate, target: &EntityKey) -> ConflictError<E> {
         self.emit(|| Event::OperationPreempted {
             op: self.info(),
             by_op_id: by.op_id,
@@ -213,6 +213,7 @@ impl<'rt> Operation<'rt> {
         });
         ConflictError::Preempted {
             op_id: self.op_id,
+            target: target.clone(),
             by_op_id: by.op_id,
             priority: self.effective,
             by_priority: by.effective_priority,
@@ -468,10 +469,10 @@ where
     result
 }
 
-#[derive(Clone, Copy)]
 enum Interrupt {
     Abort,
-    Preempted(Candidate),
+    /// By this operation, on this target.
+    Preempted(Candidate, EntityKey),
     Deadline,
 }
 
@@ -480,10 +481,10 @@ enum Interrupt {
 /// [`run_body`](Operation::run_body), [`commit`](Operation::commit) and, on a conflict,
 /// [`back_off`](Operation::back_off). Each step returns the call's error when the call ends
 /// there.
-async fn run<E, F, Fut, T, Err>(
+async fn run<'h, E, F, Fut, T, Err>(
     op: &mut Operation<'_>,
-    key: &EntityKey,
-    cache: &HandleCache,
+    key: &'h EntityKey,
+    cache: &'h HandleCache,
     mut body: F,
     span: &tracing::Span,
 ) -> Result<Committed<T>, ConflictError<Err>>
@@ -615,7 +616,7 @@ impl<'rt> Operation<'rt> {
     #[inline]
     async fn stage<'c, Err>(
         &mut self,
-        key: &EntityKey,
+        key: &'c EntityKey,
         cache: &'c HandleCache,
     ) -> Result<Option<ExecGuard<'c>>, ConflictError<Err>>
     where
@@ -638,7 +639,7 @@ impl<'rt> Operation<'rt> {
     /// Waits in `key`'s staging area until this call executes there; whether it waited.
     async fn enter_stage<'c, Err>(
         &self,
-        key: &EntityKey,
+        key: &'c EntityKey,
         cell: &'c std::sync::OnceLock<Arc<crate::staging::TargetCell>>,
     ) -> Result<(ExecGuard<'c>, bool), ConflictError<Err>>
     where
@@ -676,7 +677,7 @@ impl<'rt> Operation<'rt> {
         };
         match entered {
             Ok(entered) => Ok(entered),
-            Err(StageError::Rejected { winner }) => Err(self.rejected(winner)),
+            Err(StageError::Rejected { winner }) => Err(self.rejected(winner, key)),
             Err(StageError::Overloaded { capacity, scope }) => Err(ConflictError::Overloaded {
                 op_id: self.op_id,
                 capacity,
@@ -686,7 +687,7 @@ impl<'rt> Operation<'rt> {
         }
     }
 
-    fn rejected<Err>(&self, winner: Candidate) -> ConflictError<Err> {
+    fn rejected<Err>(&self, winner: Candidate, target: &EntityKey) -> ConflictError<Err> {
         // The policy ranks by effective priority, then by submission: say which decided.
         let reason = if winner.effective_priority > self.effective {
             conflict_core::RejectReason::LostPriority
@@ -701,6 +702,7 @@ impl<'rt> Operation<'rt> {
         });
         ConflictError::Rejected {
             op_id: self.op_id,
+            target: target.clone(),
             winner_op_id: winner.op_id,
             priority: self.effective,
             winner_priority: winner.effective_priority,
@@ -850,7 +852,7 @@ impl<'rt> Operation<'rt> {
     fn interrupted<Err>(&self, interrupt: Interrupt) -> ConflictError<Err> {
         match interrupt {
             Interrupt::Abort => ConflictError::ShuttingDown { op_id: self.op_id },
-            Interrupt::Preempted(by) => self.preempted(by),
+            Interrupt::Preempted(by, target) => self.preempted(by, &target),
             Interrupt::Deadline => self.deadline_exceeded(),
         }
     }
@@ -873,7 +875,9 @@ impl<'rt> Operation<'rt> {
             return Err(self.deadline_exceeded());
         }
         if let [guard] = exec {
-            guard.begin_commit().map_err(|by| self.preempted(by))?;
+            guard
+                .begin_commit()
+                .map_err(|by| self.preempted(by, guard.key()))?;
         }
         if rt.lifecycle.abort.is_set() {
             return Err(ConflictError::ShuttingDown { op_id: self.op_id });
@@ -1079,7 +1083,7 @@ impl<F: Future> Future for Interruptible<'_, '_, F> {
             guards => {
                 for guard in guards {
                     if let Watch::Preempted(by) = guard.watch(cx.waker()) {
-                        return Poll::Ready(Err(Interrupt::Preempted(by)));
+                        return Poll::Ready(Err(Interrupt::Preempted(by, guard.key().clone())));
                     }
                 }
                 // Checked after registering: an abort from here on wakes this task.
