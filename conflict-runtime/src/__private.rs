@@ -54,21 +54,18 @@ pub fn read<E: Entity>(handle: &Handle<E>) -> Target<'_> {
 /// Runs one call of a function over several entities (or with a `#[read]` parameter). The
 /// body gets the snapshots of `targets`, in order, and returns the new values of the written
 /// ones, in order.
-pub fn execute_many<'t, const N: usize, F, Fut, T, Err>(
+pub async fn execute_many<const N: usize, F, Fut, T, Err>(
     spec: &'static OperationSpec,
-    targets: [Target<'t>; N],
+    targets: [Target<'_>; N],
     body: F,
-) -> impl Future<Output = Result<Committed<T>, ConflictError<Err>>> + 't
+) -> Result<Committed<T>, ConflictError<Err>>
 where
-    F: FnMut(&[Snapshot]) -> Result<Fut, StoreError> + 't,
-    Fut: Future<Output = (Vec<StoredValue>, Result<T, Err>)> + 't,
-    T: 't,
-    Err: BodyError + 't,
+    F: FnMut(&[Snapshot]) -> Result<Fut, StoreError>,
+    Fut: Future<Output = (Vec<StoredValue>, Result<T, Err>)>,
+    Err: BodyError,
 {
-    async move {
-        let targets = targets.map(|t| t.0);
-        crate::occ::execute_many(spec, &targets, body).await
-    }
+    let targets = targets.map(|t| t.0);
+    crate::occ::execute_many(spec, &targets, body).await
 }
 
 /// A private copy of the entity at `index` (for a `&mut` parameter).
@@ -201,6 +198,12 @@ impl<T: ?Sized> EntityProbe<T> {
     #[must_use]
     pub const fn new() -> Self {
         Self(core::marker::PhantomData)
+    }
+}
+
+impl<T: ?Sized> Default for EntityProbe<T> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

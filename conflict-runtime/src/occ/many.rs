@@ -485,51 +485,8 @@ impl<'rt> Operation<'rt> {
             // As for one write (see `Operation::commit`): the commit runs in its own task and
             // keeps every staged entity until it settles.
             Some((h, commit)) => {
-                let last_modified = rt.wall_time(at);
-                let slots: Vec<_> = exec
-                    .iter()
-                    .zip(exec_keys)
-                    .map(|(g, key)| {
-                        let value = writes
-                            .iter()
-                            .find(|w| &w.key == key)
-                            .map(|w| w.value.clone());
-                        (g.commit_slot(&rt.staging, key), value)
-                    })
-                    .collect();
-                let key_order = keys.clone();
-                let task = h.spawn(async move {
-                    let r = commit.await;
-                    for (slot, value) in slots {
-                        let wrote = match (&r, value) {
-                            (Ok(CommitOutcome::Committed { versions, .. }), Some(value)) => {
-                                let key = value.entity_key();
-                                key_order
-                                    .iter()
-                                    .position(|k| *k == key)
-                                    .and_then(|i| versions.get(i))
-                                    .map(|&version| Snapshot {
-                                        value,
-                                        version,
-                                        last_modified,
-                                    })
-                            }
-                            _ => None,
-                        };
-                        slot.settle(wrote);
-                    }
-                    r
-                });
-                self.in_flight = Some(InFlight::Many {
-                    task,
-                    keys: keys.clone(),
-                });
-                let joined = match self.in_flight.as_mut() {
-                    Some(InFlight::Many { task, .. }) => task.await,
-                    _ => unreachable!("set just above"),
-                };
-                self.in_flight = None;
-                flatten(joined)
+                self.commit_in_task(&h, commit, exec, exec_keys, &writes, &keys, at)
+                    .await
             }
             None => rt.backend.commit_many(info, writes, reads).await,
         };
@@ -555,6 +512,72 @@ impl<'rt> Operation<'rt> {
                 }))
             }
         }
+    }
+
+    /// The commit of [`commit_all`](Self::commit_all) on a store whose commit awaits: in a
+    /// task of its own, as for one write (see `Operation::commit`), so a caller that leaves
+    /// can neither cut it short nor have it miscounted, and every staged entity stays this
+    /// call's until it settles.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the commit, the guards and their keys, what it writes, and when"
+    )]
+    async fn commit_in_task(
+        &mut self,
+        h: &tokio::runtime::Handle,
+        commit: impl Future<Output = Result<CommitOutcome, StoreError>> + Send + 'static,
+        exec: &[ExecGuard<'_>],
+        exec_keys: &[EntityKey],
+        writes: &[Write],
+        keys: &[EntityKey],
+        at: Instant,
+    ) -> Result<CommitOutcome, StoreError> {
+        let rt = self.rt;
+        let last_modified = rt.wall_time(at);
+        let slots: Vec<_> = exec
+            .iter()
+            .zip(exec_keys)
+            .map(|(g, key)| {
+                let value = writes
+                    .iter()
+                    .find(|w| &w.key == key)
+                    .map(|w| w.value.clone());
+                (g.commit_slot(&rt.staging, key), value)
+            })
+            .collect();
+        let key_order = keys.to_vec();
+        let task = h.spawn(async move {
+            let r = commit.await;
+            for (slot, value) in slots {
+                let wrote = match (&r, value) {
+                    (Ok(CommitOutcome::Committed { versions, .. }), Some(value)) => {
+                        let key = value.entity_key();
+                        key_order
+                            .iter()
+                            .position(|k| *k == key)
+                            .and_then(|i| versions.get(i))
+                            .map(|&version| Snapshot {
+                                value,
+                                version,
+                                last_modified,
+                            })
+                    }
+                    _ => None,
+                };
+                slot.settle(wrote);
+            }
+            r
+        });
+        self.in_flight = Some(InFlight::Many {
+            task,
+            keys: keys.to_vec(),
+        });
+        let joined = match self.in_flight.as_mut() {
+            Some(InFlight::Many { task, .. }) => task.await,
+            _ => unreachable!("set just above"),
+        };
+        self.in_flight = None;
+        flatten(joined)
     }
 }
 
