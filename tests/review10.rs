@@ -662,3 +662,292 @@ async fn holds_versions_and_records_list_every_entity() {
     assert_eq!(child[0].version, Some(2));
     books_balance(&rt).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// 10. Liveness: opposite orders, windows, reject/requeue, preemption with no grace.
+
+#[with_conflict_resolution(
+    pre_ecs(staging_timeout_ms = 2, on_lose = "reject", grace_period_ms = 0),
+    occ(max_retries = 20, base_delay_ms = 0, max_delay_ms = 1)
+)]
+async fn xfer_window_reject(from: &mut Acct, to: &mut Acct, amount: i64) {
+    from.balance -= amount;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    to.balance += amount;
+}
+
+#[with_conflict_resolution(
+    pre_ecs(staging_timeout_ms = 2, on_lose = "requeue", grace_period_ms = 0),
+    occ(max_retries = 20, base_delay_ms = 0, max_delay_ms = 1)
+)]
+async fn xfer_window_requeue(from: &mut Acct, to: &mut Acct, amount: i64) {
+    from.balance -= amount;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    to.balance += amount;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_opposite_order_transfers_with_windows_and_preemption_never_hang() {
+    const N: usize = 3;
+    let rt = Runtime::in_memory();
+    let h = Arc::new(accts(&rt, &[1_000; N]).await);
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(t);
+            let priority = [
+                OperationPriority::LOW,
+                OperationPriority::NORMAL,
+                OperationPriority::HIGH,
+                OperationPriority::CRITICAL,
+            ][t as usize % 4];
+            let mut delta = [0i64; N];
+            let mut ended = std::collections::BTreeMap::new();
+            for _ in 0..25 {
+                let from = rng.usize(..N);
+                let to = (from + 1 + rng.usize(..N - 1)) % N;
+                let amount = rng.i64(1..=9);
+                let s = conflict_runtime::operation::scope().priority(priority);
+                let r = if rng.bool() {
+                    s.run(xfer_window_reject(&h[from], &h[to], amount)).await
+                } else {
+                    s.run(xfer_window_requeue(&h[from], &h[to], amount)).await
+                };
+                match r {
+                    Ok(_) => {
+                        delta[from] -= amount;
+                        delta[to] += amount;
+                        *ended.entry("committed").or_insert(0) += 1;
+                    }
+                    Err(e) => {
+                        let k = e.kind();
+                        assert!(
+                            matches!(
+                                k,
+                                OutcomeKind::Rejected
+                                    | OutcomeKind::Preempted
+                                    | OutcomeKind::RetriesExhausted
+                            ),
+                            "{e}"
+                        );
+                        *ended.entry(k.as_str()).or_insert(0) += 1;
+                    }
+                }
+            }
+            (delta, ended)
+        }));
+    }
+    let results = tokio::time::timeout(
+        Duration::from_secs(20),
+        futures_util::future::join_all(tasks),
+    )
+    .await
+    .expect("transfers hung");
+    let mut delta = [0i64; N];
+    for r in results {
+        let (d, _) = r.unwrap();
+        for (t, x) in delta.iter_mut().zip(d) {
+            *t += x;
+        }
+    }
+    for (x, d) in h.iter().zip(delta) {
+        assert_eq!(balance(x).await.0, 1_000 + d, "what callers were told");
+    }
+    let m = rt.metrics();
+    assert!(m.preemptions > 0 || m.outcome(OutcomeKind::Rejected) > 0);
+    books_balance(&rt).await;
+}
+
+#[with_conflict_resolution(pre_ecs(grace_period_ms = 10000), occ(max_retries = 0))]
+async fn hold_for(a: &mut Acct, ms: u64) {
+    a.balance += 1;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+#[with_conflict_resolution(pre_ecs(grace_period_ms = 0), occ(max_retries = 0))]
+async fn pair_no_grace(a: &mut Acct, b: &mut Acct) {
+    a.balance += 1;
+    b.balance += 1;
+}
+
+/// A LOW multi-entity call holds its first entity (in key order) while it waits for the
+/// second, held 200 ms by another call; a CRITICAL call arrives on the first one. With no
+/// grace, it takes over at once (it is not stuck behind the wait), the LOW call ends
+/// `Preempted`, nothing leaks.
+#[tokio::test]
+async fn holds_a_multi_entity_call_waiting_for_its_second_entity_is_preempted_on_its_first() {
+    let rt = Runtime::in_memory();
+    let mut h = accts(&rt, &[0, 0]).await;
+    h.sort_by(|a, b| a.key().cmp(b.key()));
+    let (first, second) = (h[0].clone(), h[1].clone());
+    let long = {
+        let second = second.clone();
+        tokio::spawn(async move { hold_for(&second, 200).await.map(|_| ()) })
+    };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let low = {
+        let (a, b) = (first.clone(), second.clone());
+        tokio::spawn(async move {
+            conflict_runtime::operation::scope()
+                .priority(OperationPriority::LOW)
+                .run(pair_no_grace(&a, &b))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.kind())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(rt.staging_status().executing, 2, "low holds the first, long the second");
+    let at = tokio::time::Instant::now();
+    conflict_runtime::operation::scope()
+        .priority(OperationPriority::CRITICAL)
+        .run(bump_now(&first))
+        .await
+        .unwrap();
+    let waited = at.elapsed();
+    assert!(
+        waited < Duration::from_millis(100),
+        "the critical call waited {waited:?} behind a preemptible call"
+    );
+    long.await.unwrap().unwrap();
+    assert_eq!(low.await.unwrap(), Err(OutcomeKind::Preempted));
+    assert_eq!(balance(&first).await, (1, 2));
+    assert_eq!(balance(&second).await, (1, 2));
+    books_balance(&rt).await;
+}
+
+#[with_conflict_resolution(occ(max_retries = 0))]
+async fn pair_sleep(a: &mut Acct, b: &mut Acct, cart: Handle<Acct>) {
+    bump_now(&cart).await.expect("composes");
+    a.balance += 1;
+    b.balance += 1;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+}
+
+/// Shutdown while a multi-entity call (with a child) runs its body, another waits for its
+/// second entity, and a third is staged behind: all end, nothing runs on, the books balance.
+#[tokio::test]
+async fn holds_shutdown_with_multi_entity_calls_in_flight() {
+    let rt = Runtime::in_memory();
+    let mut h = accts(&rt, &[0, 0, 0, 0]).await;
+    h[..3].sort_by(|a, b| a.key().cmp(b.key()));
+    let mut calls = Vec::new();
+    {
+        let (a, b, c) = (h[1].clone(), h[2].clone(), h[3].clone());
+        calls.push(tokio::spawn(async move {
+            pair_sleep(&a, &b, c).await.unwrap_err().kind()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    {
+        // Holds h[0], waits for h[1].
+        let (a, b, c) = (h[0].clone(), h[1].clone(), h[3].clone());
+        calls.push(tokio::spawn(async move {
+            pair_sleep(&a, &b, c).await.unwrap_err().kind()
+        }));
+    }
+    {
+        let (a, b) = (h[0].clone(), h[2].clone());
+        calls.push(tokio::spawn(async move {
+            conflict_runtime::operation::scope()
+                .on_lose(OnLose::Requeue)
+                .run(xfer(&a, &b, 1))
+                .await
+                .unwrap_err()
+                .kind()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let report = tokio::time::timeout(Duration::from_secs(3), rt.shutdown(Duration::from_millis(30)))
+        .await
+        .expect("shutdown hung");
+    assert_eq!(report.still_running, 0, "{report:?}");
+    assert_eq!(report.submitted, report.ended(), "{report:?}");
+    for c in calls {
+        assert_eq!(c.await.unwrap(), OutcomeKind::ShuttingDown);
+    }
+    for x in &h {
+        assert_eq!(balance(x).await.1, 1, "nothing committed");
+    }
+    let s = rt.staging_status();
+    assert_eq!((s.executing, s.total_staged), (0, 0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. The macro: `#[cfg]` on a parameter.
+
+const CFG_ON_PARAMS: &str = r#"
+use conflict_runtime::prelude::*;
+
+#[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+struct Acct {
+    #[entity(id)]
+    id: EntityId,
+    balance: i64,
+}
+
+#[with_conflict_resolution]
+async fn plain_cfg_off(a: &mut Acct, #[cfg(any())] extra: u32, n: i64) {
+    a.balance += n;
+}
+
+#[with_conflict_resolution]
+async fn entity_cfg_off(a: &mut Acct, #[cfg(any())] b: &mut Acct, #[read] c: &Acct, n: i64) {
+    a.balance += n + c.balance;
+}
+
+fn main() {
+    let _ = plain_cfg_off;
+    let _ = entity_cfg_off;
+}
+"#;
+
+/// Defect: Rust allows `#[cfg]` on function parameters, and the body keeps it, but the
+/// generated function drops it from its own signature and still passes the argument: a
+/// configured-out parameter fails to compile with an internal arity error spanned at the
+/// attribute ("this function takes 2 arguments but 3 arguments were supplied"), and a
+/// configured-in one is silently required. The macro should carry `cfg`/`cfg_attr` over to the
+/// generated parameter, its clone and the call (and the target list), or refuse them with one
+/// clear error.
+#[test]
+fn defect_cfg_on_a_parameter_breaks_the_expansion() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("review10_ui");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cfg_on_params.rs");
+    std::fs::write(&file, CFG_ON_PARAMS).unwrap();
+    trybuild::TestCases::new().pass(&file);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 12. A detached call on the entity its caller's root holds.
+
+#[with_conflict_resolution(occ(max_retries = 0))]
+async fn detached_on_own_entity(a: &mut Acct, me: Handle<Acct>) -> Option<OutcomeKind> {
+    a.balance += 1;
+    conflict_runtime::operation::scope()
+        .detached()
+        .run(bump_now(&me))
+        .await
+        .err()
+        .map(|e| e.kind())
+}
+
+/// Defect: a staged root calls, detached, a function on its own entity: the detached call
+/// stages behind the root, which awaits it — a deadlock with no error, forever (no staging
+/// timeout applies). Before #10 the same call undetached was `Reentrant`; detaching removes
+/// the parent, so `admit` no longer sees that the calling task's own body holds the target.
+/// The runtime still knows (the task-local frame names the running body): a detached call on a
+/// target that an operation of the calling task's chain holds should be refused
+/// (`Reentrant`, or a deadlock error), not wait.
+#[tokio::test]
+async fn defect_a_detached_call_on_the_roots_own_entity_deadlocks() {
+    let rt = Runtime::in_memory();
+    let h = accts(&rt, &[0]).await;
+    let r = tokio::time::timeout(
+        Duration::from_secs(2),
+        detached_on_own_entity(&h[0], h[0].clone()),
+    )
+    .await;
+    assert!(r.is_ok(), "the root and its detached call wait for each other forever");
+}
