@@ -64,7 +64,7 @@ async fn books_balance(rt: &Runtime) -> conflict_runtime::ShutdownReport {
 #[with_conflict_resolution(occ(max_retries = 5, base_delay_ms = 0))]
 async fn bump(a: &mut Acct) -> i64 {
     let before = a.balance;
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
     a.balance = before + 1;
     a.balance
 }
@@ -950,4 +950,129 @@ async fn defect_a_detached_call_on_the_roots_own_entity_deadlocks() {
     )
     .await;
     assert!(r.is_ok(), "the root and its detached call wait for each other forever");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 13. The same attacks on PostgreSQL (the shared throwaway cluster, a schema per test).
+
+mod pg {
+    use super::*;
+    use conflict_tests::pg;
+
+    async fn slow_pg(hint: &str) -> (Runtime, Arc<SlowCommits>) {
+        let store = SlowCommits::new(Arc::new(pg::store(hint).await));
+        let rt = Runtime::builder()
+            .shared_store(store.clone())
+            .build()
+            .unwrap();
+        (rt, store)
+    }
+
+    /// As `defect_a_nested_write_leaves_a_stale_remembered_snapshot`, on `PgStore` itself.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn defect_pg_a_nested_write_leaves_a_stale_remembered_snapshot() {
+        let (rt, _store) = pg::runtime("r10_stale_snapshot").await;
+        let h = accts(&rt, &[0, 0]).await;
+        assert_eq!(staged_bump(&h[1]).await.unwrap().value, 1);
+        root_writes_through_a_child(&h[0], h[1].clone()).await.unwrap();
+        assert_eq!(balance(&h[1]).await, (2, 3));
+        let r = staged_bump(&h[1]).await;
+        assert!(
+            matches!(&r, Ok(c) if c.value == 3),
+            "a sequential staged call after a nested write: {r:?}"
+        );
+    }
+
+    /// As `defect_concurrent_nested_siblings_lose_an_update`, on `PgStore`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn defect_pg_concurrent_nested_siblings_lose_an_update() {
+        let (rt, _store) = pg::runtime("r10_siblings").await;
+        let h = accts(&rt, &[0, 0]).await;
+        let done = fan_out(&h[0], h[1].clone()).await.unwrap();
+        let told = i64::from(done.value.0) + i64::from(done.value.1);
+        let m = rt.metrics();
+        assert_eq!(
+            balance(&h[1]).await.0,
+            told,
+            "told {:?}; rolled back {}",
+            done.value,
+            m.outcome(OutcomeKind::RolledBack)
+        );
+        assert_eq!(told, 2, "both children were refused? {:?} (rolled back {})", done.value, m.outcome(OutcomeKind::RolledBack));
+    }
+
+    /// The callers leave while the commits (a one-entity root with a child, a multi-entity root
+    /// with a child) are in flight on PostgreSQL: they apply, and every call ends once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn holds_pg_books_when_the_caller_leaves_mid_commit() {
+        let (rt, store) = slow_pg("r10_leave_mid_commit").await;
+        let h = accts(&rt, &[0, 0, 0, 0, 0]).await;
+        store.delay_before(Duration::from_millis(150));
+        let one = tokio::time::timeout(
+            Duration::from_millis(50),
+            order_with_line(&h[0], h[1].clone()),
+        );
+        let many = tokio::time::timeout(
+            Duration::from_millis(50),
+            pair_with_line(&h[2], &h[3], h[4].clone()),
+        );
+        let (one, many) = tokio::join!(one, many);
+        assert!(one.is_err() && many.is_err(), "left mid-commit");
+        conflict_tests::probe::wait_in_flight_zero(&rt).await;
+        for x in &h {
+            assert_eq!(balance(x).await, (1, 2));
+        }
+        let report = books_balance(&rt).await;
+        assert_eq!(report.outcome(OutcomeKind::Committed), 4, "{report:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn holds_pg_a_nested_read_never_mixes_two_states() {
+        let (rt, _store) = pg::runtime("r10_opacity").await;
+        let h = accts(&rt, &[0, 50, 50]).await;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let done = read_across_a_transfer(
+            &h[0],
+            h[1].clone(),
+            h[2].clone(),
+            Arc::new(AtomicBool::new(true)),
+            seen.clone(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(done.attempts, 2);
+        for (a, b) in seen.lock().unwrap().iter() {
+            assert_eq!(a + b, 100, "a torn read: {a} + {b}");
+        }
+        books_balance(&rt).await;
+    }
+
+    /// A multi-entity root whose child's entity is moved on by an outside writer during the
+    /// body: the one commit (two root writes + the child's) conflicts and applies nothing.
+    #[with_conflict_resolution(pre_ecs = false, occ(max_retries = 0))]
+    async fn pair_with_line_raced(a: &mut Acct, b: &mut Acct, cart: Handle<Acct>) {
+        bump_now(&cart).await.expect("composes");
+        conflict_runtime::operation::scope()
+            .detached()
+            .run(bump_now(&cart))
+            .await
+            .expect("the outside write commits");
+        a.balance += 1;
+        b.balance += 1;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn holds_pg_a_root_and_its_children_commit_all_or_nothing() {
+        let (rt, _store) = pg::runtime("r10_all_or_nothing").await;
+        let h = accts(&rt, &[0, 0, 0]).await;
+        let e = pair_with_line_raced(&h[0], &h[1], h[2].clone())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), OutcomeKind::RetriesExhausted, "{e}");
+        assert_eq!(balance(&h[0]).await, (0, 1));
+        assert_eq!(balance(&h[1]).await, (0, 1));
+        assert_eq!(balance(&h[2]).await, (1, 2), "only the outside write");
+        let report = books_balance(&rt).await;
+        assert_eq!(report.outcome(OutcomeKind::RolledBack), 1, "{report:?}");
+    }
 }
