@@ -1076,3 +1076,58 @@ mod pg {
         assert_eq!(report.outcome(OutcomeKind::RolledBack), 1, "{report:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// 14. Graceful shutdown of a root that composes nested calls.
+
+#[with_conflict_resolution(occ(max_retries = 0))]
+async fn late_nested(r: &mut Acct, cart: Handle<Acct>) -> Option<OutcomeKind> {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let child = bump_now(&cart).await.err().map(|e| e.kind());
+    r.balance += 1;
+    child
+}
+
+/// Defect: shutdown lets executing calls finish until its timeout ("executing operations may
+/// finish (commit or fail)"), and a root's nested calls are part of its attempt — no staging,
+/// no commit of their own. Yet `compose` refuses them with `ShuttingDown` as soon as the
+/// drain starts, so a root that calls nested functions cannot finish gracefully: its body
+/// gets errors for work that would have committed with it. A composed call should be admitted
+/// while its root's body runs (only the abort after the timeout should stop it).
+#[tokio::test]
+async fn defect_graceful_shutdown_refuses_the_nested_calls_of_an_executing_root() {
+    let rt = Runtime::in_memory();
+    let h = accts(&rt, &[0, 0]).await;
+    let root = {
+        let h = h.clone();
+        tokio::spawn(async move { late_nested(&h[0], h[1].clone()).await.map(|c| c.value) })
+    };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let report = rt.shutdown(Duration::from_secs(1)).await;
+    assert!(!report.timed_out, "{report:?}");
+    let root = root.await.unwrap();
+    assert!(matches!(root, Ok(None)), "the root's nested call during the drain: {root:?}");
+    assert_eq!(balance(&h[1]).await, (1, 2));
+}
+
+/// Cancelled while holding its first entity and waiting for its second: both released.
+#[tokio::test]
+async fn holds_a_multi_entity_call_cancelled_while_waiting_for_its_second_entity() {
+    let rt = Runtime::in_memory();
+    let mut h = accts(&rt, &[0, 0]).await;
+    h.sort_by(|a, b| a.key().cmp(b.key()));
+    let long = {
+        let second = h[1].clone();
+        tokio::spawn(async move { hold_for(&second, 50).await.map(|_| ()) })
+    };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let r = tokio::time::timeout(Duration::from_millis(10), pair_no_grace(&h[0], &h[1])).await;
+    assert!(r.is_err());
+    // The first entity is free at once.
+    tokio::time::timeout(Duration::from_millis(20), bump_now(&h[0]))
+        .await
+        .expect("the first entity was released")
+        .unwrap();
+    long.await.unwrap().unwrap();
+    books_balance(&rt).await;
+}
