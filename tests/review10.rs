@@ -2,7 +2,7 @@
 //! `defect_*` reproduce problems of the reviewed code (they fail on it); the `holds_*` tests are
 //! attacks the change withstood (they pass).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -1130,4 +1130,61 @@ async fn holds_a_multi_entity_call_cancelled_while_waiting_for_its_second_entity
         .unwrap();
     long.await.unwrap().unwrap();
     books_balance(&rt).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 15. Serializability through nested reads; siblings' writes seen by a later multi-entity child.
+
+/// Withdraws `amount` from `mine` if the total with `other` (read by a nested call) stays >= 0.
+#[with_conflict_resolution(pre_ecs = false, occ(max_retries = 20, base_delay_ms = 0))]
+async fn withdraw_checking_through_a_child(
+    mine: &mut Acct,
+    other: Handle<Acct>,
+    amount: i64,
+) -> Result<(), String> {
+    let theirs = peek(&other).await.map_err(|e| e.to_string())?.value;
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    if mine.balance + theirs - amount < 0 {
+        return Err("would break the total".into());
+    }
+    mine.balance -= amount;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_no_write_skew_through_nested_reads() {
+    for _ in 0..10 {
+        let rt = Runtime::in_memory();
+        let h = accts(&rt, &[50, 50]).await;
+        let (x, y) = tokio::join!(
+            withdraw_checking_through_a_child(&h[0], h[1].clone(), 100),
+            withdraw_checking_through_a_child(&h[1], h[0].clone(), 100),
+        );
+        assert_eq!(
+            usize::from(x.is_ok()) + usize::from(y.is_ok()),
+            1,
+            "{x:?} {y:?}"
+        );
+        assert_eq!(balance(&h[0]).await.0 + balance(&h[1]).await.0, 0);
+    }
+}
+
+#[with_conflict_resolution(pre_ecs = false)]
+async fn write_then_read_two(r: &mut Acct, y: Handle<Acct>, z: Handle<Acct>) -> (i64, i64) {
+    bump_now(&y).await.expect("composes");
+    let seen = peek2(&z, &y).await.expect("composes").value;
+    r.balance += 1;
+    seen
+}
+
+#[tokio::test]
+async fn holds_a_later_multi_entity_child_sees_its_siblings_write() {
+    let rt = Runtime::in_memory();
+    let h = accts(&rt, &[0, 10, 20]).await;
+    let done = write_then_read_two(&h[0], h[1].clone(), h[2].clone())
+        .await
+        .unwrap();
+    assert_eq!(done.value, (20, 11));
+    assert_eq!(balance(&h[1]).await, (11, 2));
+    assert_eq!(balance(&h[2]).await, (20, 1));
 }
