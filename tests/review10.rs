@@ -1188,3 +1188,48 @@ async fn holds_a_later_multi_entity_child_sees_its_siblings_write() {
     assert_eq!(balance(&h[1]).await, (11, 2));
     assert_eq!(balance(&h[2]).await, (20, 1));
 }
+
+// ---------------------------------------------------------------------------------------------
+// 16. What a doomed attempt reports.
+
+/// Defect (observability): an attempt doomed by a nested read (an entity of its transaction
+/// moved on) is reported as a conflict with `expected_version: 0, actual_version: None` (the
+/// `Stale` that `commit_all` makes up), as if the entity had been read at a version that never
+/// exists and had disappeared since. The transaction knows the version read; the event (and
+/// the `conflict at commit` debug line) should carry it, and the version found if known.
+#[tokio::test]
+async fn defect_a_doomed_attempt_reports_version_zero_and_a_missing_entity() {
+    use conflict_runtime::events::{Event, Received};
+    let rt = Runtime::in_memory();
+    let h = accts(&rt, &[0, 50, 50]).await;
+    let mut events = rt.subscribe();
+    let done = read_across_a_transfer(
+        &h[0],
+        h[1].clone(),
+        h[2].clone(),
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(Mutex::new(Vec::new())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.attempts, 2);
+    let mut conflicts = Vec::new();
+    while let Some(r) = events.try_recv() {
+        if let Received::Event(Event::OperationConflict {
+            op,
+            expected_version,
+            actual_version,
+            ..
+        }) = r
+        {
+            if op.op_id == done.op_id {
+                conflicts.push((expected_version, actual_version));
+            }
+        }
+    }
+    assert_eq!(
+        conflicts,
+        vec![(1, Some(2))],
+        "x was read at version 1 and found at 2"
+    );
+}
