@@ -224,9 +224,11 @@ fn without_read_markers(original: proc_macro2::TokenStream) -> proc_macro2::Toke
     match syn::parse2::<syn::ItemFn>(original.clone()) {
         Ok(mut f) => {
             for arg in &mut f.sig.inputs {
-                if let syn::FnArg::Typed(pt) = arg {
-                    pt.attrs.retain(|a| !a.path().is_ident("read"));
-                }
+                let attrs = match arg {
+                    syn::FnArg::Typed(pt) => &mut pt.attrs,
+                    syn::FnArg::Receiver(r) => &mut r.attrs,
+                };
+                attrs.retain(|a| !a.path().is_ident("read"));
             }
             quote::ToTokens::into_token_stream(f)
         }

@@ -154,6 +154,28 @@ pub(crate) fn expand(args: &ConflictArgs, func: &ItemFn) -> syn::Result<TokenStr
     let mut method = false;
     for (i, arg) in sig.inputs.iter().enumerate() {
         match arg {
+            FnArg::Receiver(r) if r.attrs.iter().any(|a| a.path().is_ident("read")) => {
+                let attr = r.attrs.iter().find(|a| a.path().is_ident("read"));
+                errors.spanned(
+                    attr,
+                    "`#[read]` cannot mark `self`: a method operation's receiver is `&mut self`, the entity it changes; take the entity to read as another parameter, `#[read] other: &Self`",
+                );
+            }
+            FnArg::Typed(pt)
+                if pt
+                    .attrs
+                    .iter()
+                    .any(|a| a.path().is_ident("cfg") || a.path().is_ident("cfg_attr")) =>
+            {
+                let attr = pt
+                    .attrs
+                    .iter()
+                    .find(|a| a.path().is_ident("cfg") || a.path().is_ident("cfg_attr"));
+                errors.spanned(
+                    attr,
+                    "`#[cfg]` on a parameter of a #[with_conflict_resolution] function is not supported: the generated function, the staging and the commit would each need it; write two functions, or pass an `Option`",
+                );
+            }
             FnArg::Receiver(r) if i == 0 => {
                 let by_mut_ref = matches!(r.kind, syn::ReceiverKind::Reference(_, _, Some(_)));
                 if by_mut_ref {

@@ -167,6 +167,24 @@ impl OperationContext {
         None
     }
 
+    /// The nearest operation in this chain (itself included) of runtime `runtime_id` that
+    /// `holds(op_id)` says executes on a staged target (a detached call staging there would wait
+    /// for its own caller).
+    pub(crate) fn find_holder(
+        &self,
+        runtime_id: u64,
+        holds: impl Fn(OpId) -> bool,
+    ) -> Option<OpId> {
+        let mut cur = Some(&*self.link);
+        while let Some(l) = cur {
+            if l.runtime_id == runtime_id && holds(l.op_id) {
+                return Some(l.op_id);
+            }
+            cur = l.parent.as_deref();
+        }
+        None
+    }
+
     /// The transaction nested calls under this context compose into.
     pub(crate) fn txn(&self) -> &Arc<TxnShared> {
         &self.link.txn
@@ -234,6 +252,8 @@ enum Current {
     /// A running body's operation. Its shared link is only allocated if something asks for it
     /// (a nested call or `current_operation()`), which most bodies never do.
     Lazy(LazyLink),
+    /// Under `scope().detached()`: no parent, but the operation it was detached from.
+    Detached(OperationContext),
 }
 
 /// The data of a [`Link`], and the link once it is built.
@@ -333,9 +353,18 @@ impl Drop for LazyLink {
 impl Current {
     fn context(&self) -> Option<OperationContext> {
         match self {
-            Self::None => None,
+            Self::None | Self::Detached(_) => None,
             Self::Ready(c) => Some(c.clone()),
             Self::Lazy(l) => Some(l.get()),
+        }
+    }
+
+    /// The operation a detached scope was started under (not a parent: only checked so that a
+    /// detached call does not wait for a target its own caller's chain holds).
+    fn origin(&self) -> Option<OperationContext> {
+        match self {
+            Self::Detached(c) => Some(c.clone()),
+            _ => None,
         }
     }
 }
@@ -347,6 +376,8 @@ tokio::task_local! {
 /// What a new operation inherits from where it is called.
 pub(crate) struct Inherited {
     pub(crate) current: Option<OperationContext>,
+    /// Under `scope().detached()`: the operation it was detached from.
+    pub(crate) origin: Option<OperationContext>,
     pub(crate) overrides: Overrides,
 }
 
@@ -355,10 +386,12 @@ pub(crate) fn inherited() -> Inherited {
     FRAME
         .try_with(|f| Inherited {
             current: f.current.context(),
+            origin: f.current.origin(),
             overrides: f.overrides(),
         })
         .unwrap_or(Inherited {
             current: None,
+            origin: None,
             overrides: Overrides::default(),
         })
 }
@@ -387,7 +420,7 @@ pub(crate) fn body_link<F: Future>(
 ) -> Option<LazyLink> {
     match fut.take_value()?.current {
         Current::Lazy(l) => Some(l),
-        Current::None | Current::Ready(_) => None,
+        Current::None | Current::Ready(_) | Current::Detached(_) => None,
     }
 }
 
@@ -432,6 +465,7 @@ pub fn scope() -> Scope {
     let inherited = inherited();
     Scope {
         current: inherited.current,
+        origin: inherited.origin,
         overrides: inherited.overrides,
     }
 }
@@ -474,6 +508,7 @@ pub fn scope() -> Scope {
 #[must_use]
 pub struct Scope {
     current: Option<OperationContext>,
+    origin: Option<OperationContext>,
     overrides: Overrides,
 }
 
@@ -519,12 +554,13 @@ impl Scope {
     /// ancestry), e.g. in a task spawned from `parent`'s body.
     pub fn parent(mut self, parent: OperationContext) -> Self {
         self.current = Some(parent);
+        self.origin = None;
         self
     }
 
     /// Makes the calls top-level operations (no parent), even inside a body.
     pub fn detached(mut self) -> Self {
-        self.current = None;
+        self.origin = self.current.take().or(self.origin);
         self
     }
 
@@ -533,7 +569,11 @@ impl Scope {
         FRAME
             .scope(
                 Frame::new(
-                    self.current.map_or(Current::None, Current::Ready),
+                    match (self.current, self.origin) {
+                        (Some(c), _) => Current::Ready(c),
+                        (None, Some(o)) => Current::Detached(o),
+                        (None, None) => Current::None,
+                    },
                     self.overrides,
                 ),
                 fut,

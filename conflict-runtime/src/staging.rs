@@ -725,6 +725,15 @@ impl Staging {
         }
     }
 
+    /// Forgets the snapshot `key`'s staging area remembers (an entity written without staging
+    /// there: the next winner loads instead of starting from a stale value).
+    pub(crate) fn forget_last(&self, key: &EntityKey) {
+        let guard = self.cells.guard();
+        if let Some(c) = self.cells.get(key, &guard) {
+            c.lock().last = None;
+        }
+    }
+
     /// Whether `op_id` is the operation executing on `key` (it holds the target).
     pub(crate) fn is_executing(&self, key: &EntityKey, op_id: OpId) -> bool {
         let guard = self.cells.guard();

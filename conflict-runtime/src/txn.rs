@@ -39,7 +39,7 @@ pub(crate) struct TxnState {
     pub(crate) sealed: bool,
     /// An entity of the transaction was found changed by a nested call's read: the root's
     /// attempt cannot commit.
-    pub(crate) doomed: Option<EntityKey>,
+    pub(crate) doomed: Option<Doomed>,
     pub(crate) entries: Vec<Entry>,
     /// Nested calls that left their writes here, waiting for the root's outcome.
     pub(crate) children: Vec<Books>,
@@ -59,6 +59,17 @@ pub(crate) struct Entry {
     /// parameter (only its body has that copy).
     pub(crate) value: Option<StoredValue>,
     pub(crate) role: Role,
+    /// How many nested calls have written it: a nested call that read it parks its own writes
+    /// only if none was written since it read (siblings in other tasks run at once).
+    pub(crate) writes: u64,
+}
+
+/// Which entity doomed an attempt: read at `read`, found at `found` (`None`: gone).
+#[derive(Clone, Debug)]
+pub(crate) struct Doomed {
+    pub(crate) key: EntityKey,
+    pub(crate) read: u64,
+    pub(crate) found: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -74,7 +85,7 @@ pub(crate) enum Role {
 /// What the root takes when its body ends.
 #[derive(Default)]
 pub(crate) struct Sealed {
-    pub(crate) doomed: Option<EntityKey>,
+    pub(crate) doomed: Option<Doomed>,
     /// Nested calls' writes (expected version: the one read).
     pub(crate) writes: Vec<Write>,
     /// Entities read and not written (the root's `#[read]` parameters included).
@@ -90,7 +101,7 @@ impl Sealed {
 
 impl std::fmt::Debug for TxnShared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Txn(root {})", self.root)
+        write!(f, "Txn(runtime {:x}, root {})", self.runtime_id, self.root)
     }
 }
 
@@ -113,6 +124,7 @@ impl TxnShared {
                 last_modified: std::time::SystemTime::UNIX_EPOCH,
                 value: None,
                 role: Role::RootWrite,
+                writes: 0,
             }],
         )
     }

@@ -1725,7 +1725,7 @@ pub async fn bank_transfers_conserve_money_and_match_what_callers_were_told(
                 OperationPriority::HIGH,
             ][t as usize % 3];
             let mut delta = vec![0i64; ACCOUNTS];
-            let (mut committed, mut refused) = (0u64, 0u64);
+            let (mut committed, mut refused, mut preempted) = (0u64, 0u64, 0u64);
             for _ in 0..transfers_per_task {
                 let from = rng.usize(..ACCOUNTS);
                 let to = (from + 1 + rng.usize(..ACCOUNTS - 1)) % ACCOUNTS;
@@ -1742,10 +1742,13 @@ pub async fn bank_transfers_conserve_money_and_match_what_callers_were_told(
                         committed += 1;
                     }
                     Err(ConflictError::Body(Overdraw)) => refused += 1,
+                    // A LOW transfer past its grace period when a higher one arrives; nothing
+                    // of it was committed.
+                    Err(ConflictError::Preempted { .. }) => preempted += 1,
                     Err(e) => panic!("a transfer ended {e}"),
                 }
             }
-            (delta, committed, refused)
+            (delta, committed, refused, preempted)
         }));
     }
     let reader = {
@@ -1766,9 +1769,10 @@ pub async fn bank_transfers_conserve_money_and_match_what_callers_were_told(
         })
     };
     let mut delta = vec![0i64; ACCOUNTS];
-    let (mut committed, mut refused) = (0u64, 0u64);
+    let (mut committed, mut refused, mut preempted) = (0u64, 0u64, 0u64);
     for t in tasks {
-        let (d, c, r) = t.await.unwrap();
+        let (d, c, r, p) = t.await.unwrap();
+        preempted += p;
         for (total, x) in delta.iter_mut().zip(d) {
             *total += x;
         }
@@ -1789,12 +1793,16 @@ pub async fn bank_transfers_conserve_money_and_match_what_callers_were_told(
     }
     assert_eq!(sum, INITIAL * ACCOUNTS as i64, "money is conserved");
     let m = rt.metrics();
-    assert_eq!(committed + refused, 8 * transfers_per_task as u64);
+    assert_eq!(
+        committed + refused + preempted,
+        8 * transfers_per_task as u64
+    );
+    assert_eq!(m.outcome(OutcomeKind::Preempted), preempted);
     assert_eq!(m.outcome(OutcomeKind::Committed), committed + 200);
     assert_eq!(m.outcome(OutcomeKind::BodyError), refused);
     assert_eq!(
         m.submitted,
-        committed + refused + 200,
+        committed + refused + preempted + 200,
         "every call ended exactly once"
     );
     assert!(

@@ -101,6 +101,10 @@ where
     let rt = first.rt;
     let mut op = Operation::begin(rt, spec, first.key);
     op.more = targets[1..].iter().map(|t| t.key.clone()).collect();
+    for t in &targets[1..] {
+        // Expired lazy zombies of every entity are met, not only of the first.
+        rt.cleanup.operation_started(t.key);
+    }
     let span = tracing::info_span!(
         "conflict.op",
         op_id = %op.op_id,
@@ -109,7 +113,7 @@ where
         targets = %DisplayTargets(targets),
         attempt = tracing::field::Empty,
     );
-    let result = if op.parent.is_some() {
+    let result = if op.composes() {
         Box::pin(in_span(&span, compose(&mut op, targets, body, &span))).await
     } else {
         in_span(&span, run_many(&mut op, targets, body, &span)).await
@@ -194,6 +198,7 @@ where
 {
     check_targets(op, targets)?;
     op.admit()?;
+    op.admit_detached(targets.iter().filter(|t| t.write).map(|t| t.key))?;
     let (guards, guard_keys) = op.stage_many(targets).await?;
     let max_attempts = op.max_attempts();
     let mut attempt = 0u32;
@@ -214,6 +219,7 @@ where
                     last_modified: s.last_modified,
                     value: (!t.write).then(|| s.value.clone()),
                     role: if t.write { Role::RootWrite } else { Role::Read },
+                    writes: 0,
                 })
                 .collect(),
         )));
@@ -442,17 +448,17 @@ impl<'rt> Operation<'rt> {
         writes: Vec<Write>,
         reads: Vec<Read>,
         children: Vec<Books>,
-        doomed: Option<EntityKey>,
+        doomed: Option<crate::txn::Doomed>,
         attempt: u32,
     ) -> Result<Result<Versions, Stale>, ConflictError<Err>> {
         let rt = self.rt;
         self.composed = children;
-        if let Some(key) = doomed {
+        if let Some(d) = doomed {
             settle_composed(rt, self.op_id, std::mem::take(&mut self.composed), None);
             return Ok(Err(Stale {
-                key,
-                expected: 0,
-                actual: None,
+                key: d.key,
+                expected: d.read,
+                actual: d.found,
             }));
         }
         if self.deadline.is_some() && self.past_deadline(Instant::now()) {
@@ -490,10 +496,24 @@ impl<'rt> Operation<'rt> {
             }
             None => rt.backend.commit_many(info, writes, reads).await,
         };
-        let outcome = outcome?;
         let composed = std::mem::take(&mut self.composed);
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // The nested calls end with what is known of the commit they were part of.
+                super::settle_composed_failed(rt, composed, &e);
+                return Err(ConflictError::Store(e));
+            }
+        };
         match outcome {
             CommitOutcome::Committed { versions, .. } => {
+                // Entities written here without staging on them (nested writes): a snapshot
+                // their staging area remembers from an earlier commit is stale now.
+                if rt.backend.is_remote() {
+                    for key in keys.iter().filter(|k| !exec_keys.contains(k)) {
+                        rt.staging.forget_last(key);
+                    }
+                }
                 let versions = Versions::from(keys.into_iter().zip(versions).collect::<Vec<_>>());
                 settle_composed(rt, self.op_id, composed, Some(&versions));
                 self.committed_at = Some(at);
@@ -600,15 +620,8 @@ where
     };
     let txn = parent.txn().clone();
     check_targets(op, targets)?;
-    if txn.runtime_id != rt.id {
-        return Err(ConflictError::ForeignHandle {
-            op_id: op.op_id,
-            target: op.target.clone(),
-        });
-    }
-    if !rt.lifecycle.accepting() {
-        return Err(ConflictError::ShuttingDown { op_id: op.op_id });
-    }
+    // No `accepting()` check: a graceful shutdown lets running roots finish, nested calls
+    // included; the abort that ends the drain stops the root's body, and with it this call.
     if op.deadline.is_some() && op.past_deadline(op.submitted) {
         return Err(op.deadline_exceeded());
     }
@@ -623,9 +636,17 @@ where
             });
         }
     }
+    if !parent.is_running() {
+        // The body this call was made for has ended (a context kept, or a task not awaited):
+        // there is no commit left to join.
+        return Err(ConflictError::RolledBack {
+            op_id: op.op_id,
+            root_op_id: txn.root,
+        });
+    }
     op.started = Some(op.submitted);
     op.begin_attempt(1, span)?;
-    let snaps = read_through(op, &txn, targets).await?;
+    let (snaps, seen) = read_through(op, &txn, targets).await?;
     let params = Params::Many(targets.iter().map(|t| (t.key.clone(), t.write)).collect());
     let (written, value) = op
         .run_body_on(&[], &snaps, params, TxnSeed::Given(txn.clone()), &mut body)
@@ -640,7 +661,14 @@ where
         }
     }
     let mut st = txn.lock();
-    if st.sealed || st.doomed.is_some() {
+    // A sibling (a nested call of the same attempt in another task) that wrote an entity this
+    // call read, after it read it, would be overwritten by this call's writes, computed from
+    // what it read: this call is rolled back instead (no lost update inside the transaction).
+    let overtaken = targets
+        .iter()
+        .zip(&seen)
+        .any(|(t, n)| st.entry(t.key).is_none_or(|e| e.writes != *n));
+    if st.sealed || st.doomed.is_some() || overtaken {
         drop(st);
         return Err(ConflictError::RolledBack {
             op_id: op.op_id,
@@ -652,6 +680,7 @@ where
         if let Some(e) = st.entry_mut(&key) {
             e.value = Some(value);
             e.role = Role::Write;
+            e.writes += 1;
         }
         versions.push((key, read_version + 1));
     }
@@ -679,7 +708,7 @@ async fn read_through<Err>(
     op: &Operation<'_>,
     txn: &Arc<TxnShared>,
     targets: &[Target<'_>],
-) -> Result<Vec<Snapshot>, ConflictError<Err>> {
+) -> Result<(Vec<Snapshot>, Vec<u64>), ConflictError<Err>> {
     let rolled_back = || ConflictError::RolledBack {
         op_id: op.op_id,
         root_op_id: txn.root,
@@ -725,10 +754,15 @@ async fn read_through<Err>(
             return Err(rolled_back());
         }
         for ((key, _, version), now) in known.iter().zip(again) {
-            if now.as_ref().map(|s| s.version) != Some(*version) {
+            let found = now.as_ref().map(|s| s.version);
+            if found != Some(*version) {
                 // Read at `version`, changed since: this attempt of the root cannot commit, and
                 // this body must not see the mixed state.
-                st.doomed = Some(key.clone());
+                st.doomed = Some(crate::txn::Doomed {
+                    key: key.clone(),
+                    read: *version,
+                    found,
+                });
                 return Err(rolled_back());
             }
         }
@@ -742,7 +776,11 @@ async fn read_through<Err>(
                 // Another nested call (in another task) read it meanwhile: it must be the
                 // same version.
                 Some(e) if e.read_version != snap.version => {
-                    st.doomed = Some(t.key.clone());
+                    st.doomed = Some(crate::txn::Doomed {
+                        key: t.key.clone(),
+                        read: e.read_version,
+                        found: Some(snap.version),
+                    });
                     return Err(rolled_back());
                 }
                 Some(_) => {}
@@ -753,26 +791,33 @@ async fn read_through<Err>(
                     last_modified: snap.last_modified,
                     value: Some(snap.value.clone()),
                     role: Role::Read,
+                    writes: 0,
                 }),
             }
         }
     }
     let st = txn.lock();
-    targets
+    let mut seen = Vec::with_capacity(targets.len());
+    let snaps = targets
         .iter()
         .map(|t| match st.entry(t.key) {
             Some(Entry {
                 value: Some(value),
                 read_version,
                 last_modified,
+                writes,
                 ..
-            }) => Ok(Snapshot {
-                value: value.clone(),
-                version: *read_version,
-                last_modified: *last_modified,
-            }),
+            }) => {
+                seen.push(*writes);
+                Ok(Snapshot {
+                    value: value.clone(),
+                    version: *read_version,
+                    last_modified: *last_modified,
+                })
+            }
             // The root's written parameter (the reentrancy check refuses it first) or gone.
             _ => Err(rolled_back()),
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((snaps, seen))
 }

@@ -40,6 +40,8 @@ struct Operation<'rt> {
     priority: OperationPriority,
     effective: OperationPriority,
     parent: Option<OperationContext>,
+    /// Under `scope().detached()` inside a body: the operation it was detached from.
+    origin: Option<OperationContext>,
     target: EntityKey,
     /// A multi-entity call's other entities, in parameter order (empty, unallocated, for one).
     more: Vec<EntityKey>,
@@ -90,6 +92,7 @@ impl<'rt> Operation<'rt> {
             priority,
             effective,
             parent,
+            origin: frame.origin,
             target: target.clone(),
             more: Vec::new(),
             submitted,
@@ -104,6 +107,15 @@ impl<'rt> Operation<'rt> {
             max_retries: frame.overrides.max_retries,
             deadline,
         }
+    }
+
+    /// Whether this call is nested in a body of its own runtime, and so composes into that
+    /// body's root. (A call on another runtime's entity, made inside a body, is a root of its
+    /// own runtime: a commit is in one store.)
+    fn composes(&self) -> bool {
+        self.parent
+            .as_ref()
+            .is_some_and(|p| p.link.runtime_id == self.rt.id)
     }
 
     /// Whether the call's deadline has passed at `now`.
@@ -273,6 +285,7 @@ impl Books {
             priority: self.priority,
             effective: self.effective,
             parent: self.parent,
+            origin: None,
             target: self.target,
             more: self.more,
             submitted: self.submitted,
@@ -314,6 +327,16 @@ pub(crate) fn settle_composed(
                 op.end(OutcomeKind::RolledBack, None, Some(e));
             }
         }
+    }
+}
+
+/// Ends composed nested calls whose root's commit failed with `e`: with that store error
+/// (for an unknown outcome, "maybe applied", like their root), not `RolledBack`.
+pub(crate) fn settle_composed_failed(rt: &Arc<Inner>, children: Vec<Books>, e: &StoreError) {
+    for child in children {
+        let mut op = child.resume(rt);
+        let e = ConflictError::<BodyFailed>::Store(e.clone());
+        op.end(e.kind(), None, Some(e));
     }
 }
 
@@ -390,7 +413,7 @@ impl Drop for Operation<'_> {
                     rest.end(OutcomeKind::Cancelled, None, None);
                 }
                 Err(e) => {
-                    settle_composed(&rt, root, composed, None);
+                    settle_composed_failed(&rt, composed, &e);
                     let e = ConflictError::<BodyFailed>::Store(e);
                     rest.end(e.kind(), None, Some(e));
                 }
@@ -441,7 +464,7 @@ where
 {
     let rt = &handle.rt.inner;
     let mut op = Operation::begin(rt, spec, &handle.key);
-    if op.parent.is_some() {
+    if op.composes() {
         // Called inside another call's body: part of that call's commit.
         // Boxed: only nested calls take this path, and inline it would make every call's
         // future larger.
@@ -495,6 +518,9 @@ where
     Err: std::fmt::Display,
 {
     op.admit()?;
+    if op.origin.is_some() {
+        op.admit_detached(std::iter::once(key))?;
+    }
     let exec = op.stage(key, cache).await?;
     let exec = exec.as_slice();
     let max_attempts = op.max_attempts();
@@ -606,6 +632,29 @@ impl<'rt> Operation<'rt> {
                 target: self.target.clone(),
                 ancestor_op_id: ancestor,
             });
+        }
+        Ok(())
+    }
+
+    /// A detached call that would stage on a target its own caller's chain executes on would
+    /// wait for its caller, which waits for it: refused as `Reentrant` instead. (Only staging
+    /// waits: a detached call that does not stage, or on a target its caller only reads, runs.)
+    fn admit_detached<'k, Err>(
+        &self,
+        staged: impl Iterator<Item = &'k EntityKey>,
+    ) -> Result<(), ConflictError<Err>> {
+        let (Some(origin), true) = (&self.origin, self.spec.config.mode.staging()) else {
+            return Ok(());
+        };
+        let rt = self.rt;
+        for key in staged {
+            if let Some(holder) = origin.find_holder(rt.id, |id| rt.staging.is_executing(key, id)) {
+                return Err(ConflictError::Reentrant {
+                    op_id: self.op_id,
+                    target: key.clone(),
+                    ancestor_op_id: holder,
+                });
+            }
         }
         Ok(())
     }
@@ -952,6 +1001,10 @@ impl<'rt> Operation<'rt> {
         let outcome = outcome?;
         if let Cas::Committed(_) = outcome {
             self.committed_at = Some(at);
+            if exec.is_empty() && rt.backend.is_remote() {
+                // Written without staging: what its staging area remembers is stale now.
+                rt.staging.forget_last(&self.target);
+            }
         }
         Ok(outcome)
     }
