@@ -1260,10 +1260,9 @@ async fn defect_a_doomed_attempt_reports_version_zero_and_a_missing_entity() {
             actual_version,
             ..
         }) = r
+            && op.op_id == done.op_id
         {
-            if op.op_id == done.op_id {
-                conflicts.push((expected_version, actual_version));
-            }
+            conflicts.push((expected_version, actual_version));
         }
     }
     assert_eq!(

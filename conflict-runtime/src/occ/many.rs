@@ -796,28 +796,35 @@ async fn read_through<Err>(
             }
         }
     }
-    let st = txn.lock();
+    from_transaction(&txn.lock(), targets).ok_or_else(rolled_back)
+}
+
+/// Each target as the transaction has it, and how many nested writes each had: `None` if one
+/// is not readable there (the root's written parameter, which the reentrancy check refuses
+/// first).
+fn from_transaction(
+    st: &crate::txn::TxnState,
+    targets: &[Target<'_>],
+) -> Option<(Vec<Snapshot>, Vec<u64>)> {
     let mut seen = Vec::with_capacity(targets.len());
-    let snaps = targets
-        .iter()
-        .map(|t| match st.entry(t.key) {
-            Some(Entry {
-                value: Some(value),
-                read_version,
-                last_modified,
-                writes,
-                ..
-            }) => {
-                seen.push(*writes);
-                Ok(Snapshot {
-                    value: value.clone(),
-                    version: *read_version,
-                    last_modified: *last_modified,
-                })
-            }
-            // The root's written parameter (the reentrancy check refuses it first) or gone.
-            _ => Err(rolled_back()),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((snaps, seen))
+    let mut snaps = Vec::with_capacity(targets.len());
+    for t in targets {
+        let Entry {
+            value: Some(value),
+            read_version,
+            last_modified,
+            writes,
+            ..
+        } = st.entry(t.key)?
+        else {
+            return None;
+        };
+        seen.push(*writes);
+        snaps.push(Snapshot {
+            value: value.clone(),
+            version: *read_version,
+            last_modified: *last_modified,
+        });
+    }
+    Some((snaps, seen))
 }
