@@ -1,20 +1,34 @@
-//! The stress run: the design's 30,000-operation workload on 3 targets, with a verdict that is
-//! proven, not asserted.
+//! The stress run: the design's 30,000-operation workload, with money transfers mixed in, and
+//! a verdict that is proven, not asserted.
 //!
-//! Four operation types hit a few shared targets with mixed priorities, in batches (closed
-//! loop) or at a fixed rate (open loop). At the end the run checks:
+//! Four single-target operation types hit a few shared targets, and a share of the operations
+//! (20% by default, `--transfer-share`) are transfers between two random accounts that refuse
+//! to overdraw (one call over two entities, committed on both or neither), all with mixed
+//! priorities, in batches (closed loop) or at a fixed rate (open loop). At the end the run
+//! checks:
 //!
 //! * **accounting**: submitted = committed + every error kind; no operation reported twice;
 //!   nothing still running;
 //! * **state**: per target, the committed operations' versions are exactly `2..=final` (gap-free)
-//!   and replaying them in version order from the initial value gives the stored final state.
+//!   and replaying them in version order from the initial value gives the stored final state;
+//! * **money**: the accounts' balances add up to what they opened with (transfers only move
+//!   money), and per account, replaying the transfers its callers were told committed, in
+//!   version order (gap-free) from the opening balance, gives the stored balance without ever
+//!   going below zero.
 //!
 //! Any mismatch prints what failed and exits with status 1.
 //!
 //! `cargo run --release -p conflict-examples --bin stress -- --help`
 
+// Pedantic lints are enforced (CI denies warnings); single sites are allowed where they stand.
+#![warn(clippy::pedantic)]
+// The u64 → f64 casts only format figures (seconds, µs, MiB) for people.
+#![allow(clippy::cast_precision_loss)]
+
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::io::IsTerminal;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -73,6 +87,49 @@ impl Op {
     }
 }
 
+/// An account the transfers move money between.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Entity)]
+#[entity(name = "StressAccount")]
+struct Account {
+    #[entity(id)]
+    id: EntityId,
+    name: String,
+    balance: i64,
+}
+
+/// What every account opens with (the `--accounts` help says so: keep them in step).
+const OPENING_BALANCE: i64 = 1_000;
+/// The largest amount one transfer moves (amounts are drawn from `1..=MAX_TRANSFER`; the
+/// `--transfer-share` help says so: keep them in step).
+const MAX_TRANSFER: i64 = 100;
+
+/// Why a transfer was refused: the sender would go below zero.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("would overdraw: balance {balance}, transfer {amount}")]
+struct Overdraw {
+    balance: i64,
+    amount: i64,
+}
+
+/// The one definition of a transfer, used by the bodies (on both accounts at once) and by the
+/// per-account replay (one side at a time, through [`apply_delta`]).
+fn apply_transfer(from: &mut Account, to: &mut Account, amount: i64) -> Result<(), Overdraw> {
+    if from.balance < amount {
+        return Err(Overdraw {
+            balance: from.balance,
+            amount,
+        });
+    }
+    apply_delta(from, -amount);
+    apply_delta(to, amount);
+    Ok(())
+}
+
+/// One side of a transfer: `-amount` for the sender, `+amount` for the receiver.
+fn apply_delta(account: &mut Account, delta: i64) {
+    account.balance += delta;
+}
+
 /// Simulated work between reading the snapshot and writing it back.
 async fn work(ms: u64) {
     if ms > 0 {
@@ -80,8 +137,8 @@ async fn work(ms: u64) {
     }
 }
 
-/// One set of the four operations per stage selection (the mode is compile-time; what losers
-/// do is a per-call override, `scope().on_lose(..)`).
+/// One set of the four operations and the transfer per stage selection (the mode is
+/// compile-time; what losers do is a per-call override, `scope().on_lose(..)`).
 macro_rules! op_set {
     ($module:ident, $($attr:tt)*) => {
         mod $module {
@@ -109,6 +166,20 @@ macro_rules! op_set {
             pub async fn version(t: &mut Target, op: Op, work_ms: u64) {
                 work(work_ms).await;
                 op.apply(t);
+            }
+
+            /// Moves `amount` from `from` to `to`, or refuses if `from` would overdraw. Staged
+            /// on both accounts (in key order, so opposite-order transfers cannot deadlock),
+            /// both read as one snapshot, both committed or neither.
+            #[with_conflict_resolution($($attr)*)]
+            pub async fn transfer(
+                from: &mut Account,
+                to: &mut Account,
+                amount: i64,
+                work_ms: u64,
+            ) -> Result<(), Overdraw> {
+                work(work_ms).await;
+                apply_transfer(from, to, amount)
             }
 
             pub async fn run(
@@ -159,15 +230,33 @@ struct Args {
     /// Operations to submit.
     #[arg(long, default_value_t = 30_000)]
     ops: u64,
-    /// Shared targets.
+    /// Shared targets of the four single-target operation types (at least 1 unless
+    /// --transfer-share is 100).
     #[arg(long, default_value_t = 3)]
     targets: usize,
+    /// Share of the operations that are transfers between two random accounts, in percent
+    /// (a whole number, 0..=100). Each transfer moves 1..=100 from one account to another and
+    /// is refused if the sender would go below zero. 0 gives exactly the workload without
+    /// transfers.
+    #[arg(
+        long,
+        value_name = "PERCENT",
+        default_value_t = 20,
+        value_parser = parse_percent,
+        allow_negative_numbers = true
+    )]
+    transfer_share: u8,
+    /// Accounts the transfers move money between, each opening with 1000 (at least 2 unless
+    /// --transfer-share is 0).
+    #[arg(long, default_value_t = 10)]
+    accounts: usize,
     /// Operations per batch (closed loop: a batch is submitted at once, the next when it has
-    /// resolved).
-    #[arg(long, default_value_t = 100)]
+    /// resolved; at least 1).
+    #[arg(long, default_value_t = 100, value_parser = parse_positive::<usize>)]
     batch: usize,
-    /// Open loop instead: submit at this many operations per second regardless of completion.
-    #[arg(long)]
+    /// Open loop instead: submit at this many operations per second regardless of completion
+    /// (at least 1).
+    #[arg(long, value_parser = parse_positive::<u64>)]
     rate: Option<u64>,
     /// Simulated work between read and write, in milliseconds (the design used 5).
     #[arg(long, default_value_t = 0)]
@@ -184,26 +273,61 @@ struct Args {
     /// Print one JSON document instead of the text report.
     #[arg(long)]
     json: bool,
-    /// Tokio worker threads (default: one per core).
-    #[arg(long)]
+    /// Tokio worker threads (default: one per core; at least 1).
+    #[arg(long, value_parser = parse_positive::<usize>)]
     workers: Option<usize>,
-    /// Where the entities live: `memory` (the embedded store) or a PostgreSQL URL
+    /// Where the entities live: `memory` (the embedded store) or a database URL
     /// (`postgres://user@host:port/db`); the schema is created if missing.
     #[arg(long, default_value = "memory")]
     backend: String,
+}
+
+/// `--transfer-share`: a whole percentage, refused (not clamped) outside `0..=100`.
+fn parse_percent(s: &str) -> Result<u8, String> {
+    let n: i64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number: give a percentage from 0 to 100"))?;
+    u8::try_from(n)
+        .ok()
+        .filter(|p| *p <= 100)
+        .ok_or_else(|| format!("{n}% is not a share: give a percentage from 0 to 100"))
+}
+
+/// A count that must be at least 1 (refused, not raised to 1, when 0).
+fn parse_positive<T>(s: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + Default + PartialEq,
+{
+    let n: T = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number of at least 1"))?;
+    if n == T::default() {
+        return Err("must be at least 1".to_string());
+    }
+    Ok(n)
 }
 
 type RunFn = for<'a> fn(
     &'a Handle<Target>,
     Op,
     u64,
-) -> std::pin::Pin<
+) -> Pin<
     Box<
-        dyn std::future::Future<
-                Output = Result<Committed<()>, ConflictError<std::convert::Infallible>>,
-            > + Send
+        dyn Future<Output = Result<Committed<()>, ConflictError<std::convert::Infallible>>>
+            + Send
             + 'a,
     >,
+>;
+
+type TransferFn = for<'a> fn(
+    &'a Handle<Account>,
+    &'a Handle<Account>,
+    i64,
+    u64,
+) -> Pin<
+    Box<dyn Future<Output = Result<Committed<()>, ConflictError<Overdraw>>> + Send + 'a>,
 >;
 
 fn runner(mode: Mode) -> RunFn {
@@ -214,18 +338,55 @@ fn runner(mode: Mode) -> RunFn {
     }
 }
 
+fn transfer_runner(mode: Mode) -> TransferFn {
+    match mode {
+        Mode::Both => |f, t, amount, w| Box::pin(both::transfer(f, t, amount, w)),
+        Mode::PreEcs => |f, t, amount, w| Box::pin(pre_ecs_only::transfer(f, t, amount, w)),
+        Mode::Occ => |f, t, amount, w| Box::pin(occ_only::transfer(f, t, amount, w)),
+    }
+}
+
+/// What one planned operation does.
+#[derive(Debug, Clone, Copy)]
+enum Work {
+    /// One of the four single-target operations on `targets[target]`.
+    Target { target: usize, op: Op },
+    /// Moves `amount` from `accounts[from]` to `accounts[to]` (two different accounts).
+    Transfer { from: usize, to: usize, amount: i64 },
+}
+
 /// One submitted operation, as the driver planned it.
 #[derive(Debug, Clone, Copy)]
 struct Planned {
-    target: usize,
-    op: Op,
+    work: Work,
     priority: OperationPriority,
+}
+
+/// 6 NORMAL : 3 HIGH : 1 CRITICAL, for every operation type alike.
+fn draw_priority(rng: &mut fastrand::Rng) -> OperationPriority {
+    match rng.u8(..10) {
+        0..=5 => OperationPriority::NORMAL,
+        6..=8 => OperationPriority::HIGH,
+        _ => OperationPriority::CRITICAL,
+    }
 }
 
 fn plan(args: &Args) -> Vec<Planned> {
     let mut rng = fastrand::Rng::with_seed(args.seed);
     (0..args.ops)
         .map(|_| {
+            // Drawn only when transfers are on, so `--transfer-share 0` gives exactly the
+            // workload of the run without transfers.
+            let is_transfer = args.transfer_share > 0 && rng.u8(..100) < args.transfer_share;
+            if is_transfer {
+                let from = rng.usize(..args.accounts);
+                let to = (from + 1 + rng.usize(..args.accounts - 1)) % args.accounts;
+                let amount = rng.i64(1..=MAX_TRANSFER);
+                return Planned {
+                    work: Work::Transfer { from, to, amount },
+                    priority: draw_priority(&mut rng),
+                };
+            }
             let op = match rng.u8(..4) {
                 0 => Op::Increment {
                     amount: rng.u64(1..=100),
@@ -238,15 +399,12 @@ fn plan(args: &Args) -> Vec<Planned> {
                 },
                 _ => Op::Version,
             };
-            // 6 NORMAL : 3 HIGH : 1 CRITICAL
-            let priority = match rng.u8(..10) {
-                0..=5 => OperationPriority::NORMAL,
-                6..=8 => OperationPriority::HIGH,
-                _ => OperationPriority::CRITICAL,
-            };
+            let priority = draw_priority(&mut rng);
             Planned {
-                target: rng.usize(..args.targets),
-                op,
+                work: Work::Target {
+                    target: rng.usize(..args.targets),
+                    op,
+                },
                 priority,
             }
         })
@@ -258,9 +416,32 @@ fn plan(args: &Args) -> Vec<Planned> {
 struct Outcomes {
     /// Per target: (version written, operation) of every commit.
     commits: Vec<Vec<(u64, Op)>>,
+    /// Per account: (version written, balance change) of its side of every committed transfer.
+    account_commits: Vec<Vec<(u64, i64)>>,
     by_kind: BTreeMap<OutcomeKind, u64>,
+    /// The transfers alone, by outcome.
+    transfers_by_kind: BTreeMap<OutcomeKind, u64>,
     op_ids: Vec<OpId>,
     untagged_errors: u64,
+    /// Committed transfers that did not report exactly one new version per account.
+    bad_transfer_versions: Vec<String>,
+}
+
+impl Outcomes {
+    fn record_commit(&mut self, op_id: OpId) {
+        *self.by_kind.entry(OutcomeKind::Committed).or_default() += 1;
+        self.op_ids.push(op_id);
+    }
+
+    fn record_error<E>(&mut self, e: &ConflictError<E>) {
+        *self.by_kind.entry(e.kind()).or_default() += 1;
+        match e.op_id() {
+            Some(id) => self.op_ids.push(id),
+            // The body's own error (a refused transfer) is the caller's value: it carries no id.
+            None if matches!(e, ConflictError::Body(_)) => {}
+            None => self.untagged_errors += 1,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -273,10 +454,42 @@ struct TargetReport {
 }
 
 #[derive(Serialize)]
+struct AccountReport {
+    name: String,
+    opening: i64,
+    balance: i64,
+    /// Money this account sent in committed transfers.
+    sent: i64,
+    /// Money this account received in committed transfers.
+    received: i64,
+    version: u64,
+    /// Committed transfers this account took part in.
+    commits: u64,
+}
+
+#[derive(Serialize)]
+struct TransferReport {
+    share_percent: u8,
+    submitted: u64,
+    committed: u64,
+    /// The body refused: the sender would have gone below zero (nothing written).
+    refused_overdraw: u64,
+    /// Ended without a commit for another reason (lost to contention, ...), by outcome.
+    not_committed: BTreeMap<String, u64>,
+    /// The sum of the amounts of the committed transfers.
+    money_moved: i64,
+    opening_total: i64,
+    final_total: i64,
+}
+
+/// One flag per check, as the JSON report shows them.
+#[derive(Serialize)]
+#[allow(clippy::struct_excessive_bools)]
 struct Verdict {
     ok: bool,
     accounting_ok: bool,
     state_ok: bool,
+    money_ok: bool,
     problems: Vec<String>,
 }
 
@@ -289,10 +502,14 @@ struct Report {
     submitted: u64,
     committed: u64,
     rejected: u64,
+    /// Transfers the body refused (they would overdraw).
+    refused: u64,
     failed: u64,
     still_running: u64,
     outcomes: BTreeMap<String, u64>,
     targets: Vec<TargetReport>,
+    transfers: TransferReport,
+    accounts: Vec<AccountReport>,
     peak_rss_bytes: Option<u64>,
     zombies_after_cleanup: u64,
     health: conflict_runtime::cleanup::HealthReport,
@@ -307,19 +524,124 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+fn lock(outcomes: &Mutex<Outcomes>) -> std::sync::MutexGuard<'_, Outcomes> {
+    outcomes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What every submitted operation shares: which functions run it, how, and where its outcome
+/// goes.
+#[derive(Clone)]
+struct Submitter {
+    run: RunFn,
+    transfer: TransferFn,
+    on_lose: conflict_runtime::config::OnLose,
+    work_ms: u64,
+    outcomes: Arc<Mutex<Outcomes>>,
+    progress: indicatif::ProgressBar,
+}
+
+impl Submitter {
+    fn spawn(
+        &self,
+        p: Planned,
+        targets: &[Handle<Target>],
+        accounts: &[Handle<Account>],
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        match p.work {
+            Work::Target { target, op } => {
+                let h = targets[target].clone();
+                tokio::spawn(async move { this.target_op(p.priority, target, &h, op).await })
+            }
+            Work::Transfer { from, to, amount } => {
+                let (hf, ht) = (accounts[from].clone(), accounts[to].clone());
+                tokio::spawn(async move {
+                    this.transfer_op(p.priority, (from, &hf), (to, &ht), amount)
+                        .await;
+                })
+            }
+        }
+    }
+
+    fn scope(&self, priority: OperationPriority) -> conflict_runtime::operation::Scope {
+        conflict_runtime::operation::scope()
+            .priority(priority)
+            .on_lose(self.on_lose)
+    }
+
+    async fn target_op(
+        &self,
+        priority: OperationPriority,
+        target: usize,
+        handle: &Handle<Target>,
+        op: Op,
+    ) {
+        let result = self
+            .scope(priority)
+            .run((self.run)(handle, op, self.work_ms))
+            .await;
+        // The driver's own bookkeeping: one short critical section per operation.
+        let mut o = lock(&self.outcomes);
+        match result {
+            Ok(c) => {
+                o.commits[target].push((c.version, op));
+                o.record_commit(c.op_id);
+            }
+            Err(e) => o.record_error(&e),
+        }
+        drop(o);
+        self.progress.inc(1);
+    }
+
+    async fn transfer_op(
+        &self,
+        priority: OperationPriority,
+        (from, hf): (usize, &Handle<Account>),
+        (to, ht): (usize, &Handle<Account>),
+        amount: i64,
+    ) {
+        let r = self
+            .scope(priority)
+            .run((self.transfer)(hf, ht, amount, self.work_ms))
+            .await;
+        let mut o = lock(&self.outcomes);
+        let kind = r
+            .as_ref()
+            .map_or_else(ConflictError::kind, |_| OutcomeKind::Committed);
+        *o.transfers_by_kind.entry(kind).or_default() += 1;
+        match r {
+            Ok(c) => {
+                let (vf, vt) = (c.version_of(hf.key()), c.version_of(ht.key()));
+                if let (Some(vf), Some(vt), 2) = (vf, vt, c.versions.len()) {
+                    o.account_commits[from].push((vf, -amount));
+                    o.account_commits[to].push((vt, amount));
+                } else {
+                    o.bad_transfer_versions.push(format!(
+                        "a committed transfer account-{from} -> account-{to} reported the \
+                         versions {:?}, not one per account",
+                        c.versions
+                    ));
+                }
+                o.record_commit(c.op_id);
+            }
+            Err(e) => o.record_error(&e),
+        }
+        drop(o);
+        self.progress.inc(1);
+    }
+}
+
 async fn drive(
     args: &Args,
-    rt: &Runtime,
-    handles: &[Handle<Target>],
+    targets: &[Handle<Target>],
+    accounts: &[Handle<Account>],
     planned: Vec<Planned>,
 ) -> Outcomes {
-    let run = runner(args.mode);
-    let on_lose = match args.on_lose {
-        OnLose::Reject => conflict_runtime::config::OnLose::Reject,
-        OnLose::Requeue => conflict_runtime::config::OnLose::Requeue,
-    };
     let outcomes = Arc::new(Mutex::new(Outcomes {
-        commits: vec![Vec::new(); handles.len()],
+        commits: vec![Vec::new(); targets.len()],
+        account_commits: vec![Vec::new(); accounts.len()],
         ..Outcomes::default()
     }));
     let progress = if std::io::stderr().is_terminal() && !args.json {
@@ -327,56 +649,37 @@ async fn drive(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let submit = |p: Planned| {
-        let h = handles[p.target].clone();
-        let outcomes = outcomes.clone();
-        let progress = progress.clone();
-        let work_ms = args.work_ms;
-        tokio::spawn(async move {
-            let r = conflict_runtime::operation::scope()
-                .priority(p.priority)
-                .on_lose(on_lose)
-                .run(run(&h, p.op, work_ms))
-                .await;
-            // The driver's own bookkeeping: one short critical section per operation.
-            let mut o = outcomes
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match r {
-                Ok(c) => {
-                    o.commits[p.target].push((c.version, p.op));
-                    *o.by_kind.entry(OutcomeKind::Committed).or_default() += 1;
-                    o.op_ids.push(c.op_id);
-                }
-                Err(e) => {
-                    *o.by_kind.entry(e.kind()).or_default() += 1;
-                    match e.op_id() {
-                        Some(id) => o.op_ids.push(id),
-                        None => o.untagged_errors += 1,
-                    }
-                }
-            }
-            drop(o);
-            progress.inc(1);
-        })
+    let submitter = Submitter {
+        run: runner(args.mode),
+        transfer: transfer_runner(args.mode),
+        on_lose: match args.on_lose {
+            OnLose::Reject => conflict_runtime::config::OnLose::Reject,
+            OnLose::Requeue => conflict_runtime::config::OnLose::Requeue,
+        },
+        work_ms: args.work_ms,
+        outcomes: outcomes.clone(),
+        progress: progress.clone(),
     };
     match args.rate {
         None => {
-            for chunk in planned.chunks(args.batch.max(1)) {
-                let tasks: Vec<_> = chunk.iter().map(|p| submit(*p)).collect();
+            for chunk in planned.chunks(args.batch) {
+                let tasks: Vec<_> = chunk
+                    .iter()
+                    .map(|p| submitter.spawn(*p, targets, accounts))
+                    .collect();
                 for t in tasks {
                     let _ = t.await;
                 }
             }
         }
         Some(rate) => {
-            let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+            let interval = Duration::from_secs_f64(1.0 / rate as f64);
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let mut tasks = Vec::with_capacity(planned.len());
             for p in planned {
                 ticker.tick().await;
-                tasks.push(submit(p));
+                tasks.push(submitter.spawn(p, targets, accounts));
             }
             for t in tasks {
                 let _ = t.await;
@@ -384,27 +687,51 @@ async fn drive(
         }
     }
     progress.finish_and_clear();
-    let _ = rt;
+    drop(submitter);
     match Arc::try_unwrap(outcomes) {
         Ok(m) => m
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner),
-        Err(shared) => std::mem::take(
-            &mut *shared
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        ),
+        Err(shared) => std::mem::take(&mut *lock(&shared)),
     }
 }
 
-fn verify(
-    args: &Args,
-    outcomes: &Outcomes,
-    finals: &[Versioned<Target>],
-    initial: &[Target],
-    m: &MetricsSnapshot,
-) -> Verdict {
-    // Accounting: every submission has exactly one outcome, on both sides of the API.
+/// What the run started from, and what the store holds at the end.
+struct States<'a> {
+    initial_targets: &'a [Target],
+    final_targets: &'a [Versioned<Target>],
+    initial_accounts: &'a [Account],
+    final_accounts: &'a [Versioned<Account>],
+}
+
+/// Sorts `commits` by version and says whether they are exactly `2..=len + 1`.
+fn gap_free<T>(commits: &mut [(u64, T)]) -> bool {
+    commits.sort_by_key(|(v, _)| *v);
+    commits
+        .iter()
+        .zip(2u64..)
+        .all(|((v, _), expected)| *v == expected)
+}
+
+fn verify(args: &Args, outcomes: &Outcomes, states: &States<'_>, m: &MetricsSnapshot) -> Verdict {
+    let mut problems = check_accounting(args, outcomes, m);
+    let state = check_state(outcomes, states);
+    let money = check_money(outcomes, states);
+    let (accounting_ok, state_ok, money_ok) =
+        (problems.is_empty(), state.is_empty(), money.is_empty());
+    problems.extend(state);
+    problems.extend(money);
+    Verdict {
+        ok: accounting_ok && state_ok && money_ok,
+        accounting_ok,
+        state_ok,
+        money_ok,
+        problems,
+    }
+}
+
+/// Accounting: every submission has exactly one outcome, on both sides of the API.
+fn check_accounting(args: &Args, outcomes: &Outcomes, m: &MetricsSnapshot) -> Vec<String> {
     let mut accounting = Vec::new();
     let reported: u64 = outcomes.by_kind.values().sum();
     if reported != args.ops {
@@ -441,26 +768,25 @@ fn verify(
             outcomes.untagged_errors
         ));
     }
-    // State: per target, replay the commits in version order from the initial value.
+    accounting
+}
+
+/// State: per target, replay the commits in version order from the initial value.
+fn check_state(outcomes: &Outcomes, states: &States<'_>) -> Vec<String> {
     let mut state = Vec::new();
     for (i, commits) in outcomes.commits.iter().enumerate() {
         let mut commits = commits.clone();
-        commits.sort_by_key(|(v, _)| *v);
-        let gap_free = commits
-            .iter()
-            .enumerate()
-            .all(|(k, (v, _))| *v == k as u64 + 2);
-        if !gap_free {
+        if !gap_free(&mut commits) {
             state.push(format!(
                 "target {i}: committed versions are not exactly 2..={}",
                 commits.len() + 1
             ));
         }
-        let mut replayed = initial[i].clone();
+        let mut replayed = states.initial_targets[i].clone();
         for (_, op) in &commits {
             op.apply(&mut replayed);
         }
-        let stored = &finals[i];
+        let stored = &states.final_targets[i];
         if stored.value != replayed {
             state.push(format!(
                 "target {i}: stored (hits {}, total {}) but replay gives (hits {}, total {})",
@@ -475,24 +801,96 @@ fn verify(
             ));
         }
     }
-    let (accounting_ok, state_ok) = (accounting.is_empty(), state.is_empty());
-    accounting.extend(state);
-    Verdict {
-        ok: accounting_ok && state_ok,
-        accounting_ok,
-        state_ok,
-        problems: accounting,
+    state
+}
+
+/// Money: transfers only move it, and each account is its opening balance plus exactly the
+/// transfers its callers were told committed, applied in version order without an overdraft.
+fn check_money(outcomes: &Outcomes, states: &States<'_>) -> Vec<String> {
+    let mut money = outcomes.bad_transfer_versions.clone();
+    let opening: i64 = states.initial_accounts.iter().map(|a| a.balance).sum();
+    let now: i64 = states.final_accounts.iter().map(|a| a.value.balance).sum();
+    if now != opening {
+        money.push(format!(
+            "money not conserved: the accounts opened with {opening} in all but hold {now} \
+             ({:+})",
+            now - opening
+        ));
     }
+    for (i, sides) in outcomes.account_commits.iter().enumerate() {
+        let mut sides = sides.clone();
+        let name = &states.initial_accounts[i].name;
+        if !gap_free(&mut sides) {
+            money.push(format!(
+                "{name}: its committed transfers' versions are not exactly 2..={}",
+                sides.len() + 1
+            ));
+        }
+        let mut replayed = states.initial_accounts[i].clone();
+        let mut lowest = replayed.balance;
+        for (_, delta) in &sides {
+            apply_delta(&mut replayed, *delta);
+            lowest = lowest.min(replayed.balance);
+        }
+        let stored = &states.final_accounts[i];
+        if stored.value != replayed {
+            money.push(format!(
+                "{name}: holds {} but its opening {} plus the transfers reported committed \
+                 ({:+}) gives {}",
+                stored.value.balance,
+                states.initial_accounts[i].balance,
+                replayed.balance - states.initial_accounts[i].balance,
+                replayed.balance
+            ));
+        }
+        if lowest < 0 {
+            money.push(format!(
+                "{name}: replaying its committed transfers in version order goes down to \
+                 {lowest}: a transfer overdrew it"
+            ));
+        }
+        if stored.version != sides.len() as u64 + 1 {
+            money.push(format!(
+                "{name}: stored version {} but {} committed transfers touched it",
+                stored.version,
+                sides.len()
+            ));
+        }
+    }
+    money
+}
+
+fn ok_or_failed(ok: bool) -> &'static str {
+    if ok { "OK" } else { "FAILED" }
 }
 
 fn print_text(r: &Report) {
+    print_operations(r);
+    println!();
+    print_entities(r);
+    println!();
+    print_run(r);
+    println!();
+    print_verification(&r.verdict);
+}
+
+/// The workload, the outcomes, the conflict analysis and the per-type figures.
+fn print_operations(r: &Report) {
     let a = &r.args;
     let m = &r.metrics;
+    let t = &r.transfers;
     println!("conflict stress run");
     println!(
-        "  {} ops on {} targets, batch {}{}, work {} ms, mode {:?}, on-lose {:?}, seed {}, backend {}",
+        "  {} ops: {} on {} targets, {} transfers ({}%) among {} accounts",
         a.ops,
+        a.ops - t.submitted,
         a.targets,
+        t.submitted,
+        t.share_percent,
+        a.accounts
+    );
+    println!(
+        "  batch {}{}, work {} ms, mode {:?}, on-lose {:?}, seed {}, backend {}",
         a.batch,
         a.rate
             .map(|x| format!(", open loop at {x} ops/s"))
@@ -507,8 +905,18 @@ fn print_text(r: &Report) {
     println!("OPERATIONS");
     println!("  submitted:        {:>8}", r.submitted);
     println!("  committed:        {:>8}", r.committed);
-    println!("  rejected:         {:>8}", r.rejected);
-    println!("  failed:           {:>8}", r.failed);
+    println!(
+        "  refused:          {:>8}  (transfers that would overdraw: nothing written)",
+        r.refused
+    );
+    println!(
+        "  rejected:         {:>8}  (lost a staging group, preempted or overloaded)",
+        r.rejected
+    );
+    println!(
+        "  failed:           {:>8}  (out of retries, or another error)",
+        r.failed
+    );
     println!("  still running:    {:>8}", r.still_running);
     for (k, v) in &r.outcomes {
         if *v > 0 {
@@ -556,7 +964,12 @@ fn print_text(r: &Report) {
             t.retries_per_success.first_try
         );
     }
-    println!();
+    println!("  (a transfer's failures include the ones refused because they would overdraw)");
+}
+
+/// The targets, the transfers and the accounts.
+fn print_entities(r: &Report) {
+    let t = &r.transfers;
     println!("PER TARGET");
     println!(
         "  {:<10}{:>8}{:>14}{:>9}{:>9}",
@@ -569,6 +982,58 @@ fn print_text(r: &Report) {
         );
     }
     println!();
+    println!(
+        "TRANSFERS (move 1..={MAX_TRANSFER} between two random accounts, both written or neither)"
+    );
+    println!(
+        "  submitted:                  {:>8}  ({}% of the operations)",
+        t.submitted, t.share_percent
+    );
+    println!("  committed (money moved):    {:>8}", t.committed);
+    println!(
+        "  refused (would overdraw):   {:>8}  (the sender had too little: nothing written)",
+        t.refused_overdraw
+    );
+    let lost: u64 = t.not_committed.values().sum();
+    let why: Vec<String> = t
+        .not_committed
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    println!(
+        "  ended otherwise:            {:>8}  ({}nothing written)",
+        lost,
+        if why.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", why.join(", "))
+        }
+    );
+    println!(
+        "  money moved:                {:>8}  (sum of the committed amounts)",
+        t.money_moved
+    );
+    println!();
+    println!("PER ACCOUNT (each opened with {OPENING_BALANCE})");
+    println!(
+        "  {:<12}{:>9}{:>9}{:>10}{:>9}{:>9}",
+        "account", "balance", "sent", "received", "version", "commits"
+    );
+    for acc in &r.accounts {
+        println!(
+            "  {:<12}{:>9}{:>9}{:>10}{:>9}{:>9}",
+            acc.name, acc.balance, acc.sent, acc.received, acc.version, acc.commits
+        );
+    }
+    println!(
+        "  {:<12}{:>9}  (opened with {} in all)",
+        "all", t.final_total, t.opening_total
+    );
+}
+
+/// Time, memory and cleanup.
+fn print_run(r: &Report) {
+    let m = &r.metrics;
     println!("PERFORMANCE");
     println!("  wall time:   {:.3} s", r.wall_seconds);
     println!("  throughput:  {:.0} ops/s", r.throughput_ops_per_sec);
@@ -608,16 +1073,22 @@ fn print_text(r: &Report) {
         m.cleanup.memory_pressure_triggered,
         r.health.status
     );
-    println!();
-    let v = &r.verdict;
+}
+
+fn print_verification(v: &Verdict) {
     println!("VERIFICATION");
     println!(
-        "  accounting (submitted = Σ outcomes, no op twice, none running): {}",
-        if v.accounting_ok { "OK" } else { "FAILED" }
+        "  accounting (submitted = Σ outcomes, no op twice, none running):     {}",
+        ok_or_failed(v.accounting_ok)
     );
     println!(
-        "  state (gap-free versions, replay = stored):                      {}",
-        if v.state_ok { "OK" } else { "FAILED" }
+        "  state (targets: gap-free versions, replay = stored):                 {}",
+        ok_or_failed(v.state_ok)
+    );
+    println!("  money (Σ balances = Σ opening; each account = opening + the transfers");
+    println!(
+        "         its callers saw commit, gap-free, never below 0):             {}",
+        ok_or_failed(v.money_ok)
     );
     for p in &v.problems {
         println!("  - {p}");
@@ -625,15 +1096,199 @@ fn print_text(r: &Report) {
     println!("  verdict: {}", if v.ok { "PASS" } else { "FAIL" });
 }
 
+/// Combinations of flags that each parse but make no run together.
+fn check_args(args: &Args) -> Result<(), String> {
+    if args.targets == 0 && args.transfer_share < 100 {
+        return Err(format!(
+            "--targets must be at least 1: {}% of the operations are single-target ones \
+             (only --transfer-share 100 needs no targets)",
+            100 - args.transfer_share
+        ));
+    }
+    if args.accounts < 2 && args.transfer_share > 0 {
+        return Err(format!(
+            "--accounts must be at least 2: a transfer moves money between two different \
+             accounts (got {}; --transfer-share 0 runs without transfers)",
+            args.accounts
+        ));
+    }
+    Ok(())
+}
+
+/// Builds the report from what the run saw and what the store holds.
+fn report(
+    args: &Args,
+    rt: &Runtime,
+    wall: Duration,
+    outcomes: &Outcomes,
+    states: &States<'_>,
+) -> Report {
+    // Run what cleanup is due now (the sweeper would at its next interval).
+    rt.sweep_expired();
+    let zombies_after_cleanup = rt.operations().zombie_count();
+    let health = rt.health();
+    let m = rt.metrics();
+    let verdict = verify(args, outcomes, states, &m);
+    let committed = m.outcome(OutcomeKind::Committed);
+    let rejected = [
+        OutcomeKind::Rejected,
+        OutcomeKind::Preempted,
+        OutcomeKind::Overloaded,
+    ]
+    .iter()
+    .map(|k| m.outcome(*k))
+    .sum::<u64>();
+    let refused = m.outcome(OutcomeKind::BodyError);
+    let by_kind = |kind| outcomes.transfers_by_kind.get(&kind).copied().unwrap_or(0);
+    let transfers = TransferReport {
+        share_percent: args.transfer_share,
+        submitted: outcomes.transfers_by_kind.values().sum(),
+        committed: by_kind(OutcomeKind::Committed),
+        refused_overdraw: by_kind(OutcomeKind::BodyError),
+        not_committed: outcomes
+            .transfers_by_kind
+            .iter()
+            .filter(|(k, _)| !matches!(k, OutcomeKind::Committed | OutcomeKind::BodyError))
+            .map(|(k, v)| (k.as_str().to_string(), *v))
+            .collect(),
+        money_moved: outcomes
+            .account_commits
+            .iter()
+            .flatten()
+            .filter(|(_, d)| *d > 0)
+            .map(|(_, d)| d)
+            .sum(),
+        opening_total: states.initial_accounts.iter().map(|a| a.balance).sum(),
+        final_total: states.final_accounts.iter().map(|a| a.value.balance).sum(),
+    };
+    let accounts = states
+        .final_accounts
+        .iter()
+        .zip(states.initial_accounts)
+        .zip(&outcomes.account_commits)
+        .map(|((f, i), sides)| AccountReport {
+            name: f.value.name.clone(),
+            opening: i.balance,
+            balance: f.value.balance,
+            sent: -sides
+                .iter()
+                .map(|(_, d)| d)
+                .filter(|d| **d < 0)
+                .sum::<i64>(),
+            received: sides.iter().map(|(_, d)| d).filter(|d| **d > 0).sum(),
+            version: f.version,
+            commits: sides.len() as u64,
+        })
+        .collect();
+    Report {
+        backend: rt.store_name(),
+        wall_seconds: wall.as_secs_f64(),
+        throughput_ops_per_sec: args.ops as f64 / wall.as_secs_f64().max(1e-9),
+        submitted: m.submitted,
+        committed,
+        rejected,
+        refused,
+        failed: m.ended - committed - rejected - refused,
+        still_running: m.in_flight,
+        outcomes: m.outcomes.clone(),
+        targets: states
+            .final_targets
+            .iter()
+            .zip(&outcomes.commits)
+            .map(|(f, c)| TargetReport {
+                name: f.value.name.clone(),
+                hits: f.value.hits,
+                total: f.value.total,
+                version: f.version,
+                commits: c.len() as u64,
+            })
+            .collect(),
+        transfers,
+        accounts,
+        peak_rss_bytes: peak_rss_bytes(),
+        zombies_after_cleanup,
+        health,
+        metrics: m,
+        verdict,
+        args: args.clone(),
+    }
+}
+
+async fn connect(backend: &str) -> Result<Runtime, String> {
+    match backend {
+        "memory" => Ok(Runtime::in_memory()),
+        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let built = match Runtime::builder().postgres(url).await {
+                Ok(b) => b.build().map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            built.map_err(|e| format!("cannot use {url}: {e}"))
+        }
+        other => Err(format!(
+            "unknown --backend {other:?}: use `memory` or a postgres:// URL"
+        )),
+    }
+}
+
+async fn run(args: &Args) -> Result<Report, String> {
+    let rt = connect(&args.backend).await?;
+    let mut initial_targets = Vec::new();
+    let mut targets = Vec::new();
+    for i in 0..args.targets {
+        let t = Target {
+            id: EntityId::new(),
+            name: format!("target-{i}"),
+            hits: 0,
+            total: 0,
+        };
+        let h =
+            (rt.insert(t.clone()).await).map_err(|e| format!("cannot insert the targets: {e}"))?;
+        targets.push(h);
+        initial_targets.push(t);
+    }
+    let mut initial_accounts = Vec::new();
+    let mut accounts = Vec::new();
+    for i in 0..args.accounts {
+        let a = Account {
+            id: EntityId::new(),
+            name: format!("account-{i}"),
+            balance: OPENING_BALANCE,
+        };
+        let h =
+            (rt.insert(a.clone()).await).map_err(|e| format!("cannot insert the accounts: {e}"))?;
+        accounts.push(h);
+        initial_accounts.push(a);
+    }
+    let planned = plan(args);
+    let started = Instant::now();
+    let outcomes = drive(args, &targets, &accounts, planned).await;
+    let wall = started.elapsed();
+    let mut final_targets = Vec::new();
+    for h in &targets {
+        final_targets.push((h.load().await).map_err(|e| format!("cannot load a target: {e}"))?);
+    }
+    let mut final_accounts = Vec::new();
+    for h in &accounts {
+        final_accounts.push((h.load().await).map_err(|e| format!("cannot load an account: {e}"))?);
+    }
+    let states = States {
+        initial_targets: &initial_targets,
+        final_targets: &final_targets,
+        initial_accounts: &initial_accounts,
+        final_accounts: &final_accounts,
+    };
+    Ok(report(args, &rt, wall, &outcomes, &states))
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    if args.targets == 0 {
-        eprintln!("--targets must be at least 1");
+    if let Err(e) = check_args(&args) {
+        eprintln!("stress: {e}");
         return ExitCode::from(2);
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(w) = args.workers {
-        builder.worker_threads(w.max(1));
+        builder.worker_threads(w);
     }
     let tokio_rt = match builder.enable_all().build() {
         Ok(rt) => rt,
@@ -642,96 +1297,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let report = tokio_rt.block_on(async {
-        let rt = match args.backend.as_str() {
-            "memory" => Runtime::in_memory(),
-            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                let built = match Runtime::builder().postgres(url).await {
-                    Ok(b) => b.build().map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-                match built {
-                    Ok(rt) => rt,
-                    Err(e) => return Err(format!("cannot use {url}: {e}")),
-                }
-            }
-            other => {
-                return Err(format!(
-                    "unknown --backend {other:?}: use `memory` or a postgres:// URL"
-                ));
-            }
-        };
-        let mut initial = Vec::new();
-        let mut handles = Vec::new();
-        for i in 0..args.targets {
-            let t = Target {
-                id: EntityId::new(),
-                name: format!("target-{i}"),
-                hits: 0,
-                total: 0,
-            };
-            match rt.insert(t.clone()).await {
-                Ok(h) => handles.push(h),
-                Err(e) => return Err(format!("cannot insert the targets: {e}")),
-            }
-            initial.push(t);
-        }
-        let planned = plan(&args);
-        let started = Instant::now();
-        let outcomes = drive(&args, &rt, &handles, planned).await;
-        let wall = started.elapsed();
-        let mut finals = Vec::new();
-        for h in &handles {
-            match h.load().await {
-                Ok(v) => finals.push(v),
-                Err(e) => return Err(format!("cannot load a target: {e}")),
-            }
-        }
-        // Run what cleanup is due now (the sweeper would at its next interval).
-        rt.sweep_expired();
-        let zombies_after_cleanup = rt.operations().zombie_count();
-        let health = rt.health();
-        let m = rt.metrics();
-        let verdict = verify(&args, &outcomes, &finals, &initial, &m);
-        let committed = m.outcome(OutcomeKind::Committed);
-        let rejected = [
-            OutcomeKind::Rejected,
-            OutcomeKind::Preempted,
-            OutcomeKind::Overloaded,
-        ]
-        .iter()
-        .map(|k| m.outcome(*k))
-        .sum::<u64>();
-        Ok(Report {
-            backend: rt.store_name(),
-            wall_seconds: wall.as_secs_f64(),
-            throughput_ops_per_sec: args.ops as f64 / wall.as_secs_f64().max(1e-9),
-            submitted: m.submitted,
-            committed,
-            rejected,
-            failed: m.ended - committed - rejected,
-            still_running: m.in_flight,
-            outcomes: m.outcomes.clone(),
-            targets: finals
-                .iter()
-                .zip(&outcomes.commits)
-                .map(|(f, c)| TargetReport {
-                    name: f.value.name.clone(),
-                    hits: f.value.hits,
-                    total: f.value.total,
-                    version: f.version,
-                    commits: c.len() as u64,
-                })
-                .collect(),
-            peak_rss_bytes: peak_rss_bytes(),
-            zombies_after_cleanup,
-            health,
-            metrics: m,
-            verdict,
-            args: args.clone(),
-        })
-    });
-    let report = match report {
+    let report = match tokio_rt.block_on(run(&args)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("stress: {e}");
@@ -752,6 +1318,10 @@ fn main() -> ExitCode {
     if report.verdict.ok {
         ExitCode::SUCCESS
     } else {
+        eprintln!(
+            "stress: verification FAILED ({} problem(s), listed under VERIFICATION)",
+            report.verdict.problems.len()
+        );
         ExitCode::FAILURE
     }
 }
