@@ -352,6 +352,10 @@ enum InFlight {
 
 impl Drop for Operation<'_> {
     fn drop(&mut self) {
+        if self.ended && self.composed.is_empty() {
+            // Every call that ended in place (nothing composed into it left to close).
+            return;
+        }
         let composed = std::mem::take(&mut self.composed);
         if self.ended {
             settle_composed(self.rt, self.op_id, composed, None);
