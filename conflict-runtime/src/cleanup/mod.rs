@@ -117,8 +117,8 @@ struct Done {
     spec: &'static OperationSpec,
     op_id: OpId,
     target: EntityKey,
-    /// The other entities of a multi-entity call (empty, unallocated, for one entity).
-    more: Vec<EntityKey>,
+    /// The other entities of a multi-entity call (`None` for one entity: one word kept).
+    more: Option<Box<[EntityKey]>>,
     priority: OperationPriority,
     effective: OperationPriority,
     parent: Option<OpId>,
@@ -138,7 +138,7 @@ impl Done {
             priority: self.priority,
             effective_priority: self.effective,
             target_ids: std::iter::once(&self.target)
-                .chain(&self.more)
+                .chain(self.more.iter().flatten())
                 .cloned()
                 .collect(),
             retry_count: self.attempts.saturating_sub(1),
@@ -291,7 +291,7 @@ impl Registry {
                 spec: f.spec,
                 op_id: f.op_id,
                 target: f.target.clone(),
-                more: f.more.to_vec(),
+                more: (!f.more.is_empty()).then(|| f.more.into()),
                 priority: f.priority,
                 effective: f.effective,
                 parent: f.parent,
