@@ -108,6 +108,7 @@ impl Workload for Floor {
                 return Call {
                     committed: false,
                     body_runs: 0,
+                    refused: false,
                 };
             }
             *ex = true;

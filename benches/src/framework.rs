@@ -101,15 +101,20 @@ pub struct Counts {
     pub committed: u64,
     /// Calls that ended without running their body: `rejected` and `overloaded` outcomes.
     pub bodiless_failures: u64,
+    /// `body_error` outcomes (the transfer rows' refusals).
+    pub body_errors: u64,
 }
 
 impl Counts {
-    fn of(m: &MetricsSnapshot) -> Self {
+    /// The counters in a metrics snapshot.
+    #[must_use]
+    pub fn of(m: &MetricsSnapshot) -> Self {
         Self {
             attempts: m.attempts,
             committed: m.outcome(OutcomeKind::Committed),
             bodiless_failures: m.outcome(OutcomeKind::Rejected)
                 + m.outcome(OutcomeKind::Overloaded),
+            body_errors: m.outcome(OutcomeKind::BodyError),
         }
     }
 
@@ -120,6 +125,7 @@ impl Counts {
             attempts: self.attempts - earlier.attempts,
             committed: self.committed - earlier.committed,
             bodiless_failures: self.bodiless_failures - earlier.bodiless_failures,
+            body_errors: self.body_errors - earlier.body_errors,
         }
     }
 }
@@ -173,14 +179,17 @@ fn classify(r: Result<Committed<u64>, ConflictError<Infallible>>) -> Call {
         Ok(c) => Call {
             committed: true,
             body_runs: c.attempts,
+            refused: false,
         },
         Err(ConflictError::RetriesExhausted { attempts, .. }) => Call {
             committed: false,
             body_runs: attempts,
+            refused: false,
         },
         Err(ConflictError::Rejected { .. } | ConflictError::Overloaded { .. }) => Call {
             committed: false,
             body_runs: 0,
+            refused: false,
         },
         Err(e) => panic!("unexpected outcome in a benchmark: {e}"),
     }

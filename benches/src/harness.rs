@@ -5,8 +5,14 @@
 //! two-worker multi-thread tokio runtime and the implementation's entities, both created once;
 //! each [`Bench::run`] then spawns the scenario's tasks on that runtime, gives each an equal share
 //! of the commits to make, and times from the first spawn to the last join. A call that does not
-//! commit (rejected, retries exhausted) is simply made again, so only commits count towards the
-//! share.
+//! commit (rejected, retries exhausted, a refused transfer) is simply made again, so only commits
+//! count towards the share.
+//!
+//! A scenario's [`Op`] says what one call does: a read-modify-write of one entity (the
+//! [`Workload`] trait with its default target, an entity index) or a transfer between two
+//! ([`Workload<Pair>`](Workload), see [`crate::transfer`]). After every transfer run the bench
+//! checks conservation (the balances' sum is unchanged) and that exactly the committed transfers
+//! were applied.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,6 +25,9 @@ use crate::framework::{self, Framework};
 use crate::mutex::MutexPerEntity;
 use crate::naive_occ::NaiveOcc;
 use crate::stm::StmVars;
+use crate::transfer::{
+    self, Pair, framework::FrameworkBank, mutex::MutexBank, naive_occ::NaiveOccBank,
+};
 
 /// How one call ended, as the harness counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +37,9 @@ pub struct Call {
     /// How many times its body ran (0 for a call refused before running, e.g. rejected by
     /// staging).
     pub body_runs: u32,
+    /// Whether its body refused (a transfer from an account short of the amount): not
+    /// committed, nothing changed. Never set by the read-modify-write rows.
+    pub refused: bool,
 }
 
 impl Call {
@@ -35,17 +47,56 @@ impl Call {
     pub const FIRST_TRY: Self = Self {
         committed: true,
         body_runs: 1,
+        refused: false,
     };
 }
 
-/// One implementation of the benchmarked operation over a fixed set of entities.
-pub trait Workload: Send + Sync + 'static {
-    /// Read-modify-writes entity `entity` (an index below the number of entities) with a body
-    /// of kind `body`, adding [`AMOUNT`](crate::AMOUNT) to its total.
-    fn call(&self, entity: usize, body: Body) -> impl Future<Output = Call> + Send;
+/// What one call works on, drawn afresh for every call from the task's generator.
+pub trait Target: Copy + Send + 'static {
+    /// A target among `entities` entities.
+    fn pick(rng: &mut fastrand::Rng, entities: usize) -> Self;
+}
 
-    /// The sums of `counter` and `total` over every entity (to check that no update was lost).
+/// A read-modify-write's entity: uniform among the entities.
+impl Target for usize {
+    fn pick(rng: &mut fastrand::Rng, entities: usize) -> Self {
+        if entities == 1 {
+            0
+        } else {
+            rng.usize(..entities)
+        }
+    }
+}
+
+/// A transfer's two distinct accounts: uniform among the ordered pairs.
+impl Target for Pair {
+    fn pick(rng: &mut fastrand::Rng, entities: usize) -> Self {
+        Pair::pick(rng, entities)
+    }
+}
+
+/// One implementation of the benchmarked operation over a fixed set of entities. With the
+/// default target (`usize`) the operation is the read-modify-write; with [`Pair`] it is the
+/// transfer of [`crate::transfer`].
+pub trait Workload<T: Target = usize>: Send + Sync + 'static {
+    /// Read-modify-writes entity `target` (an index below the number of entities) with a body
+    /// of kind `body`, adding [`AMOUNT`](crate::AMOUNT) to its total — or, for a [`Pair`],
+    /// transfers [`transfer::AMOUNT`] between the two accounts.
+    fn call(&self, target: T, body: Body) -> impl Future<Output = Call> + Send;
+
+    /// The sums of `counter` and `total` over every entity (to check that no update was lost);
+    /// for transfers, the sums of `transfers` (two per committed transfer) and `balance`
+    /// (constant).
     fn totals(&self) -> impl Future<Output = (u64, u64)> + Send;
+}
+
+/// What one call of a scenario does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// A read-modify-write of one [`Item`](crate::Item).
+    Rmw,
+    /// A transfer between two distinct [`Account`](transfer::Account)s.
+    Transfer,
 }
 
 /// How many tasks work on how many entities.
@@ -57,10 +108,13 @@ pub struct Scenario {
     pub label: &'static str,
     /// Concurrent tasks, each calling in a loop.
     pub tasks: usize,
-    /// Entities; each call picks one uniformly at random (per-task seeded generator).
+    /// Entities; each call picks one uniformly at random (per-task seeded generator), or a
+    /// transfer two distinct ones.
     pub entities: usize,
     /// Whether the calls compete for the same entities (the contended targets apply).
     pub contended: bool,
+    /// What each call does.
+    pub op: Op,
 }
 
 impl Scenario {
@@ -71,6 +125,7 @@ impl Scenario {
         tasks: 1,
         entities: 1,
         contended: false,
+        op: Op::Rmw,
     };
     /// Two tasks on 10,000 entities: parallel, (almost) never on the same entity.
     pub const SPREAD: Self = Self {
@@ -79,6 +134,7 @@ impl Scenario {
         tasks: 2,
         entities: 10_000,
         contended: false,
+        op: Op::Rmw,
     };
     /// 64 tasks on 3 hot entities.
     pub const CONTENDED_3: Self = Self {
@@ -87,6 +143,7 @@ impl Scenario {
         tasks: 64,
         entities: 3,
         contended: true,
+        op: Op::Rmw,
     };
     /// 64 tasks on one hot entity.
     pub const CONTENDED_1: Self = Self {
@@ -95,13 +152,50 @@ impl Scenario {
         tasks: 64,
         entities: 1,
         contended: true,
+        op: Op::Rmw,
     };
-    /// Every scenario, uncontended first.
+    /// Every read-modify-write scenario, uncontended first.
     pub const ALL: [Self; 4] = [
         Self::SEQUENTIAL,
         Self::SPREAD,
         Self::CONTENDED_3,
         Self::CONTENDED_1,
+    ];
+
+    /// Transfers, one task calling sequentially between two accounts: never contended (one
+    /// call at a time), the per-call overhead of a two-entity call.
+    pub const TRANSFER_SEQUENTIAL: Self = Self {
+        name: "xfer-seq-1x2",
+        label: "transfers, 1 task, 2 accounts",
+        tasks: 1,
+        entities: 2,
+        contended: false,
+        op: Op::Transfer,
+    };
+    /// Transfers, two tasks on 10,000 accounts: parallel, (almost) never on the same account.
+    pub const TRANSFER_SPREAD: Self = Self {
+        name: "xfer-spread-2x10k",
+        label: "transfers, 2 tasks, 10,000 accounts",
+        tasks: 2,
+        entities: 10_000,
+        contended: false,
+        op: Op::Transfer,
+    };
+    /// Transfers, 64 tasks on 4 hot accounts (every transfer shares an account with most
+    /// others).
+    pub const TRANSFER_HOT: Self = Self {
+        name: "xfer-hot-64x4",
+        label: "transfers, 64 tasks, 4 accounts",
+        tasks: 64,
+        entities: 4,
+        contended: true,
+        op: Op::Transfer,
+    };
+    /// Every transfer scenario, uncontended first.
+    pub const TRANSFERS: [Self; 3] = [
+        Self::TRANSFER_SEQUENTIAL,
+        Self::TRANSFER_SPREAD,
+        Self::TRANSFER_HOT,
     ];
 }
 
@@ -134,11 +228,21 @@ impl Impl {
         Self::Floor,
     ];
 
-    /// Whether this implementation can run `scenario` (the floor has no waiting room, so it
-    /// only runs the uncontended ones).
+    /// Whether this implementation can run `scenario`. The floor has no waiting room, so it
+    /// only runs the uncontended read-modify-writes; transfers are implemented by the default
+    /// and requeue configurations, the Mutex (two per transfer) and the naive OCC loop (two
+    /// keys).
     #[must_use]
     pub fn applies(self, scenario: Scenario) -> bool {
-        self != Self::Floor || !scenario.contended
+        match scenario.op {
+            Op::Rmw => self != Self::Floor || !scenario.contended,
+            Op::Transfer => matches!(
+                self,
+                Self::Framework(framework::Config::Default | framework::Config::Requeue)
+                    | Self::Mutex
+                    | Self::NaiveOcc
+            ),
+        }
     }
 
     /// Short id, used in filters and criterion ids.
@@ -165,6 +269,8 @@ pub struct Sample {
     pub body_runs: u64,
     /// Calls that ended without a commit and without running their body (rejected by staging).
     pub bodiless_failures: u64,
+    /// Calls whose body refused (transfers from an account short of the amount).
+    pub refused: u64,
     /// Wasted attempts: `body_runs + bodiless_failures − commits`. For the framework this comes
     /// from the runtime's metrics (`attempts`, `rejected` and `overloaded` outcomes); for the
     /// baselines from the harness's own counts.
@@ -185,6 +291,13 @@ impl Sample {
     pub fn wasted_per_commit(&self) -> f64 {
         self.wasted as f64 / self.commits as f64
     }
+
+    /// Attempts per committed operation: 1 + [`Sample::wasted_per_commit`] (every body run and
+    /// every call refused before its body ran is an attempt).
+    #[must_use]
+    pub fn attempts_per_commit(&self) -> f64 {
+        (self.commits + self.wasted) as f64 / self.commits as f64
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -193,12 +306,14 @@ struct Tally {
     calls: u64,
     body_runs: u64,
     bodiless_failures: u64,
+    refused: u64,
 }
 
 impl Tally {
     fn add(&mut self, c: Call) {
         self.calls += 1;
         self.body_runs += u64::from(c.body_runs);
+        self.refused += u64::from(c.refused);
         if c.committed {
             self.commits += 1;
         } else if c.body_runs == 0 {
@@ -211,6 +326,7 @@ impl Tally {
         self.calls += o.calls;
         self.body_runs += o.body_runs;
         self.bodiless_failures += o.bodiless_failures;
+        self.refused += o.refused;
     }
 
     fn wasted(&self) -> u64 {
@@ -220,7 +336,7 @@ impl Tally {
 
 /// Spawns `scenario.tasks` tasks that together commit exactly `commits` operations (shares
 /// differ by at most one) and returns their tally and the wall time.
-async fn drive<W: Workload>(
+async fn drive<T: Target, W: Workload<T>>(
     w: &Arc<W>,
     scenario: Scenario,
     body: Body,
@@ -238,12 +354,8 @@ async fn drive<W: Workload>(
             let mut rng = fastrand::Rng::with_seed(seed.wrapping_mul(1_000_003).wrapping_add(t));
             let mut tally = Tally::default();
             while tally.commits < share {
-                let k = if entities == 1 {
-                    0
-                } else {
-                    rng.usize(..entities)
-                };
-                tally.add(w.call(k, body).await);
+                let target = T::pick(&mut rng, entities);
+                tally.add(w.call(target, body).await);
             }
             tally
         }));
@@ -265,6 +377,9 @@ enum AnyWorkload {
     NaiveOcc(Arc<NaiveOcc>),
     Stm(Arc<StmVars>),
     Floor(Arc<Floor>),
+    TransferFramework(Arc<FrameworkBank>),
+    TransferMutex(Arc<MutexBank>),
+    TransferNaiveOcc(Arc<NaiveOccBank>),
 }
 
 /// One cell of the report: an implementation, a scenario and a body kind, with its own
@@ -276,6 +391,8 @@ pub struct Bench {
     rt: tokio::runtime::Runtime,
     workload: AnyWorkload,
     runs: AtomicU64,
+    /// Commits of every run so far (what the transfer check expects the counters to sum to).
+    committed: AtomicU64,
 }
 
 impl Bench {
@@ -301,14 +418,22 @@ impl Bench {
             scenario.name
         );
         let n = scenario.entities;
-        let workload = match imp {
-            Impl::Framework(config) => {
+        let workload = match (scenario.op, imp) {
+            (Op::Rmw, Impl::Framework(config)) => {
                 AnyWorkload::Framework(Arc::new(rt.block_on(Framework::new(config, n))))
             }
-            Impl::Mutex => AnyWorkload::Mutex(Arc::new(MutexPerEntity::new(n))),
-            Impl::NaiveOcc => AnyWorkload::NaiveOcc(Arc::new(NaiveOcc::new(n))),
-            Impl::Stm => AnyWorkload::Stm(Arc::new(StmVars::new(n))),
-            Impl::Floor => AnyWorkload::Floor(Arc::new(Floor::new(n))),
+            (Op::Rmw, Impl::Mutex) => AnyWorkload::Mutex(Arc::new(MutexPerEntity::new(n))),
+            (Op::Rmw, Impl::NaiveOcc) => AnyWorkload::NaiveOcc(Arc::new(NaiveOcc::new(n))),
+            (Op::Rmw, Impl::Stm) => AnyWorkload::Stm(Arc::new(StmVars::new(n))),
+            (Op::Rmw, Impl::Floor) => AnyWorkload::Floor(Arc::new(Floor::new(n))),
+            (Op::Transfer, Impl::Framework(config)) => {
+                AnyWorkload::TransferFramework(Arc::new(rt.block_on(FrameworkBank::new(config, n))))
+            }
+            (Op::Transfer, Impl::Mutex) => AnyWorkload::TransferMutex(Arc::new(MutexBank::new(n))),
+            (Op::Transfer, Impl::NaiveOcc) => {
+                AnyWorkload::TransferNaiveOcc(Arc::new(NaiveOccBank::new(n)))
+            }
+            (Op::Transfer, Impl::Stm | Impl::Floor) => unreachable!("checked by Impl::applies"),
         };
         Self {
             imp,
@@ -317,6 +442,7 @@ impl Bench {
             rt,
             workload,
             runs: AtomicU64::new(0),
+            committed: AtomicU64::new(0),
         }
     }
 
@@ -349,18 +475,23 @@ impl Bench {
         )
     }
 
-    /// Commits `commits` operations and reports what it took.
+    /// Commits `commits` operations and reports what it took. After a transfer run it also
+    /// checks the accounts (outside the timed part): their balances must still sum to what they
+    /// started with, and their transfer counters to exactly two per transfer committed so far.
     ///
     /// # Panics
-    /// If a benchmark task panics, or the framework's metrics disagree with the harness's own
-    /// count of commits and attempts (either would make the numbers meaningless).
+    /// If a benchmark task panics, the framework's metrics disagree with the harness's own
+    /// count of commits and attempts, or a transfer run lost or created money or lost,
+    /// doubled or invented a transfer (any of these would make the numbers meaningless).
     pub fn run(&self, commits: u64) -> Sample {
         let seed = self.runs.fetch_add(1, Ordering::Relaxed);
         let (scenario, body) = (self.scenario, self.body);
         let (tally, wall, wasted) = match &self.workload {
             AnyWorkload::Framework(w) => {
                 let before = w.counts();
-                let (tally, wall) = self.rt.block_on(drive(w, scenario, body, commits, seed));
+                let (tally, wall) = self
+                    .rt
+                    .block_on(drive::<usize, _>(w, scenario, body, commits, seed));
                 let d = w.counts().since(&before);
                 assert_eq!(
                     (d.committed, d.attempts, d.bodiless_failures),
@@ -369,23 +500,64 @@ impl Bench {
                 );
                 (tally, wall, d.attempts + d.bodiless_failures - d.committed)
             }
-            AnyWorkload::Mutex(w) => self.own_count(w, commits, seed),
-            AnyWorkload::NaiveOcc(w) => self.own_count(w, commits, seed),
-            AnyWorkload::Stm(w) => self.own_count(w, commits, seed),
-            AnyWorkload::Floor(w) => self.own_count(w, commits, seed),
+            AnyWorkload::Mutex(w) => self.own_count::<usize, _>(w, commits, seed),
+            AnyWorkload::NaiveOcc(w) => self.own_count::<usize, _>(w, commits, seed),
+            AnyWorkload::Stm(w) => self.own_count::<usize, _>(w, commits, seed),
+            AnyWorkload::Floor(w) => self.own_count::<usize, _>(w, commits, seed),
+            AnyWorkload::TransferFramework(w) => {
+                let before = w.counts();
+                let (tally, wall) = self
+                    .rt
+                    .block_on(drive::<Pair, _>(w, scenario, body, commits, seed));
+                let d = w.counts().since(&before);
+                assert_eq!(
+                    (d.committed, d.bodiless_failures, d.body_errors),
+                    (tally.commits, tally.bodiless_failures, tally.refused),
+                    "the runtime's metrics disagree with the harness's count"
+                );
+                // A refusal's error does not carry its attempts (the harness counts one), so
+                // the body runs only match exactly when nothing was refused.
+                if tally.refused == 0 {
+                    assert_eq!(
+                        d.attempts, tally.body_runs,
+                        "the runtime's metrics disagree with the harness's count"
+                    );
+                } else {
+                    assert!(
+                        d.attempts >= tally.body_runs,
+                        "fewer attempts than body runs"
+                    );
+                }
+                (tally, wall, d.attempts + d.bodiless_failures - d.committed)
+            }
+            AnyWorkload::TransferMutex(w) => self.own_count::<Pair, _>(w, commits, seed),
+            AnyWorkload::TransferNaiveOcc(w) => self.own_count::<Pair, _>(w, commits, seed),
         };
+        let done = self.committed.fetch_add(tally.commits, Ordering::Relaxed) + tally.commits;
+        if scenario.op == Op::Transfer {
+            self.check_transfers(done);
+        }
         Sample {
             commits: tally.commits,
             calls: tally.calls,
             body_runs: tally.body_runs,
             bodiless_failures: tally.bodiless_failures,
+            refused: tally.refused,
             wasted,
             wall,
         }
     }
 
+    /// The transfer check of [`Bench::run`], after `done` transfers committed in all.
+    fn check_transfers(&self, done: u64) {
+        let accounts = self.scenario.entities as u64;
+        if let Err(e) = audit_transfers(self.totals(), accounts, done) {
+            panic!("{}: {e}", self.id());
+        }
+    }
+
     /// A run of a baseline, whose wasted attempts are the harness's own count.
-    fn own_count<W: Workload>(
+    fn own_count<T: Target, W: Workload<T>>(
         &self,
         w: &Arc<W>,
         commits: u64,
@@ -393,7 +565,7 @@ impl Bench {
     ) -> (Tally, Duration, u64) {
         let (t, wall) = self
             .rt
-            .block_on(drive(w, self.scenario, self.body, commits, seed));
+            .block_on(drive::<T, W>(w, self.scenario, self.body, commits, seed));
         (t, wall, t.wasted())
     }
 
@@ -414,7 +586,8 @@ impl Bench {
         }
     }
 
-    /// The sums of `counter` and `total` over the entities.
+    /// The sums of `counter` and `total` over the entities; for transfers, of `transfers`
+    /// and `balance` over the accounts.
     pub fn totals(&self) -> (u64, u64) {
         match &self.workload {
             AnyWorkload::Framework(w) => self.rt.block_on(w.totals()),
@@ -422,8 +595,33 @@ impl Bench {
             AnyWorkload::NaiveOcc(w) => self.rt.block_on(w.totals()),
             AnyWorkload::Stm(w) => self.rt.block_on(w.totals()),
             AnyWorkload::Floor(w) => self.rt.block_on(w.totals()),
+            AnyWorkload::TransferFramework(w) => self.rt.block_on(w.totals()),
+            AnyWorkload::TransferMutex(w) => self.rt.block_on(w.totals()),
+            AnyWorkload::TransferNaiveOcc(w) => self.rt.block_on(w.totals()),
         }
     }
+}
+
+/// Checks the accounts' `(Σ transfers, Σ balance)` after `done` committed transfers among
+/// `accounts` accounts: the balances must sum to what they started with (conservation) and the
+/// counters to two per committed transfer (none lost, doubled or applied without committing).
+fn audit_transfers(
+    (transfers, balance): (u64, u64),
+    accounts: u64,
+    done: u64,
+) -> Result<(), String> {
+    let expected = accounts * transfer::START_BALANCE;
+    if balance != expected {
+        return Err(format!(
+            "money was created or lost: the balances sum to {balance}, not {expected}"
+        ));
+    }
+    if transfers != 2 * done {
+        return Err(format!(
+            "the accounts took part in {transfers} transfers' sides, but {done} transfers committed"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -483,5 +681,110 @@ mod tests {
         }
         let bench = Bench::new(Impl::Mutex, Scenario::CONTENDED_1, Body::Await);
         assert_eq!(bench.run(640).wasted, 0);
+    }
+
+    /// The implementations of the transfer rows.
+    fn transfer_impls() -> Vec<Impl> {
+        Impl::ALL
+            .into_iter()
+            .filter(|i| i.applies(Scenario::TRANSFER_HOT))
+            .collect()
+    }
+
+    /// Exactly the four transfer implementations apply to every transfer scenario.
+    #[test]
+    fn four_implementations_run_the_transfers() {
+        assert_eq!(
+            transfer_impls(),
+            [
+                Impl::Framework(framework::Config::Default),
+                Impl::Framework(framework::Config::Requeue),
+                Impl::Mutex,
+                Impl::NaiveOcc,
+            ]
+        );
+        for s in Scenario::TRANSFERS {
+            assert_eq!(s.op, Op::Transfer);
+            for imp in Impl::ALL {
+                assert_eq!(
+                    imp.applies(s),
+                    transfer_impls().contains(&imp),
+                    "{}",
+                    s.name
+                );
+            }
+        }
+    }
+
+    /// Invariant: every transfer implementation, in both body kinds, contended and spread,
+    /// conserves money and applies each committed transfer exactly once (checked inside `run`
+    /// after each run, and again here), and the framework's metrics agree with the harness's
+    /// count.
+    #[test]
+    fn no_transfer_implementation_creates_or_loses_money() {
+        for imp in transfer_impls() {
+            for body in Body::ALL {
+                for scenario in Scenario::TRANSFERS {
+                    let bench = Bench::new(imp, scenario, body);
+                    let commits = if scenario.tasks == 1 { 200 } else { 640 };
+                    let mut done = 0;
+                    for _ in 0..2 {
+                        let s = bench.run(commits);
+                        assert_eq!((s.commits, s.refused), (commits, 0), "{}", bench.id());
+                        assert_eq!(
+                            s.wasted,
+                            s.body_runs + s.bodiless_failures - s.commits,
+                            "{}",
+                            bench.id()
+                        );
+                        done += s.commits;
+                    }
+                    let accounts = scenario.entities as u64;
+                    assert_eq!(
+                        bench.totals(),
+                        (2 * done, accounts * transfer::START_BALANCE),
+                        "{}",
+                        bench.id()
+                    );
+                }
+            }
+        }
+    }
+
+    /// The transfer check accepts exactly a conserved sum with two sides per commit.
+    #[test]
+    fn the_transfer_audit_catches_lost_money_and_lost_transfers() {
+        let start = 4 * transfer::START_BALANCE;
+        assert_eq!(audit_transfers((10, start), 4, 5), Ok(()));
+        assert!(
+            audit_transfers((10, start - 1), 4, 5).is_err(),
+            "money lost"
+        );
+        assert!(
+            audit_transfers((10, start + 1), 4, 5).is_err(),
+            "money created"
+        );
+        assert!(
+            audit_transfers((8, start), 4, 5).is_err(),
+            "a transfer lost"
+        );
+        assert!(
+            audit_transfers((11, start), 4, 5).is_err(),
+            "half a transfer"
+        );
+    }
+
+    /// Invariant: sequential transfers never conflict, and two locks never waste an attempt
+    /// even on four hot accounts.
+    #[test]
+    fn sequential_transfers_and_locked_transfers_waste_nothing() {
+        for imp in transfer_impls() {
+            let bench = Bench::new(imp, Scenario::TRANSFER_SEQUENTIAL, Body::Await);
+            let s = bench.run(20);
+            assert_eq!((s.commits, s.wasted), (20, 0), "{}", bench.id());
+        }
+        let bench = Bench::new(Impl::Mutex, Scenario::TRANSFER_HOT, Body::Await);
+        let s = bench.run(640);
+        assert_eq!((s.wasted, s.attempts_per_commit()), (0, 1.0));
     }
 }

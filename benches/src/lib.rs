@@ -21,6 +21,10 @@
 //! * [`floor`]: the least work an uncontended staging-then-OCC call must do, written out by hand
 //!   (uncontended scenarios only): the lower bound for the framework's per-call overhead.
 //!
+//! [`transfer`] holds the multi-entity rows: a transfer between two accounts chosen at random,
+//! by the framework (one function over two `&mut Account`s), two tokio Mutexes taken in index
+//! order, and a naive two-key OCC loop ([`Scenario::TRANSFERS`]).
+//!
 //! [`harness`] drives a fixed number of committed operations from a [`Scenario`]'s tasks on a
 //! two-worker tokio runtime and counts the wasted attempts. The `perf_report` binary and the
 //! criterion bench (`benches/throughput.rs`) both run on it; `docs/performance.md` holds the
@@ -43,8 +47,9 @@ pub mod harness;
 pub mod mutex;
 pub mod naive_occ;
 pub mod stm;
+pub mod transfer;
 
-pub use harness::{Bench, Call, Impl, Sample, Scenario, Workload};
+pub use harness::{Bench, Call, Impl, Op, Sample, Scenario, Target, Workload};
 
 /// The entity every implementation updates: small, cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Entity)]

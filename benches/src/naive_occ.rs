@@ -64,6 +64,7 @@ impl Workload for NaiveOcc {
                 return Call {
                     committed: true,
                     body_runs: runs,
+                    refused: false,
                 };
             }
         }

@@ -46,6 +46,7 @@ impl Workload for StmVars {
         Call {
             committed: true,
             body_runs: runs.into_inner(),
+            refused: false,
         }
     }
 

@@ -1,18 +1,23 @@
-//! Runs every scenario × body kind × implementation in one process and prints one markdown
-//! table (median of several runs each) with committed ops/s, wasted attempts per commit, the
-//! ratios against the Mutex and the naive OCC loop, and the verdict on each target.
+//! Runs every scenario × body kind × implementation in one process and prints markdown tables
+//! (median of several runs each): for the read-modify-writes, committed ops/s, wasted attempts
+//! per commit, the ratios against the Mutex and the naive OCC loop, and the verdict on each
+//! target; for the transfers (scenarios `xfer-*`), committed ops/s, attempts per commit,
+//! refusals and the ratios against the two-Mutex baseline and the naive two-key OCC loop.
 //!
 //! ```sh
 //! cargo run --release -p conflict-benches --bin perf_report
 //! cargo run --release -p conflict-benches --bin perf_report -- --only hot-64x1/await --runs 3
+//! cargo run --release -p conflict-benches --bin perf_report -- --only xfer-
 //! ```
 //!
 //! Options: `--runs N` (runs per cell, median reported; default 7), `--target-ms T` (each run
 //! is sized by a warm-up calibration to take about T ms; default 250), `--commits N` (fixed
 //! commits per run instead of calibrating, e.g. under a profiler), `--only A,B` (only the cells
-//! whose id `scenario/body/implementation` contains one of the substrings), `--primitives`
-//! (print what one atomic read-modify-write, lock, clock read and allocation cost on this
-//! machine, and exit).
+//! whose id `scenario/body/implementation` contains one of the substrings), `--skip A,B` (leave
+//! out the cells whose id contains one of the substrings, after `--only`: e.g.
+//! `--only spread-2x10k --skip xfer-` for the read-modify-write spread cells alone),
+//! `--primitives` (print what one atomic read-modify-write, lock, clock read and allocation
+//! cost on this machine, and exit).
 //!
 //! Within a scenario × body group the runs are interleaved (run 1 of every implementation, then
 //! run 2, ...) so that a slow phase of the machine hits every implementation alike.
@@ -22,7 +27,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use conflict_benches::framework::Config;
-use conflict_benches::{Bench, Body, Impl, Sample, Scenario};
+use conflict_benches::{Bench, Body, Impl, Op, Sample, Scenario};
 
 struct Options {
     primitives: bool,
@@ -30,6 +35,7 @@ struct Options {
     target: Duration,
     commits: Option<u64>,
     only: Vec<String>,
+    skip: Vec<String>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -39,6 +45,7 @@ fn parse_args() -> Result<Options, String> {
         target: Duration::from_millis(250),
         commits: None,
         only: Vec::new(),
+        skip: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -58,10 +65,13 @@ fn parse_args() -> Result<Options, String> {
             "--only" => o
                 .only
                 .extend(value("--only")?.split(',').map(str::to_string)),
+            "--skip" => o
+                .skip
+                .extend(value("--skip")?.split(',').map(str::to_string)),
             "--primitives" => o.primitives = true,
             "-h" | "--help" => {
                 return Err(
-                    "usage: perf_report [--runs N] [--target-ms T] [--commits N] [--only A,B] [--primitives]"
+                    "usage: perf_report [--runs N] [--target-ms T] [--commits N] [--only A,B] [--skip A,B] [--primitives]"
                         .into(),
                 );
             }
@@ -77,6 +87,12 @@ struct Row {
     commits_per_run: u64,
     ops: f64,
     wasted: f64,
+    /// Attempts (body runs + calls refused before their body) per commit.
+    attempts: f64,
+    /// Body runs per commit.
+    body_runs: f64,
+    /// Refused transfers, summed over the runs.
+    refused: u64,
     /// (max − min) / median of the runs' ops/s.
     spread: f64,
 }
@@ -101,6 +117,14 @@ fn summarize(commits_per_run: u64, samples: &[Sample]) -> Row {
         commits_per_run,
         ops: med,
         wasted: median(samples.iter().map(Sample::wasted_per_commit).collect()),
+        attempts: median(samples.iter().map(Sample::attempts_per_commit).collect()),
+        body_runs: median(
+            samples
+                .iter()
+                .map(|s| s.body_runs as f64 / s.commits as f64)
+                .collect(),
+        ),
+        refused: samples.iter().map(|s| s.refused).sum(),
         spread: (hi - lo) / med,
     }
 }
@@ -111,7 +135,12 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "n/a".into())
 }
 
-fn label(imp: Impl) -> &'static str {
+fn label(imp: Impl, op: Op) -> &'static str {
+    match (imp, op) {
+        (Impl::Mutex, Op::Transfer) => return "two tokio Mutexes (index order)",
+        (Impl::NaiveOcc, Op::Transfer) => return "naive two-key OCC",
+        _ => {}
+    }
     match imp {
         Impl::Framework(Config::Default) => "conflict: default",
         Impl::Framework(Config::Requeue) => "conflict: requeue",
@@ -157,11 +186,14 @@ fn main() -> ExitCode {
         print_primitives();
         return ExitCode::SUCCESS;
     }
-    let selected = |b: &str| o.only.is_empty() || o.only.iter().any(|s| b.contains(s.as_str()));
+    let selected = |b: &str| {
+        (o.only.is_empty() || o.only.iter().any(|s| b.contains(s.as_str())))
+            && !o.skip.iter().any(|s| b.contains(s.as_str()))
+    };
     let load_before = load_average();
     let started = Instant::now();
     let mut rows: HashMap<Key, Row> = HashMap::new();
-    for scenario in Scenario::ALL {
+    for scenario in Scenario::ALL.into_iter().chain(Scenario::TRANSFERS) {
         for body in Body::ALL {
             let ids: Vec<Impl> = Impl::ALL
                 .into_iter()
@@ -213,10 +245,20 @@ fn main() -> ExitCode {
         std::thread::available_parallelism().map_or(0, usize::from),
         elapsed.as_secs_f64()
     );
-    println!();
-    print_table(&rows);
-    println!();
-    print_verdicts(&rows);
+    let has = |scenarios: &[Scenario]| {
+        rows.keys()
+            .any(|(name, _, _)| scenarios.iter().any(|s| s.name == *name))
+    };
+    if has(&Scenario::ALL) {
+        println!();
+        print_table(&rows);
+        println!();
+        print_verdicts(&rows);
+    }
+    if has(&Scenario::TRANSFERS) {
+        println!();
+        print_transfer_table(&rows);
+    }
     ExitCode::SUCCESS
 }
 
@@ -307,7 +349,7 @@ fn print_table(rows: &HashMap<Key, Row>) {
                 let name = if imp == Impl::Stm && body == Body::Await {
                     "async-stm (await outside the tx: not comparable)"
                 } else {
-                    label(imp)
+                    label(imp, scenario.op)
                 };
                 println!(
                     "| {} | {} | {name} | {} | {} | {:.2} | {vs_mutex} | {vs_naive} | {fewer} | {:.0}% | {} |",
@@ -316,6 +358,46 @@ fn print_table(rows: &HashMap<Key, Row>) {
                     fmt_ops(r.ops),
                     fmt_ns(r.ops),
                     r.wasted,
+                    r.spread * 100.0,
+                    r.commits_per_run,
+                );
+            }
+        }
+    }
+}
+
+/// The transfer rows: ratios against the two-Mutex baseline and the naive two-key loop of
+/// the same scenario and body kind, attempts and body runs per commit, and the refusals.
+fn print_transfer_table(rows: &HashMap<Key, Row>) {
+    println!(
+        "| scenario | body | implementation | committed ops/s | time/op | attempts/commit | body runs/commit | ops/s ÷ two Mutexes | ops/s ÷ naive OCC | refused | spread | commits/run |"
+    );
+    println!("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for scenario in Scenario::TRANSFERS {
+        for body in Body::ALL {
+            let mutex = rows.get(&(scenario.name, body, Impl::Mutex));
+            let naive = rows.get(&(scenario.name, body, Impl::NaiveOcc));
+            for imp in Impl::ALL {
+                let Some(r) = rows.get(&(scenario.name, body, imp)) else {
+                    continue;
+                };
+                let ratio = |base: Option<&Row>, is_base: bool| match base {
+                    Some(b) if !is_base => format!("{:.2}", r.ops / b.ops),
+                    Some(_) => "1.00".into(),
+                    None => "–".into(),
+                };
+                println!(
+                    "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {} | {} | {} | {:.0}% | {} |",
+                    scenario.label,
+                    body.name(),
+                    label(imp, scenario.op),
+                    fmt_ops(r.ops),
+                    fmt_ns(r.ops),
+                    r.attempts,
+                    r.body_runs,
+                    ratio(mutex, imp == Impl::Mutex),
+                    ratio(naive, imp == Impl::NaiveOcc),
+                    r.refused,
                     r.spread * 100.0,
                     r.commits_per_run,
                 );
