@@ -880,6 +880,20 @@ impl Worker {
             .count()
     }
 
+    /// Outcome lines of a `bank` worker so far (`committed`, `refused`, `error`).
+    fn outcomes_so_far(&self) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| {
+                ["committed ", "refused ", "error "]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            })
+            .count()
+    }
+
     fn wait(mut self) -> (ExitStatus, Vec<String>) {
         let status = self.child.wait().unwrap();
         self.reader.join().unwrap();
@@ -1058,6 +1072,471 @@ fn a_process_killed_mid_run_leaves_no_half_applied_commit() {
         for op in unreported {
             assert_eq!(op.as_uuid().as_u64_pair().0, victim_prefix);
         }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// A Jepsen-style bank over several OS processes (`pg_worker bank`).
+
+/// The accounts of `pg_worker bank`: the same entity (name and fields) as the worker's
+/// `Account`.
+#[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+#[entity(name = "pg_bank::Account")]
+struct BankAccount {
+    #[entity(id)]
+    id: EntityId,
+    balance: i64,
+}
+
+/// Accounts of the bank test, and the balance each starts with.
+const BANK_ACCOUNTS: usize = 10;
+const BANK_INITIAL: i64 = 100;
+/// Tasks per bank worker: at most this many calls of one worker are in flight at once.
+const BANK_TASKS: usize = 4;
+
+fn bank_key(id: EntityId) -> EntityKey {
+    EntityKey::new(BankAccount::TYPE_NAME, id)
+}
+
+/// One transfer: account indices (positions in the worker's argument list) and the amount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Move {
+    from: usize,
+    to: usize,
+    amount: i64,
+}
+
+/// What a `bank` worker printed.
+#[derive(Debug, Default)]
+struct BankReport {
+    /// Every operation whose body ran at least once, with its transfer.
+    attempts: HashMap<OpId, Move>,
+    /// The calls told `Committed`, with the new versions of `from` and `to` they were told.
+    committed: HashMap<OpId, (Move, u64, u64)>,
+    /// The calls told they would overdraw.
+    refused: HashMap<OpId, Move>,
+    /// The calls that ended with an error: kind, op id (if the error names one), the line.
+    errors: Vec<(String, Option<OpId>, String)>,
+    /// Outcome lines in all (`committed`, `refused`, `error`).
+    outcomes: usize,
+    /// Whether it printed its `done` line.
+    done: bool,
+}
+
+impl BankReport {
+    /// The operations of this worker whose outcome it printed.
+    fn ended(&self) -> HashSet<OpId> {
+        self.committed
+            .keys()
+            .chain(self.refused.keys())
+            .copied()
+            .chain(self.errors.iter().filter_map(|(_, op, _)| *op))
+            .collect()
+    }
+
+    /// Operations whose body ran but whose outcome was never printed.
+    fn in_flight(&self) -> HashSet<OpId> {
+        let ended = self.ended();
+        self.attempts
+            .keys()
+            .filter(|op| !ended.contains(op))
+            .copied()
+            .collect()
+    }
+}
+
+fn parse_bank(lines: &[String]) -> BankReport {
+    fn op_of(word: Option<&str>) -> Option<OpId> {
+        match word {
+            Some("-") | None => None,
+            Some(w) => Some(w.parse().unwrap()),
+        }
+    }
+    fn move_of<'a>(words: &mut impl Iterator<Item = &'a str>) -> Move {
+        let mut next = || words.next().expect("a complete line");
+        Move {
+            from: next().parse().unwrap(),
+            to: next().parse().unwrap(),
+            amount: next().parse().unwrap(),
+        }
+    }
+    let mut r = BankReport::default();
+    for line in lines {
+        let mut words = line.split(' ');
+        let what = words.next();
+        assert!(!r.done, "a line after `done`: {line}");
+        match what {
+            Some("prefix") => {}
+            Some("attempt") => {
+                let op = op_of(words.next()).expect("the body knows its op id");
+                let m = move_of(&mut words);
+                let before = r.attempts.insert(op, m);
+                assert!(
+                    before.is_none_or(|b| b == m),
+                    "op {op} ran with two transfers: {line}"
+                );
+            }
+            Some("committed") => {
+                let op = op_of(words.next()).unwrap();
+                let m = move_of(&mut words);
+                let (vf, vt) = (
+                    words.next().unwrap().parse().unwrap(),
+                    words.next().unwrap().parse().unwrap(),
+                );
+                assert_eq!(
+                    r.attempts.get(&op),
+                    Some(&m),
+                    "committed without an attempt"
+                );
+                assert!(
+                    r.committed.insert(op, (m, vf, vt)).is_none(),
+                    "op {op} reported twice"
+                );
+                r.outcomes += 1;
+            }
+            Some("refused") => {
+                let op = op_of(words.next()).expect("a refusal names its op");
+                let m = move_of(&mut words);
+                assert_eq!(r.attempts.get(&op), Some(&m), "refused without an attempt");
+                assert!(r.refused.insert(op, m).is_none(), "op {op} reported twice");
+                r.outcomes += 1;
+            }
+            Some("error") => {
+                let kind = words.next().unwrap().to_string();
+                let op = op_of(words.next());
+                r.errors.push((kind, op, line.clone()));
+                r.outcomes += 1;
+            }
+            Some("done") => r.done = true,
+            _ => panic!("unexpected line from a bank worker: {line}"),
+        }
+    }
+    r
+}
+
+/// What [`bank_agrees`] found: committed transfers in the ledger, and how many of them no
+/// worker reported (the killed one's in-flight calls).
+#[derive(Debug, Clone, Copy)]
+struct BankState {
+    ledger: usize,
+    unreported: usize,
+}
+
+/// Checks the bank's invariants against the accounts and the ledger, given what each worker
+/// printed (and whether it was killed):
+///
+/// * money is conserved, and no account is negative — at the end, and after every commit of
+///   it (replaying the ledger in version order);
+/// * each account's commits are in the ledger at versions `2..=version`, gap-free; each entry
+///   is a `bank_transfer` that wrote exactly the two accounts of a transfer a worker's body ran,
+///   and each account's balance = initial + what the ledger's transfers moved in and out;
+/// * every call told `Committed` is in the ledger (`lookup`) at the versions it was told; none
+///   told refused or failed is committed; the only failures are preemptions (and exhausted
+///   retries), never a store error;
+/// * every committed entry no worker reported is a call the killed worker had in flight (body
+///   ran, outcome not printed), at most one per task of it; a worker that was not killed
+///   printed an outcome for every call whose body ran.
+async fn bank_agrees(
+    store: &PgStore,
+    ids: &[EntityId],
+    workers: &[(&BankReport, bool)],
+) -> BankState {
+    let codec = EntityCodec::of::<BankAccount>();
+    let keys: Vec<EntityKey> = ids.iter().map(|&id| bank_key(id)).collect();
+    let mut balances = Vec::new();
+    let mut ledger: HashMap<OpId, LedgerEntry> = HashMap::new();
+    let mut per_account = Vec::new();
+    for key in &keys {
+        let snap = store
+            .load(key, codec)
+            .await
+            .unwrap()
+            .expect("account exists");
+        let balance = snap
+            .value
+            .as_any()
+            .downcast_ref::<BankAccount>()
+            .unwrap()
+            .balance;
+        assert!(balance >= 0, "{key} went negative: {balance}");
+        balances.push(balance);
+        let entries = ledger_agrees(store, key, snap.version - 1, snap.version).await;
+        for e in &entries {
+            let seen = ledger.entry(e.op_id).or_insert_with(|| e.clone());
+            assert_eq!(
+                seen, e,
+                "one entry per op, whichever account it is read for"
+            );
+        }
+        per_account.push(entries);
+    }
+    let initial_sum: i64 = ids.iter().map(|_| BANK_INITIAL).sum();
+    assert_eq!(
+        balances.iter().sum::<i64>(),
+        initial_sum,
+        "money is conserved"
+    );
+
+    // Every ledger entry is a transfer some worker's body ran, over exactly its two accounts.
+    let mut moves: HashMap<OpId, (Move, usize)> = HashMap::new();
+    for (op, e) in &ledger {
+        let owners: Vec<(usize, Move)> = workers
+            .iter()
+            .enumerate()
+            .filter_map(|(w, (r, _))| r.attempts.get(op).map(|m| (w, *m)))
+            .collect();
+        assert_eq!(
+            owners.len(),
+            1,
+            "ledger op {op} ran in exactly one worker: {owners:?}"
+        );
+        let (owner, m) = owners[0];
+        assert_eq!(e.status, LedgerStatus::Committed);
+        assert_eq!(e.op_type.as_deref(), Some("bank_transfer"));
+        let touched: HashSet<&EntityKey> = e.targets.iter().map(|t| &t.key).collect();
+        assert_eq!(e.targets.len(), 2, "{op} wrote two entities: {e:?}");
+        assert_eq!(
+            touched,
+            HashSet::from([&keys[m.from], &keys[m.to]]),
+            "{op} wrote exactly the accounts of its transfer {m:?}"
+        );
+        moves.insert(*op, (m, owner));
+    }
+
+    // Replaying each account's commits in version order: never negative, ends at its balance.
+    for (i, entries) in per_account.iter().enumerate() {
+        let mut balance = BANK_INITIAL;
+        for e in entries {
+            let (m, _) = moves[&e.op_id];
+            if m.from == i {
+                balance -= m.amount;
+            }
+            if m.to == i {
+                balance += m.amount;
+            }
+            assert!(
+                balance >= 0,
+                "account {i} overdrawn by {} (at version {})",
+                e.op_id,
+                e.targets.iter().find(|t| t.key == keys[i]).unwrap().version
+            );
+        }
+        assert_eq!(
+            balance, balances[i],
+            "account {i} = initial + the ledger's transfers"
+        );
+    }
+
+    // What each worker was told holds.
+    let mut reported = HashSet::new();
+    for (w, (r, killed)) in workers.iter().enumerate() {
+        for (op, (m, vf, vt)) in &r.committed {
+            let entry = store.lookup(*op).await.unwrap();
+            let entry =
+                entry.unwrap_or_else(|| panic!("told committed, {op} is not in the ledger"));
+            assert_eq!(
+                Some(&entry),
+                ledger.get(op),
+                "lookup agrees with ledger_for"
+            );
+            assert_eq!(moves[op], (*m, w));
+            let version = |k: usize| {
+                entry
+                    .targets
+                    .iter()
+                    .find(|t| t.key == keys[k])
+                    .map(|t| t.version)
+            };
+            assert_eq!(
+                (version(m.from), version(m.to)),
+                (Some(*vf), Some(*vt)),
+                "{op} at the versions its caller was told"
+            );
+            reported.insert(*op);
+        }
+        let failed = r.errors.iter().filter_map(|(_, op, _)| *op);
+        for op in r.refused.keys().copied().chain(failed) {
+            assert!(
+                !ledger.contains_key(&op),
+                "{op} was not told committed, yet is in the ledger"
+            );
+            let status = store.lookup(op).await.unwrap().map(|e| e.status);
+            assert_ne!(status, Some(LedgerStatus::Committed), "{op}");
+        }
+        let unexpected: Vec<&String> = r
+            .errors
+            .iter()
+            .filter(|(kind, _, _)| !["preempted", "retries_exhausted"].contains(&kind.as_str()))
+            .map(|(_, _, line)| line)
+            .collect();
+        assert!(
+            unexpected.is_empty(),
+            "worker {w} failed calls: {unexpected:?}"
+        );
+        let in_flight = r.in_flight();
+        if *killed {
+            assert!(
+                in_flight.len() <= BANK_TASKS,
+                "the killed worker had at most one call in flight per task: {in_flight:?}"
+            );
+        } else {
+            assert!(r.done, "worker {w} ran to its end");
+            assert!(
+                in_flight.is_empty(),
+                "worker {w} printed every outcome: {in_flight:?}"
+            );
+        }
+    }
+    let unreported: Vec<OpId> = ledger
+        .keys()
+        .filter(|op| !reported.contains(op))
+        .copied()
+        .collect();
+    for op in &unreported {
+        let (_, owner) = moves[op];
+        let (r, killed) = workers[owner];
+        assert!(
+            killed && r.in_flight().contains(op),
+            "committed but unreported {op} is an in-flight call of the killed worker"
+        );
+    }
+    let killed_tasks = workers.iter().filter(|(_, k)| *k).count() * BANK_TASKS;
+    assert!(unreported.len() <= killed_tasks, "{unreported:?}");
+    BankState {
+        ledger: ledger.len(),
+        unreported: unreported.len(),
+    }
+}
+
+/// Invariant (issue #10, a Jepsen-style bank on PostgreSQL): two worker processes make random
+/// two-account transfers through one annotated function (mixed priorities, refusals, an await
+/// in the body) on the same 10 accounts; one is SIGKILLed mid-run, the other finishes its
+/// transfers, and then a fresh process on the same schema (a restart) makes more. After each
+/// phase, [`bank_agrees`]: money conserved, no account ever negative, the ledger holds exactly
+/// the transfers that committed — all that any process was told committed, at the versions it
+/// was told, plus at most the killed process's in-flight calls — and every balance is its
+/// initial one plus the ledger's transfers.
+#[test]
+fn bank_transfers_across_processes_survive_a_sigkill_and_a_restart() {
+    multi_thread(2, async {
+        const SURVIVOR_CALLS: usize = 150;
+        const FRESH_CALLS: usize = 50;
+        let store = pg::store("bank_sigkill").await;
+        let mut ids = Vec::new();
+        for _ in 0..BANK_ACCOUNTS {
+            let id = EntityId::new();
+            let account = BankAccount {
+                id,
+                balance: BANK_INITIAL,
+            };
+            store.insert(bank_key(id), Arc::new(account)).await.unwrap();
+            ids.push(id);
+        }
+        let args = |calls: usize| {
+            let mut args = vec![
+                "bank".to_string(),
+                pg::shared().url(),
+                store.schema().to_string(),
+                BANK_TASKS.to_string(),
+                calls.to_string(),
+            ];
+            args.extend(ids.iter().map(ToString::to_string));
+            args
+        };
+        let started = Instant::now();
+        let victim = Worker::spawn(&args(0));
+        let survivor = Worker::spawn(&args(SURVIVOR_CALLS));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while victim.committed_so_far() < 100 {
+            assert!(Instant::now() < deadline, "the victim made no progress");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut victim = victim;
+        victim.child.kill().unwrap(); // SIGKILL
+        let survivor_at_kill = survivor.outcomes_so_far();
+        let (victim_status, victim_lines) = tokio::task::spawn_blocking(move || victim.wait())
+            .await
+            .unwrap();
+        assert!(!victim_status.success());
+        let (survivor_status, survivor_lines) =
+            tokio::task::spawn_blocking(move || survivor.wait())
+                .await
+                .unwrap();
+        assert!(
+            survivor_status.success(),
+            "the survivor failed: {survivor_status}"
+        );
+        let killed_after = started.elapsed();
+        let victim_report = parse_bank(&victim_lines);
+        let survivor_report = parse_bank(&survivor_lines);
+        assert!(!victim_report.done);
+        assert!(
+            survivor_at_kill < BANK_TASKS * SURVIVOR_CALLS,
+            "the kill happened while the survivor was still running ({survivor_at_kill})"
+        );
+        assert_eq!(
+            survivor_report.outcomes,
+            BANK_TASKS * SURVIVOR_CALLS,
+            "the survivor went on to its end, one outcome per call"
+        );
+        let after_kill = bank_agrees(
+            &store,
+            &ids,
+            &[(&victim_report, true), (&survivor_report, false)],
+        )
+        .await;
+        assert!(
+            !survivor_report.committed.is_empty() && !survivor_report.refused.is_empty(),
+            "both outcomes exercised"
+        );
+
+        // A restart: a fresh process on the same schema goes on where the others left off.
+        let fresh = Worker::spawn(&args(FRESH_CALLS));
+        let (fresh_status, fresh_lines) = tokio::task::spawn_blocking(move || fresh.wait())
+            .await
+            .unwrap();
+        assert!(
+            fresh_status.success(),
+            "the fresh worker failed: {fresh_status}"
+        );
+        let fresh_report = parse_bank(&fresh_lines);
+        assert_eq!(fresh_report.outcomes, BANK_TASKS * FRESH_CALLS);
+        assert!(
+            !fresh_report.committed.is_empty(),
+            "the fresh process commits"
+        );
+        let after_restart = bank_agrees(
+            &store,
+            &ids,
+            &[
+                (&victim_report, true),
+                (&survivor_report, false),
+                (&fresh_report, false),
+            ],
+        )
+        .await;
+        assert_eq!(
+            after_restart.ledger,
+            after_kill.ledger + fresh_report.committed.len(),
+            "the restart added exactly its own commits"
+        );
+        assert_eq!(after_restart.unreported, after_kill.unreported);
+        let errors = |r: &BankReport| r.errors.len();
+        eprintln!(
+            "bank: victim killed after {} commits ({} in flight, {} of them committed \
+             unreported); survivor {} committed, {} refused, {} failed; fresh {} committed; \
+             {} transfers in the ledger; {:?} to the kill and survivor's end, {:?} in all",
+            victim_report.committed.len(),
+            victim_report.in_flight().len(),
+            after_kill.unreported,
+            survivor_report.committed.len(),
+            survivor_report.refused.len(),
+            errors(&survivor_report),
+            fresh_report.committed.len(),
+            after_restart.ledger,
+            killed_after,
+            started.elapsed()
+        );
     });
 }
 
