@@ -393,3 +393,111 @@ async fn rejection_and_preemption_name_the_entity_and_the_winner() {
     );
     assert_eq!(rt.staging_status().executing, 0);
 }
+
+#[with_conflict_resolution(occ(max_retries = 5, base_delay_ms = 0))]
+async fn grandchild_write(l: &mut Ledger, entry: i64) {
+    l.entries.push(entry);
+}
+
+/// A middle call that writes through its own nested call, then fails.
+#[with_conflict_resolution(occ(max_retries = 5, base_delay_ms = 0))]
+async fn middle_then_fail(a: &mut Account, ledger: Handle<Ledger>) -> Result<(), Insufficient> {
+    grandchild_write(&ledger, 7).await.expect("composes");
+    a.balance += 1;
+    Err(Insufficient)
+}
+
+#[with_conflict_resolution(occ(max_retries = 5, base_delay_ms = 0))]
+async fn root_survives_a_failed_child(
+    r: &mut Account,
+    a: Handle<Account>,
+    ledger: Handle<Ledger>,
+) -> bool {
+    r.balance += 1;
+    middle_then_fail(&a, ledger).await.is_err()
+}
+
+/// Invariant: a nested call's writes are kept only if its parent's are: a middle call that
+/// fails after its own nested call wrote takes that write with it, although the root goes on
+/// and commits.
+#[tokio::test]
+async fn a_failed_middle_call_takes_its_nested_writes_with_it() {
+    let rt = Runtime::in_memory();
+    let acc = accounts(&rt, &[0, 0]).await;
+    let ledger = rt
+        .insert(Ledger {
+            id: EntityId::new(),
+            entries: vec![],
+        })
+        .await
+        .unwrap();
+    let done = root_survives_a_failed_child(&acc[0], acc[1].clone(), ledger.clone())
+        .await
+        .unwrap();
+    assert!(done.value, "the middle call failed");
+    assert_eq!(
+        acc[0].load().await.unwrap().version,
+        2,
+        "the root committed"
+    );
+    let l = ledger.load().await.unwrap();
+    assert_eq!(
+        (l.value.entries.len(), l.version),
+        (0, 1),
+        "the failed middle call's nested write was kept"
+    );
+    let m = rt.metrics();
+    assert_eq!(
+        m.outcome(OutcomeKind::RolledBack),
+        1,
+        "the grandchild is rolled back"
+    );
+}
+
+#[with_conflict_resolution(occ(max_retries = 5, base_delay_ms = 0))]
+async fn middle_then_hang(a: &mut Account, ledger: Handle<Ledger>) {
+    grandchild_write(&ledger, 8).await.expect("composes");
+    a.balance += 1;
+    std::future::pending::<()>().await;
+}
+
+#[with_conflict_resolution(occ(max_retries = 5, base_delay_ms = 0))]
+async fn root_gives_up_on_a_child(r: &mut Account, a: Handle<Account>, ledger: Handle<Ledger>) {
+    r.balance += 1;
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(10), middle_then_hang(&a, ledger)).await;
+    assert!(gave_up.is_err());
+}
+
+/// Invariant: a nested call dropped mid-body (its caller gave up on it) takes what its own
+/// nested calls wrote with it; the root still commits.
+#[tokio::test]
+async fn a_dropped_middle_call_takes_its_nested_writes_with_it() {
+    let rt = Runtime::in_memory();
+    let acc = accounts(&rt, &[0, 0]).await;
+    let ledger = rt
+        .insert(Ledger {
+            id: EntityId::new(),
+            entries: vec![],
+        })
+        .await
+        .unwrap();
+    root_gives_up_on_a_child(&acc[0], acc[1].clone(), ledger.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        acc[0].load().await.unwrap().version,
+        2,
+        "the root committed"
+    );
+    assert_eq!(acc[1].load().await.unwrap().version, 1);
+    assert_eq!(
+        ledger.load().await.unwrap().version,
+        1,
+        "the grandchild's write was undone"
+    );
+    let m = rt.metrics();
+    assert_eq!(m.outcome(OutcomeKind::RolledBack), 1);
+    assert_eq!(m.outcome(OutcomeKind::Cancelled), 1);
+    assert_eq!(m.submitted, 3);
+}

@@ -59,9 +59,21 @@ pub(crate) struct Entry {
     /// parameter (only its body has that copy).
     pub(crate) value: Option<StoredValue>,
     pub(crate) role: Role,
-    /// How many nested calls have written it: a nested call that read it parks its own writes
-    /// only if none was written since it read (siblings in other tasks run at once).
+    /// How many times nested calls have changed it (written, or undone): a nested call that
+    /// read it parks its own writes only if it was not changed since it read (siblings in other
+    /// tasks run at once). Never goes down, so a value that was undone never looks unchanged.
     pub(crate) writes: u64,
+    /// What each nested write replaced, newest last: undone when the nested call that wrote it
+    /// (or one of its ancestors below the root) fails.
+    pub(crate) history: Vec<Undo>,
+}
+
+/// What one nested write replaced, and who wrote it.
+pub(crate) struct Undo {
+    /// The writer and its ancestors below the root (the nested calls whose failure undoes it).
+    pub(crate) chain: Arc<[OpId]>,
+    pub(crate) value: Option<StoredValue>,
+    pub(crate) role: Role,
 }
 
 /// Which entity doomed an attempt: read at `read`, found at `found` (`None`: gone).
@@ -125,6 +137,7 @@ impl TxnShared {
                 value: None,
                 role: Role::RootWrite,
                 writes: 0,
+                history: Vec::new(),
             }],
         )
     }
@@ -191,6 +204,45 @@ impl TxnState {
 }
 
 impl TxnShared {
+    /// The nested call `failed` did not complete (its body failed, it was rolled back, or it
+    /// was dropped): what its own nested calls wrote is undone, and they end `RolledBack` — a
+    /// nested write is kept only if every call above it, up to the root, is. If another nested
+    /// call has written on top of an undone write (it read what is now undone), the attempt is
+    /// doomed: the root runs its body again.
+    pub(crate) fn undo(&self, failed: OpId) {
+        let (children, rt) = {
+            let mut st = self.lock();
+            let mut dirty = None;
+            for e in &mut st.entries {
+                while e.history.last().is_some_and(|u| u.chain.contains(&failed)) {
+                    let Some(u) = e.history.pop() else { break };
+                    e.value = u.value;
+                    e.role = u.role;
+                    e.writes += 1;
+                }
+                if dirty.is_none() && e.history.iter().any(|u| u.chain.contains(&failed)) {
+                    dirty = Some(Doomed {
+                        key: e.key.clone(),
+                        read: e.read_version,
+                        found: None,
+                    });
+                }
+            }
+            if st.doomed.is_none() {
+                st.doomed = dirty;
+            }
+            let (gone, kept): (Vec<Books>, Vec<Books>) = std::mem::take(&mut st.children)
+                .into_iter()
+                .partition(|b| b.descends_from(failed));
+            st.children = kept;
+            let rt = if gone.is_empty() { None } else { st.rt.clone() };
+            (gone, rt)
+        };
+        if let Some(rt) = rt {
+            crate::occ::settle_composed(&rt, self.root, children, None);
+        }
+    }
+
     /// The root's body run ended without taking what nested calls left (it was interrupted,
     /// panicked or dropped): seals, and ends every parked nested call `RolledBack`.
     pub(crate) fn abandon(&self) {

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use conflict_core::{Committed, ConflictError, Entity, EntityKey, StoreError, Versions};
+use conflict_core::{Committed, ConflictError, Entity, EntityKey, OpId, StoreError, Versions};
 use futures_util::FutureExt;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -220,6 +220,7 @@ where
                     value: (!t.write).then(|| s.value.clone()),
                     role: if t.write { Role::RootWrite } else { Role::Read },
                     writes: 0,
+                    history: Vec::new(),
                 })
                 .collect(),
         )));
@@ -647,6 +648,13 @@ where
     op.started = Some(op.submitted);
     op.begin_attempt(1, span)?;
     let (snaps, seen) = read_through(op, &txn, targets).await?;
+    // From here on, this call's own nested calls may leave writes in the transaction: unless
+    // this call parks, they are undone (whichever way it ends, a dropped future included).
+    let mut undo = UndoUnlessParked {
+        txn: &txn,
+        op_id: op.op_id,
+        armed: true,
+    };
     let params = Params::Many(targets.iter().map(|t| (t.key.clone(), t.write)).collect());
     let (written, value) = op
         .run_body_on(&[], &snaps, params, TxnSeed::Given(txn.clone()), &mut body)
@@ -675,10 +683,16 @@ where
             root_op_id: txn.root,
         });
     }
+    let chain = undo_chain(op.op_id, &parent, txn.root);
     let mut versions = Vec::with_capacity(writes.len());
     for (key, value, read_version) in writes {
         if let Some(e) = st.entry_mut(&key) {
-            e.value = Some(value);
+            let before = e.value.replace(value);
+            e.history.push(crate::txn::Undo {
+                chain: chain.clone(),
+                value: before,
+                role: e.role,
+            });
             e.role = Role::Write;
             e.writes += 1;
         }
@@ -690,6 +704,7 @@ where
     let wrote = versions.first().map(|(k, _)| k.clone());
     st.children.push(op.park(wrote));
     drop(st);
+    undo.armed = false;
     let versions = Versions::from(versions);
     Ok(Committed {
         value,
@@ -698,6 +713,36 @@ where
         op_id: op.op_id,
         attempts: 1,
     })
+}
+
+/// `op_id` and its ancestors below `root`: the nested calls whose failure undoes its writes.
+fn undo_chain(op_id: OpId, parent: &crate::context::OperationContext, root: OpId) -> Arc<[OpId]> {
+    let mut ids = vec![op_id];
+    let mut cur = Some(&*parent.link);
+    while let Some(l) = cur {
+        if l.op_id == root {
+            break;
+        }
+        ids.push(l.op_id);
+        cur = l.parent.as_deref();
+    }
+    ids.into()
+}
+
+/// Undoes a nested call's own nested writes when it ends without parking (see
+/// [`TxnShared::undo`]).
+struct UndoUnlessParked<'t> {
+    txn: &'t TxnShared,
+    op_id: OpId,
+    armed: bool,
+}
+
+impl Drop for UndoUnlessParked<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.txn.undo(self.op_id);
+        }
+    }
 }
 
 /// The snapshots a nested call's body starts from: each target as the transaction has it
@@ -792,6 +837,7 @@ async fn read_through<Err>(
                     value: Some(snap.value.clone()),
                     role: Role::Read,
                     writes: 0,
+                    history: Vec::new(),
                 }),
             }
         }

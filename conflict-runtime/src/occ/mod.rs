@@ -276,6 +276,18 @@ impl Operation<'_> {
 }
 
 impl Books {
+    /// Whether `ancestor` is this operation's parent or one of its parent's ancestors.
+    pub(crate) fn descends_from(&self, ancestor: OpId) -> bool {
+        let mut cur = self.parent.as_ref().map(|p| &*p.link);
+        while let Some(l) = cur {
+            if l.op_id == ancestor {
+                return true;
+            }
+            cur = l.parent.as_deref();
+        }
+        false
+    }
+
     fn resume(self, rt: &Arc<Inner>) -> Operation<'_> {
         Operation {
             rt,
