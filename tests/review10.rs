@@ -1254,15 +1254,18 @@ async fn defect_a_doomed_attempt_reports_version_zero_and_a_missing_entity() {
     assert_eq!(done.attempts, 2);
     let mut conflicts = Vec::new();
     while let Some(r) = events.try_recv() {
-        if let Received::Event(Event::OperationConflict {
-            op,
-            expected_version,
-            actual_version,
-            ..
-        }) = r
-            && op.op_id == done.op_id
-        {
-            conflicts.push((expected_version, actual_version));
+        // (No let chain: the workspace supports Rust 1.85.)
+        let hit = match r {
+            Received::Event(Event::OperationConflict {
+                op,
+                expected_version,
+                actual_version,
+                ..
+            }) => Some((op.op_id, expected_version, actual_version)),
+            _ => None,
+        };
+        if let Some((_, expected, actual)) = hit.filter(|(id, ..)| *id == done.op_id) {
+            conflicts.push((expected, actual));
         }
     }
     assert_eq!(
