@@ -190,7 +190,7 @@ impl<E: Entity> EntityParam for E {
     }
 }
 
-/// Tells at compile time whether an argument's type is an entity (see [`not_an_entity`]).
+/// Tells at compile time whether an argument's type is an entity (see [`EntityArg::not_an_entity`]).
 pub struct EntityProbe<T: ?Sized>(core::marker::PhantomData<T>);
 
 impl<T: ?Sized> EntityProbe<T> {
