@@ -235,20 +235,7 @@ where
             )
             .await?;
         let sealed = txn.0.seal();
-        let mut writes = Vec::with_capacity(written.len() + sealed.writes.len());
-        let mut written = written.into_iter();
-        for (t, snap) in targets.iter().zip(&snaps) {
-            if !t.write {
-                continue;
-            }
-            let value = written.next().ok_or_else(|| missing_write(op, t.key))?;
-            check_identity(op, t.key, &value)?;
-            writes.push(Write {
-                key: t.key.clone(),
-                expected_version: snap.version,
-                value,
-            });
-        }
+        let mut writes = written_params(op, targets, &snaps, written)?;
         writes.extend(sealed.writes);
         let children = txn.0.take_children();
         let outcome = op
@@ -286,6 +273,29 @@ where
             }
         }
     }
+}
+
+/// The writes of a body's written parameters: each new value (in parameter order, as the body
+/// returned them) against the version its snapshot had, after checking it is still the entity
+/// its key names.
+fn written_params<Err>(
+    op: &Operation<'_>,
+    targets: &[Target<'_>],
+    snaps: &[Snapshot],
+    written: Vec<StoredValue>,
+) -> Result<Vec<Write>, ConflictError<Err>> {
+    let mut written = written.into_iter();
+    let mut writes = Vec::with_capacity(targets.len());
+    for (t, snap) in targets.iter().zip(snaps).filter(|(t, _)| t.write) {
+        let value = written.next().ok_or_else(|| missing_write(op, t.key))?;
+        check_identity(op, t.key, &value)?;
+        writes.push(Write {
+            key: t.key.clone(),
+            expected_version: snap.version,
+            value,
+        });
+    }
+    Ok(writes)
 }
 
 fn missing_write<Err>(op: &Operation<'_>, key: &EntityKey) -> ConflictError<Err> {
@@ -363,14 +373,7 @@ impl<'rt> Operation<'rt> {
             .iter()
             .map(|t| (t.key, t.codec, &t.cache.slot))
             .collect();
-        let load = self.rt.backend.load_many(&list);
-        let loaded = match self.deadline {
-            None => load.await?,
-            Some(d) => match Box::pin(tokio::time::timeout_at(d, load)).await {
-                Ok(loaded) => loaded?,
-                Err(_) => return Err(self.deadline_exceeded()),
-            },
-        };
+        let loaded = self.by_deadline(self.rt.backend.load_many(&list)).await??;
         loaded
             .into_iter()
             .zip(targets)
@@ -659,15 +662,7 @@ where
     let (written, value) = op
         .run_body_on(&[], &snaps, params, TxnSeed::Given(txn.clone()), &mut body)
         .await?;
-    let mut writes = Vec::new();
-    let mut written = written.into_iter();
-    for (t, snap) in targets.iter().zip(&snaps) {
-        if t.write {
-            let value = written.next().ok_or_else(|| missing_write(op, t.key))?;
-            check_identity(op, t.key, &value)?;
-            writes.push((t.key.clone(), value, snap.version));
-        }
-    }
+    let writes = written_params(op, targets, &snaps, written)?;
     let mut st = txn.lock();
     // A sibling (a nested call of the same attempt in another task) that wrote an entity this
     // call read, after it read it, would be overwritten by this call's writes, computed from
@@ -685,7 +680,12 @@ where
     }
     let chain = undo_chain(op.op_id, &parent, txn.root);
     let mut versions = Vec::with_capacity(writes.len());
-    for (key, value, read_version) in writes {
+    for Write {
+        key,
+        expected_version: read_version,
+        value,
+    } in writes
+    {
         if let Some(e) = st.entry_mut(&key) {
             let before = e.value.replace(value);
             e.history.push(crate::txn::Undo {
@@ -785,14 +785,7 @@ async fn read_through<Err>(
             .map(|t| (t.key, t.codec, &t.cache.slot))
             .chain(known.iter().zip(&scratch).map(|((k, c, _), s)| (k, *c, s)))
             .collect();
-        let load = op.rt.backend.load_many(&list);
-        let loaded = match op.deadline {
-            None => load.await?,
-            Some(d) => match Box::pin(tokio::time::timeout_at(d, load)).await {
-                Ok(loaded) => loaded?,
-                Err(_) => return Err(op.deadline_exceeded()),
-            },
-        };
+        let loaded = op.by_deadline(op.rt.backend.load_many(&list)).await??;
         let (fresh, again) = loaded.split_at(missing.len().min(loaded.len()));
         let mut st = txn.lock();
         if st.sealed || st.doomed.is_some() {
