@@ -52,6 +52,7 @@ fn commit_of(op_id: OpId, writes: Vec<Write>) -> Commit {
         priority: OperationPriority::HIGH,
         attempt: 1,
         writes,
+        deletes: Vec::new(),
         reads: Vec::new(),
     }
 }

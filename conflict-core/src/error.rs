@@ -111,6 +111,19 @@ pub enum StoreError {
         #[source]
         source: Option<Arc<dyn std::error::Error + Send + Sync>>,
     },
+    /// An insert made inside an annotated function's body (which joins that call's commit)
+    /// after the body's attempt had ended or been found unable to commit: nothing was stored,
+    /// and the root operation runs its body again if it can.
+    #[error(
+        "entity {key} was not inserted: the attempt of operation {root_op_id} it was inserted \
+         in has ended or cannot commit"
+    )]
+    RolledBack {
+        /// The key that was to be inserted.
+        key: EntityKey,
+        /// The root operation whose commit the insert would have joined.
+        root_op_id: OpId,
+    },
     /// The backend failed while a commit was in flight, so whether it applied is unknown.
     /// Look the op id up in the store's ledger to find out; the runtime never retries it blindly.
     #[error(
@@ -135,6 +148,40 @@ impl StoreError {
             source: Some(Arc::new(source)),
         }
     }
+}
+
+/// Why `conflict_runtime::operation::delete` refused to delete an entity.
+///
+/// ```
+/// use conflict_core::DeleteError;
+/// assert!(DeleteError::OutsideCall.to_string().contains("outside"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeleteError {
+    /// Not called inside an annotated function's body.
+    #[error(
+        "`delete` was called outside any annotated function's body: delete an entity from the \
+         body of a call that writes it, or with `Handle::delete` and its version"
+    )]
+    OutsideCall,
+    /// The running call does not write this entity.
+    #[error(
+        "operation {op_id} does not write {target}: only a `&mut` entity parameter of the \
+         running call can be deleted"
+    )]
+    NotWritten {
+        /// The running call.
+        op_id: OpId,
+        /// The entity it was asked to delete.
+        target: EntityKey,
+    },
+    /// The body run it was called from has ended.
+    #[error("operation {op_id}'s body has ended: nothing is deleted")]
+    Ended {
+        /// The call whose body ended.
+        op_id: OpId,
+    },
 }
 
 /// What a custom cleanup handler asks for once it has run.

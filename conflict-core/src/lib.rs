@@ -42,8 +42,8 @@ pub use config::{
 };
 pub use entity::{Committed, Entity, EntityIdType, Versioned, Versions};
 pub use error::{
-    BodyFailed, CleanupAction, CleanupError, ConflictError, OutcomeKind, OverloadScope,
-    RejectReason, StoreError,
+    BodyFailed, CleanupAction, CleanupError, ConflictError, DeleteError, OutcomeKind,
+    OverloadScope, RejectReason, StoreError,
 };
 pub use event::{Event, EventKind, OperationInfo};
 pub use ids::{EntityId, EntityKey, OpId, ParseIdError};

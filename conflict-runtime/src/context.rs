@@ -37,6 +37,21 @@ pub(crate) struct Link {
     /// The transaction of the body run that handed this link out (its root operation's
     /// attempt): nested calls made under this link compose into it.
     pub(crate) txn: Arc<TxnShared>,
+    /// The written parameters this body run asked to [`delete`]: deleted instead of written
+    /// when the call completes.
+    pub(crate) deleted: std::sync::Mutex<Vec<EntityKey>>,
+}
+
+impl Link {
+    /// What the body run asked to delete (taken: the run is over).
+    pub(crate) fn take_deleted(&self) -> Vec<EntityKey> {
+        std::mem::take(
+            &mut *self
+                .deleted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
 }
 
 /// An operation's entity parameters: the entities its body holds copies of.
@@ -309,6 +324,7 @@ impl LazyLink {
                     effective_priority: self.effective_priority,
                     parent: self.parent.as_ref().map(|p| p.link.clone()),
                     live: AtomicBool::new(true),
+                    deleted: std::sync::Mutex::new(Vec::new()),
                     txn: match &self.txn {
                         TxnSeed::Given(t) => t.clone(),
                         TxnSeed::Root { version, codec } => Arc::new(TxnShared::for_root(
@@ -322,6 +338,14 @@ impl LazyLink {
                 }),
             })
             .clone()
+    }
+
+    /// The entity parameters this body run asked to delete (none if its link was never built).
+    pub(crate) fn take_deleted(&self) -> Vec<EntityKey> {
+        self.built
+            .get()
+            .map(|c| c.link.take_deleted())
+            .unwrap_or_default()
     }
 
     /// Ends the body run, keeping the transaction nested calls composed into (if a single-entity
@@ -424,6 +448,12 @@ pub(crate) fn body_link<F: Future>(
     }
 }
 
+/// The running body an insert on runtime `runtime_id` joins (none outside bodies, under
+/// `scope().detached()`, and in a body of another runtime).
+pub(crate) fn composing(runtime_id: u64) -> Option<OperationContext> {
+    current_operation().filter(|c| c.link.runtime_id == runtime_id)
+}
+
 /// The operation whose body is running in this task, if any.
 ///
 /// ```
@@ -432,6 +462,81 @@ pub(crate) fn body_link<F: Future>(
 #[must_use]
 pub fn current_operation() -> Option<OperationContext> {
     FRAME.try_with(|f| f.current.context()).ok().flatten()
+}
+
+/// Deletes `entity`, a `&mut` entity parameter of the call whose body is running, when that
+/// call completes: instead of writing its new value, the call's commit deletes it (all or
+/// nothing with the call's other writes; see [`crate::store`] for tombstones). If the call
+/// does not commit, nothing is deleted. After the commit, handles to the entity get
+/// [`StoreError::NotFound`](crate::store::StoreError::NotFound), and inserting it again
+/// continues its versions.
+///
+/// Synchronous: it only marks the parameter. In a nested call it deletes the nested call's
+/// parameter, as part of its root's commit.
+///
+/// # Errors
+///
+/// [`DeleteError::OutsideCall`](conflict_core::DeleteError::OutsideCall) outside any body
+/// (or under [`Scope::detached`]), [`DeleteError::NotWritten`](conflict_core::DeleteError::NotWritten)
+/// if `entity` is not a `&mut` parameter of the running call (a `#[read]` one, or another
+/// entity), and [`DeleteError::Ended`](conflict_core::DeleteError::Ended) once the body run has
+/// ended.
+///
+/// ```
+/// use conflict_runtime::prelude::*;
+/// use conflict_runtime::store::StoreError;
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+/// struct Basket {
+///     #[entity(id)]
+///     id: EntityId,
+///     items: u32,
+/// }
+///
+/// #[with_conflict_resolution]
+/// async fn check_out(basket: &mut Basket) -> Result<u32, conflict_runtime::error::DeleteError> {
+///     let items = basket.items;
+///     conflict_runtime::operation::delete(basket)?;
+///     Ok(items)
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let rt = Runtime::in_memory();
+/// let basket = rt.insert(Basket { id: EntityId::new(), items: 3 }).await.unwrap();
+/// let done = check_out(&basket).await.unwrap();
+/// assert_eq!((done.value, done.version), (3, 2)); // the tombstone is version 2
+/// assert!(matches!(basket.load().await, Err(StoreError::NotFound { .. })));
+/// assert!(matches!(
+///     conflict_runtime::operation::delete(&Basket { id: EntityId::new(), items: 0 }),
+///     Err(conflict_runtime::error::DeleteError::OutsideCall)
+/// ));
+/// # }
+/// ```
+pub fn delete<E: conflict_core::Entity>(entity: &E) -> Result<(), conflict_core::DeleteError> {
+    use conflict_core::DeleteError;
+    let Some(ctx) = current_operation() else {
+        return Err(DeleteError::OutsideCall);
+    };
+    let key = entity.key();
+    let link = &ctx.link;
+    if !link.params.iter().any(|(k, write)| write && *k == key) {
+        return Err(DeleteError::NotWritten {
+            op_id: link.op_id,
+            target: key,
+        });
+    }
+    if !ctx.is_running() {
+        return Err(DeleteError::Ended { op_id: link.op_id });
+    }
+    let mut deleted = link
+        .deleted
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !deleted.contains(&key) {
+        deleted.push(key);
+    }
+    Ok(())
 }
 
 /// Starts a per-call override: see [`Scope`].

@@ -119,6 +119,74 @@ impl<E: Entity> Handle<E> {
         })
     }
 
+    /// Deletes the entity outside any operation, through the version compare: only if it is
+    /// still at `expected_version` (the version a [`load`](Self::load) returned). The entity
+    /// becomes a tombstone at `expected_version + 1`: loads and calls through any handle to it
+    /// get [`StoreError::NotFound`], a call that read it before cannot commit, and inserting
+    /// it again continues its versions. A database store records it in its ledger under a new
+    /// op id (op type `"delete"`).
+    ///
+    /// This is a commit of its own, also inside a body: to delete an entity as part of a call,
+    /// use [`operation::delete`](crate::operation::delete) on the call's `&mut` parameter.
+    ///
+    /// Returns [`CommitOutcome::Committed`](crate::store::CommitOutcome::Committed) (no
+    /// versions: the tombstone's is `expected_version + 1`) or
+    /// [`CommitOutcome::Conflict`](crate::store::CommitOutcome::Conflict) with the version found
+    /// (`None`: there is no entity) and nothing deleted.
+    ///
+    /// # Errors
+    ///
+    /// The store's own failures ([`StoreError::Backend`], [`StoreError::OutcomeUnknown`]).
+    ///
+    /// ```
+    /// use conflict_runtime::prelude::*;
+    /// use conflict_runtime::store::{CommitOutcome, StoreError};
+    ///
+    /// #[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+    /// struct Ticket {
+    ///     #[entity(id)]
+    ///     id: EntityId,
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let rt = Runtime::in_memory();
+    /// let ticket = rt.insert(Ticket { id: EntityId::new() }).await.unwrap();
+    /// let stale = ticket.delete(7).await.unwrap();
+    /// assert!(matches!(stale, CommitOutcome::Conflict { actual: Some(1), .. }));
+    /// let done = ticket.delete(1).await.unwrap();
+    /// assert!(matches!(done, CommitOutcome::Committed { .. }));
+    /// assert!(matches!(ticket.load().await, Err(StoreError::NotFound { .. })));
+    /// let again = rt.insert(Ticket { id: ticket.entity_id() }).await.unwrap();
+    /// assert_eq!(again.load().await.unwrap().version, 3); // after the tombstone's 2
+    /// # }
+    /// ```
+    pub async fn delete(
+        &self,
+        expected_version: u64,
+    ) -> Result<crate::store::CommitOutcome, StoreError> {
+        let inner = &self.rt.inner;
+        let info = crate::store::CommitInfo {
+            op_id: conflict_core::OpId::from_parts(inner.id, inner.next_seq()),
+            op_type: "delete",
+            priority: conflict_core::OperationPriority::NORMAL,
+            attempt: 1,
+        };
+        let delete = crate::store::Delete {
+            key: self.key.clone(),
+            expected_version,
+        };
+        let outcome = inner
+            .backend
+            .commit_many(info, Vec::new(), vec![delete], Vec::new())
+            .await;
+        if inner.backend.is_remote() {
+            // Whatever happened, a snapshot staging remembers may be stale now.
+            inner.staging.forget_last(&self.key);
+        }
+        outcome
+    }
+
     pub(crate) async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         self.rt
             .inner

@@ -180,7 +180,7 @@ pub mod config {
 /// [`StoreError`](crate::store::StoreError), in `store`, and
 /// [`OutcomeKind`](crate::operation::OutcomeKind), in `operation`).
 pub mod error {
-    pub use conflict_core::{BodyFailed, OverloadScope, RejectReason};
+    pub use conflict_core::{BodyFailed, DeleteError, OverloadScope, RejectReason};
 }
 
 /// Entities: the trait, ids and keys, versioned values, and the entity types linked into the
@@ -193,7 +193,7 @@ pub mod entity {
 /// Operations: ids, records, outcomes, the context a body runs in (and per-call overrides with
 /// [`scope`](operation::scope)), and the annotated functions linked into the program.
 pub mod operation {
-    pub use crate::context::{OperationContext, Scope, current_operation, scope};
+    pub use crate::context::{OperationContext, Scope, current_operation, delete, scope};
     pub use crate::registry::{OperationSpec, linked_operations};
     pub use conflict_core::{OpId, OperationRecord, OperationStatus, OutcomeKind};
 }

@@ -278,15 +278,78 @@ impl Runtime {
         }
     }
 
-    /// Stores a new entity (version 1) and returns a handle to it.
+    /// Stores a new entity (version 1, or over a deleted entity's tombstone its version + 1)
+    /// and returns a handle to it.
+    ///
+    /// **Inside an annotated function's body** (of this runtime, and not under
+    /// [`scope().detached()`](crate::operation::Scope::detached)) the insert joins that call's
+    /// commit, like a nested call: the entity is created by the commit of the call's root
+    /// operation, all or nothing with its writes, and not at all if that attempt does not commit
+    /// (when the root runs its body again, the insert runs again too). Until then the handle
+    /// reaches it only through nested calls of the same root; [`Handle::load`] finds it once the
+    /// root has committed. Two roots creating one key: one commits, the other runs again and
+    /// gets `AlreadyExists`.
     ///
     /// # Errors
     ///
-    /// [`StoreError::AlreadyExists`] if an entity with this key is stored already, and the
-    /// store's own failures ([`StoreError::Backend`] for a persistent store; its message says
-    /// whether the entity may have been stored).
+    /// [`StoreError::AlreadyExists`] if an entity with this key is stored already (or created
+    /// earlier in the same root's attempt), [`StoreError::RolledBack`] if the body it was made
+    /// in has ended or its attempt cannot commit any more, and the store's own failures
+    /// ([`StoreError::Backend`] for a persistent store; its message says whether the entity
+    /// may have been stored).
+    ///
+    /// ```
+    /// use conflict_runtime::prelude::*;
+    ///
+    /// #[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+    /// struct Shelf {
+    ///     #[entity(id)]
+    ///     id: EntityId,
+    ///     free: u32,
+    /// }
+    /// #[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+    /// struct Hold {
+    ///     #[entity(id)]
+    ///     id: EntityId,
+    ///     shelf: EntityId,
+    /// }
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// enum HoldError {
+    ///     #[error("the shelf is full")]
+    ///     Full,
+    ///     #[error(transparent)]
+    ///     Store(#[from] conflict_runtime::store::StoreError),
+    /// }
+    ///
+    /// /// Takes a place and creates its hold, in one commit.
+    /// #[with_conflict_resolution]
+    /// async fn hold(shelf: &mut Shelf, rt: Runtime) -> Result<Handle<Hold>, HoldError> {
+    ///     let hold = rt.insert(Hold { id: EntityId::new(), shelf: shelf.id }).await?;
+    ///     if shelf.free == 0 {
+    ///         return Err(HoldError::Full); // nothing is committed: no hold is created
+    ///     }
+    ///     shelf.free -= 1;
+    ///     Ok(hold)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let rt = Runtime::in_memory();
+    /// let shelf = rt.insert(Shelf { id: EntityId::new(), free: 1 }).await.unwrap();
+    /// let held = hold(&shelf, rt.clone()).await.unwrap();
+    /// assert_eq!(held.value.load().await.unwrap().version, 1);
+    /// assert!(matches!(hold(&shelf, rt.clone()).await, Err(ConflictError::Body(HoldError::Full))));
+    /// assert_eq!(shelf.load().await.unwrap().value.free, 0);
+    /// # }
+    /// ```
     pub async fn insert<E: Entity>(&self, entity: E) -> Result<Handle<E>, StoreError> {
         let key = entity.key();
+        if let Some(ctx) = crate::context::composing(self.inner.id) {
+            let codec = crate::store::EntityCodec::of::<E>();
+            crate::occ::insert_composed(&self.inner, &ctx, Arc::new(entity), codec).await?;
+            return Ok(Handle::new(self.clone(), key, SlotCache::default()));
+        }
         let (_, slot) = self
             .inner
             .backend

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use conflict_core::{EntityKey, OpId};
 
 use crate::occ::Books;
-use crate::store::{EntityCodec, Read, StoredValue, Write};
+use crate::store::{Delete, EntityCodec, Read, StoredValue, Write};
 
 /// What a body run's nested calls share (behind its [`Link`](crate::context::Link)s).
 pub(crate) struct TxnShared {
@@ -51,12 +51,13 @@ pub(crate) struct TxnState {
 pub(crate) struct Entry {
     pub(crate) key: EntityKey,
     pub(crate) codec: EntityCodec,
-    /// The version read from the store (what the root's commit expects).
+    /// The version read from the store (what the root's commit expects); `0` for an entity
+    /// the store does not hold (created in this transaction: its commit is a create).
     pub(crate) read_version: u64,
     /// When that version was written.
     pub(crate) last_modified: std::time::SystemTime,
     /// The current value: as read, or as a nested call left it. `None` for a root's written
-    /// parameter (only its body has that copy).
+    /// parameter (only its body has that copy), and for an entity deleted (or not created) here.
     pub(crate) value: Option<StoredValue>,
     pub(crate) role: Role,
     /// How many times nested calls have changed it (written, or undone): a nested call that
@@ -90,16 +91,24 @@ pub(crate) enum Role {
     RootWrite,
     /// Read (by the root, as a `#[read]` parameter, or by a nested call): validated at commit.
     Read,
-    /// Written by a nested call: committed with the root.
+    /// Written by a nested call, or created (`read_version` 0) by an insert in a body:
+    /// committed with the root.
     Write,
+    /// Deleted by a nested call: its commit deletes it.
+    Delete,
+    /// Not in the store, and not created here (a create that was undone, or a delete of an
+    /// entity created here): nothing to commit.
+    Absent,
 }
 
 /// What the root takes when its body ends.
 #[derive(Default)]
 pub(crate) struct Sealed {
     pub(crate) doomed: Option<Doomed>,
-    /// Nested calls' writes (expected version: the one read).
+    /// Nested calls' writes (expected version: the one read; `0`: a create).
     pub(crate) writes: Vec<Write>,
+    /// Nested calls' deletes.
+    pub(crate) deletes: Vec<Delete>,
     /// Entities read and not written (the root's `#[read]` parameters included).
     pub(crate) reads: Vec<Read>,
 }
@@ -107,7 +116,10 @@ pub(crate) struct Sealed {
 impl Sealed {
     /// Whether nested calls left nothing (the root commits alone).
     pub(crate) fn is_empty(&self) -> bool {
-        self.doomed.is_none() && self.writes.is_empty() && self.reads.is_empty()
+        self.doomed.is_none()
+            && self.writes.is_empty()
+            && self.deletes.is_empty()
+            && self.reads.is_empty()
     }
 }
 
@@ -179,7 +191,11 @@ impl TxnShared {
                     key: e.key,
                     version: e.read_version,
                 }),
-                (Role::RootWrite | Role::Write, _) => {}
+                (Role::Delete, _) => out.deletes.push(Delete {
+                    key: e.key,
+                    expected_version: e.read_version,
+                }),
+                (Role::RootWrite | Role::Write | Role::Absent, _) => {}
             }
         }
         out
@@ -187,6 +203,11 @@ impl TxnShared {
 }
 
 impl TxnShared {
+    /// Whether nested calls wait for the root's outcome.
+    pub(crate) fn has_children(&self) -> bool {
+        !self.lock().children.is_empty()
+    }
+
     /// The nested calls waiting for the root's outcome, for the root to close.
     pub(crate) fn take_children(&self) -> Vec<Books> {
         std::mem::take(&mut self.lock().children)
@@ -194,6 +215,31 @@ impl TxnShared {
 }
 
 impl TxnState {
+    /// Changes `key`'s entry on behalf of the nested call whose undo chain is `chain`:
+    /// `value` `None` deletes it (an entity created here becomes absent again). What it
+    /// replaced is kept, to be undone if that call (or one above it) fails.
+    pub(crate) fn change(
+        &mut self,
+        key: &EntityKey,
+        chain: &Arc<[OpId]>,
+        value: Option<StoredValue>,
+    ) {
+        let Some(e) = self.entry_mut(key) else { return };
+        let role = match (&value, e.read_version) {
+            (Some(_), _) => Role::Write,
+            (None, 0) => Role::Absent,
+            (None, _) => Role::Delete,
+        };
+        let before = std::mem::replace(&mut e.value, value);
+        e.history.push(Undo {
+            chain: chain.clone(),
+            value: before,
+            role: e.role,
+        });
+        e.role = role;
+        e.writes += 1;
+    }
+
     pub(crate) fn entry(&self, key: &EntityKey) -> Option<&Entry> {
         self.entries.iter().find(|e| &e.key == key)
     }

@@ -442,6 +442,7 @@ async fn transfer_once(
             priority: OperationPriority::NORMAL,
             attempt,
             writes,
+            deletes: Vec::new(),
             reads: Vec::new(),
         })
         .await?;

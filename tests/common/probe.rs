@@ -54,6 +54,7 @@ pub fn outside_write(key: EntityKey, expected: u64, value: Counter) -> Commit {
             expected_version: expected,
             value: Arc::new(value),
         }],
+        deletes: Vec::new(),
         reads: Vec::new(),
     }
 }

@@ -23,7 +23,7 @@ use std::time::SystemTime;
 
 use conflict_runtime::prelude::*;
 use conflict_runtime::store::{
-    Commit, CommitOutcome, EntityCodec, EntityStore, MemoryStore, Read, StoredValue, Write,
+    Commit, CommitOutcome, Delete, EntityCodec, EntityStore, MemoryStore, Read, StoredValue, Write,
 };
 use conflict_runtime::{entity::EntityKey, operation::OutcomeKind, store::StoreError};
 
@@ -137,6 +137,8 @@ macro_rules! backend_suite {
             $crate::__suite_case!(runtime $backend, nested_calls_commit_with_their_parent_and_only_once);
             $crate::__suite_case!(runtime $backend, cross_nested_calls_never_hang);
             $crate::__suite_case!(runtime $backend, nested_calls_read_their_siblings_writes);
+            $crate::__suite_case!(runtime $backend, a_call_creates_and_deletes_entities_all_or_nothing);
+            $crate::__suite_case!(runtime $backend, a_delete_racing_with_writers_loses_nothing_and_resurrects_nothing);
 
             // Store cases, through `&dyn EntityStore`.
             $crate::__suite_case!(store $backend, store_insert_then_load_returns_version_one);
@@ -152,11 +154,14 @@ macro_rules! backend_suite {
             $crate::__suite_case!(store $backend, store_read_only_commit_validates_its_reads_and_bumps_nothing);
             $crate::__suite_case!(store $backend, store_refuses_a_key_both_written_and_read);
             $crate::__suite_case!(store $backend, store_load_many_returns_the_keys_in_order_and_none_for_a_missing_one);
+            $crate::__suite_case!(store $backend, store_delete_leaves_a_tombstone_that_keeps_counting_versions);
+            $crate::__suite_case!(store $backend, store_creates_and_deletes_are_all_or_nothing);
             // Through an `Arc<dyn EntityStore>` shared by many tasks.
             $crate::__suite_case!(shared_store $backend, store_concurrent_commit_many_conserves_the_total,
                 <$backend as $crate::suite::Backend>::SCALES.transfers);
             $crate::__suite_case!(shared_store $backend, store_write_skew_is_impossible);
             $crate::__suite_case!(shared_store $backend, store_load_many_is_consistent_under_concurrent_transfers);
+            $crate::__suite_case!(shared_store $backend, store_concurrent_creates_of_one_key_let_exactly_one_win);
         }
     };
 }
@@ -586,6 +591,7 @@ fn commit_of(writes: Vec<Write>) -> Commit {
         priority: OperationPriority::NORMAL,
         attempt: 1,
         writes,
+        deletes: Vec::new(),
         reads: Vec::new(),
     }
 }
@@ -936,7 +942,10 @@ async fn assert_never_created(store: &dyn EntityStore, id: EntityId) {
         .load(&counter_key(id), EntityCodec::of::<Counter>())
         .await
         .unwrap();
-    assert!(found.is_none(), "a commit never creates an entity");
+    assert!(
+        found.is_none(),
+        "a write expecting a version never creates an entity"
+    );
 }
 
 /// Invariant: a multi-write commit is all or nothing. With one stale write among several —
@@ -2018,4 +2027,445 @@ pub async fn nested_calls_read_their_siblings_writes(rt: Runtime) {
     let done = write_then_read(&order, cart.clone()).await.unwrap();
     assert_eq!(done.value, (54, 54));
     assert_eq!(cart.load().await.unwrap().version, 2, "written once");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Creating and deleting entities (issue #10), on every backend.
+
+fn delete_of(id: EntityId, expected_version: u64) -> Delete {
+    Delete {
+        key: counter_key(id),
+        expected_version,
+    }
+}
+
+fn commit_changes(writes: Vec<Write>, deletes: Vec<Delete>, reads: Vec<Read>) -> Commit {
+    Commit {
+        deletes,
+        reads,
+        ..commit_of(writes)
+    }
+}
+
+/// Whether `id` holds no entity (never stored, or deleted).
+async fn is_gone(store: &dyn EntityStore, id: EntityId) -> bool {
+    store
+        .load(&counter_key(id), EntityCodec::of::<Counter>())
+        .await
+        .unwrap()
+        .is_none()
+}
+
+/// Invariant: a delete goes through the version compare and leaves a tombstone that keeps the
+/// key's versions counting. A stale delete changes nothing; after the delete, loads (single and
+/// together) find nothing, and every write, delete or read that expects a live version
+/// conflicts with no version found; a create (a write expecting 0, or an insert) fills the
+/// tombstone at its version + 1, and a create over a live entity conflicts.
+pub async fn store_delete_leaves_a_tombstone_that_keeps_counting_versions(store: &dyn EntityStore) {
+    let id = insert_counters(store, &[1]).await[0];
+    committed_versions(store.commit(commit_of(vec![write(id, 1, 2)])).await);
+    let stale = conflict(
+        store
+            .commit(commit_changes(vec![], vec![delete_of(id, 1)], vec![]))
+            .await,
+    );
+    assert_eq!(stale, (counter_key(id), 1, Some(2)), "a stale delete");
+    assert_eq!(load_counter(store, id).await, (2, 2), "nothing deleted");
+
+    let (versions, _) = committed_versions(
+        store
+            .commit(commit_changes(vec![], vec![delete_of(id, 2)], vec![]))
+            .await,
+    );
+    assert!(versions.is_empty(), "versions are per write: {versions:?}");
+    assert!(is_gone(store, id).await, "deleted");
+    let together = store
+        .load_many(&[(counter_key(id), EntityCodec::of::<Counter>())])
+        .await
+        .unwrap();
+    assert!(together[0].is_none(), "load_many finds no tombstone");
+
+    // Nothing expecting a live version applies to the tombstone (at version 3).
+    for expected in [2, 3] {
+        let found = conflict(store.commit(commit_of(vec![write(id, expected, 9)])).await);
+        assert_eq!(
+            found,
+            (counter_key(id), expected, None),
+            "write at {expected}"
+        );
+        let found = conflict(
+            store
+                .commit(commit_changes(
+                    vec![],
+                    vec![delete_of(id, expected)],
+                    vec![],
+                ))
+                .await,
+        );
+        assert_eq!(
+            found,
+            (counter_key(id), expected, None),
+            "delete at {expected}"
+        );
+        let read = Read {
+            key: counter_key(id),
+            version: expected,
+        };
+        let other = insert_counters(store, &[0]).await[0];
+        let found = conflict(
+            store
+                .commit(commit_changes(vec![write(other, 1, 1)], vec![], vec![read]))
+                .await,
+        );
+        assert_eq!(
+            found,
+            (counter_key(id), expected, None),
+            "read at {expected}"
+        );
+        assert_eq!(load_counter(store, other).await, (0, 1), "nothing applied");
+    }
+    assert!(is_gone(store, id).await, "still deleted");
+
+    // A create continues the versions: 1, 2, tombstone 3, then 4.
+    let (versions, _) = committed_versions(store.commit(commit_of(vec![write(id, 0, 40)])).await);
+    assert_eq!(versions, [4], "created over the tombstone");
+    assert_eq!(load_counter(store, id).await, (40, 4));
+    let found = conflict(store.commit(commit_of(vec![write(id, 0, 41)])).await);
+    assert_eq!(
+        found,
+        (counter_key(id), 0, Some(4)),
+        "a create over a live entity"
+    );
+    assert!(matches!(
+        store.insert(counter_key(id), counter(id, 42)).await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    // An insert over a tombstone continues the versions too.
+    committed_versions(
+        store
+            .commit(commit_changes(vec![], vec![delete_of(id, 4)], vec![]))
+            .await,
+    );
+    let again = store
+        .insert(counter_key(id), counter(id, 50))
+        .await
+        .unwrap();
+    assert_eq!(again.version, 6, "tombstone 5, then 6");
+    assert_eq!(load_counter(store, id).await, (50, 6));
+
+    // A key never seen is created at version 1.
+    let fresh = EntityId::new();
+    let (versions, _) = committed_versions(store.commit(commit_of(vec![write(fresh, 0, 7)])).await);
+    assert_eq!(versions, [1]);
+    assert_eq!(load_counter(store, fresh).await, (7, 1));
+}
+
+/// Invariant: creates and deletes are all or nothing with a commit's writes and reads. One
+/// stale part (a write, a read, a create of a key that holds an entity, a delete of a moved
+/// entity) applies nothing: the created key stays empty, the deleted entity stays; with every
+/// part current, all of them apply at once.
+pub async fn store_creates_and_deletes_are_all_or_nothing(store: &dyn EntityStore) {
+    let ids = insert_counters(store, &[10, 20, 30, 40]).await;
+    let (a, doomed, read, taken) = (ids[0], ids[1], ids[2], ids[3]);
+    let new = EntityId::new();
+    let good_read = || Read {
+        key: counter_key(read),
+        version: 1,
+    };
+    let attempts: Vec<(&str, Commit)> = vec![
+        (
+            "a stale write",
+            commit_changes(
+                vec![write(a, 7, 11), write(new, 0, 1)],
+                vec![delete_of(doomed, 1)],
+                vec![good_read()],
+            ),
+        ),
+        (
+            "a stale read",
+            commit_changes(
+                vec![write(a, 1, 11), write(new, 0, 1)],
+                vec![delete_of(doomed, 1)],
+                vec![Read {
+                    key: counter_key(read),
+                    version: 5,
+                }],
+            ),
+        ),
+        (
+            "a create of a live key",
+            commit_changes(
+                vec![write(a, 1, 11), write(new, 0, 1), write(taken, 0, 1)],
+                vec![delete_of(doomed, 1)],
+                vec![good_read()],
+            ),
+        ),
+        (
+            "a stale delete",
+            commit_changes(
+                vec![write(a, 1, 11), write(new, 0, 1)],
+                vec![delete_of(doomed, 3)],
+                vec![good_read()],
+            ),
+        ),
+    ];
+    for (what, commit) in attempts {
+        conflict(
+            store
+                .commit(commit)
+                .await
+                .map_err(|e| panic!("{what}: {e}")),
+        );
+        assert_eq!(load_counter(store, a).await, (10, 1), "{what}: a unchanged");
+        assert_eq!(
+            load_counter(store, doomed).await,
+            (20, 1),
+            "{what}: not deleted"
+        );
+        assert!(is_gone(store, new).await, "{what}: not created");
+        assert_eq!(load_counter(store, taken).await, (40, 1), "{what}");
+    }
+    let (versions, _) = committed_versions(
+        store
+            .commit(commit_changes(
+                vec![write(a, 1, 11), write(new, 0, 1)],
+                vec![delete_of(doomed, 1)],
+                vec![good_read()],
+            ))
+            .await,
+    );
+    assert_eq!(versions, [2, 1], "per write, in order");
+    assert_eq!(load_counter(store, a).await, (11, 2));
+    assert_eq!(load_counter(store, new).await, (1, 1));
+    assert!(is_gone(store, doomed).await);
+    assert_eq!(
+        load_counter(store, read).await,
+        (30, 1),
+        "a read bumps nothing"
+    );
+    // A key both created and deleted in one commit is refused before anything applies.
+    let twice = commit_changes(vec![write(new, 0, 2)], vec![delete_of(new, 1)], vec![]);
+    assert!(matches!(
+        store.commit(twice).await,
+        Err(StoreError::DuplicateWrite { .. })
+    ));
+    assert_eq!(load_counter(store, new).await, (1, 1));
+}
+
+/// Invariant: of many concurrent creates of one new key, exactly one applies (at version 1);
+/// every other one is a conflict, and the entity holds the winner's value.
+pub async fn store_concurrent_creates_of_one_key_let_exactly_one_win(store: Arc<dyn EntityStore>) {
+    let id = EntityId::new();
+    let tasks: Vec<_> = (1..=8u64)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move { (n, store.commit(commit_of(vec![write(id, 0, n)])).await) })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            (n, Ok(CommitOutcome::Committed { versions, .. })) => {
+                assert_eq!(versions, [1]);
+                winners.push(n);
+            }
+            (_, Ok(CommitOutcome::Conflict { expected: 0, .. })) => {}
+            (n, other) => panic!("create {n}: {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one create applies: {winners:?}");
+    assert_eq!(load_counter(&*store, id).await, (winners[0], 1));
+}
+
+/// What a checkout creates.
+#[derive(Debug, Clone, Serialize, Deserialize, Entity)]
+#[entity(name = "suite::Receipt")]
+pub struct Receipt {
+    #[entity(id)]
+    id: EntityId,
+    amount: i64,
+}
+
+#[with_conflict_resolution(pre_ecs = false, occ(max_retries = 5, base_delay_ms = 0))]
+async fn pay_and_close(
+    till: &mut BankAccount,
+    cart: &mut BankAccount,
+    rt: Runtime,
+    receipt: EntityId,
+    fail: bool,
+) -> Result<Handle<Receipt>, String> {
+    let made = rt
+        .insert(Receipt {
+            id: receipt,
+            amount: cart.balance,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    till.balance += cart.balance;
+    conflict_runtime::operation::delete(cart).map_err(|e| e.to_string())?;
+    if fail {
+        return Err("declined".into());
+    }
+    Ok(made)
+}
+
+/// Invariant: a call creates and deletes entities atomically with its writes. A call that
+/// fails after creating a receipt and deleting the cart leaves all three entities as they
+/// were; one that commits does all three in one commit (the till's new version, the cart's
+/// tombstone and the receipt are in `Committed.versions`), after which the cart's handle gets
+/// `NotFound`, a call on it ends `NotFound` without running, and creating the receipt again is
+/// `AlreadyExists`.
+pub async fn a_call_creates_and_deletes_entities_all_or_nothing(rt: Runtime) {
+    let till = rt
+        .insert(BankAccount {
+            id: EntityId::new(),
+            balance: 100,
+        })
+        .await
+        .unwrap();
+    let cart = rt
+        .insert(BankAccount {
+            id: EntityId::new(),
+            balance: 7,
+        })
+        .await
+        .unwrap();
+    let receipt = EntityId::new();
+    let receipt_key = EntityKey::new(Receipt::TYPE_NAME, receipt);
+    let e = pay_and_close(&till, &cart, rt.clone(), receipt, true)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ConflictError::Body(ref m) if m == "declined"),
+        "{e}"
+    );
+    assert_eq!(till.load().await.unwrap().version, 1, "the till unchanged");
+    assert_eq!(
+        cart.load().await.unwrap().version,
+        1,
+        "the cart not deleted"
+    );
+    assert!(matches!(
+        rt.handle::<Receipt>(receipt).load().await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    let done = pay_and_close(&till, &cart, rt.clone(), receipt, false)
+        .await
+        .unwrap();
+    assert_eq!(done.version_of(till.key()), Some(2));
+    assert_eq!(done.version_of(cart.key()), Some(2), "the cart's tombstone");
+    assert_eq!(
+        done.version_of(&receipt_key),
+        Some(1),
+        "the receipt, created"
+    );
+    assert_eq!(done.versions.len(), 3);
+    let r = done.value.load().await.unwrap();
+    assert_eq!((r.value.amount, r.version), (7, 1));
+    assert_eq!(till.load().await.unwrap().value.balance, 107);
+    assert!(matches!(
+        cart.load().await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    let before = rt.metrics().submitted;
+    match pay_and_close(&till, &cart, rt.clone(), EntityId::new(), false).await {
+        Err(ConflictError::Store(StoreError::NotFound { key })) => assert_eq!(&key, cart.key()),
+        other => panic!("a call on a deleted entity: {other:?}"),
+    }
+    assert_eq!(rt.metrics().submitted, before + 1);
+    let again = BankAccount {
+        id: EntityId::new(),
+        balance: 1,
+    };
+    let other_cart = rt.insert(again).await.unwrap();
+    match pay_and_close(&till, &other_cart, rt.clone(), receipt, false).await {
+        Err(ConflictError::Body(m)) => assert!(m.contains("already exists"), "{m}"),
+        other => panic!("a second receipt under one id: {other:?}"),
+    }
+    assert_eq!(
+        till.load().await.unwrap().value.balance,
+        107,
+        "nothing applied"
+    );
+    assert_eq!(other_cart.load().await.unwrap().version, 1);
+}
+
+#[with_conflict_resolution(
+    pre_ecs(on_lose = "requeue", staging_timeout_ms = 0),
+    occ(max_retries = 1000, base_delay_ms = 0, max_delay_ms = 1)
+)]
+async fn bump_or_close(c: &mut BankAccount, close: bool) -> i64 {
+    tokio::task::yield_now().await;
+    if close {
+        conflict_runtime::operation::delete(c).expect("a written parameter");
+    } else {
+        c.balance += 1;
+    }
+    c.balance
+}
+
+/// Invariant: a delete racing with writers loses no update and resurrects nothing. Tasks
+/// increment an account while one task deletes it part-way: every increment either committed
+/// before the delete (so the tombstone's version is 1 + the increments committed + 1, and the
+/// deleting call saw exactly that many) or ended `NotFound`; afterwards every call ends
+/// `NotFound` and the entity stays deleted.
+pub async fn a_delete_racing_with_writers_loses_nothing_and_resurrects_nothing(rt: Runtime) {
+    let acct = rt
+        .insert(BankAccount {
+            id: EntityId::new(),
+            balance: 0,
+        })
+        .await
+        .unwrap();
+    let committed = Arc::new(AtomicU64::new(0));
+    let gone = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (acct, committed, gone) = (acct.clone(), committed.clone(), gone.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..40 {
+                match bump_or_close(&acct, false).await {
+                    Ok(_) => {
+                        committed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(ConflictError::Store(StoreError::NotFound { .. })) => {
+                        gone.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => panic!("an increment: {e}"),
+                }
+            }
+        }));
+    }
+    while committed.load(Ordering::SeqCst) < 20 {
+        tokio::task::yield_now().await;
+    }
+    let closed = bump_or_close(&acct, true).await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (n, missed) = (
+        committed.load(Ordering::SeqCst),
+        gone.load(Ordering::SeqCst),
+    );
+    assert_eq!(n + missed, 4 * 40, "every call ended once");
+    assert_eq!(
+        i64::try_from(n).unwrap(),
+        closed.value,
+        "the delete saw every increment committed"
+    );
+    assert_eq!(
+        closed.version,
+        n + 2,
+        "insert, the increments, the tombstone"
+    );
+    assert!(matches!(
+        acct.load().await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        bump_or_close(&acct, false).await,
+        Err(ConflictError::Store(StoreError::NotFound { .. }))
+    ));
 }

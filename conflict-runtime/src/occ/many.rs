@@ -23,9 +23,9 @@ use crate::registry::OperationSpec;
 use crate::runtime::Inner;
 use crate::staging::ExecGuard;
 use crate::store::{
-    CommitInfo, CommitOutcome, EntityCodec, Read, SlotCache, Snapshot, StoredValue, Write,
+    CommitInfo, CommitOutcome, Delete, EntityCodec, SlotCache, Snapshot, StoredValue, Write,
 };
-use crate::txn::{Entry, Role, TxnOwner, TxnShared};
+use crate::txn::{Entry, Role, Sealed, TxnOwner, TxnShared};
 
 /// One entity parameter of a call: its handle's parts, and whether the call writes it.
 pub(crate) struct Target<'h> {
@@ -225,7 +225,7 @@ where
                 .collect(),
         )));
         let params = Params::Many(targets.iter().map(|t| (t.key.clone(), t.write)).collect());
-        let (written, value) = op
+        let (written, value, gone) = op
             .run_body_on(
                 &guards,
                 &snaps,
@@ -234,20 +234,13 @@ where
                 &mut body,
             )
             .await?;
-        let sealed = txn.0.seal();
-        let mut writes = written_params(op, targets, &snaps, written)?;
-        writes.extend(sealed.writes);
+        let mut sealed = txn.0.seal();
+        let (writes, deletes) = split_deleted(written_params(op, targets, &snaps, written)?, &gone);
+        sealed.writes.splice(0..0, writes);
+        sealed.deletes.splice(0..0, deletes);
         let children = txn.0.take_children();
         let outcome = op
-            .commit_all(
-                &guards,
-                &guard_keys,
-                writes,
-                sealed.reads,
-                children,
-                sealed.doomed,
-                attempt,
-            )
+            .commit_all(&guards, &guard_keys, sealed, children, attempt)
             .await?;
         drop(txn);
         match outcome {
@@ -296,6 +289,24 @@ fn written_params<Err>(
         });
     }
     Ok(writes)
+}
+
+/// The writes of parameters the body [deleted](crate::operation::delete) become deletes of the
+/// version read.
+pub(super) fn split_deleted(writes: Vec<Write>, keys: &[EntityKey]) -> (Vec<Write>, Vec<Delete>) {
+    if keys.is_empty() {
+        return (writes, Vec::new());
+    }
+    let (gone, kept): (Vec<Write>, Vec<Write>) =
+        writes.into_iter().partition(|w| keys.contains(&w.key));
+    let deletes = gone
+        .into_iter()
+        .map(|w| Delete {
+            key: w.key,
+            expected_version: w.expected_version,
+        })
+        .collect();
+    (kept, deletes)
 }
 
 fn missing_write<Err>(op: &Operation<'_>, key: &EntityKey) -> ConflictError<Err> {
@@ -385,7 +396,7 @@ impl<'rt> Operation<'rt> {
 
     /// Runs a body that takes the snapshots (its generated code copies or shares each
     /// entity), as this operation, interruptible like any body. Returns the values of its
-    /// written parameters, in order, and its value.
+    /// written parameters, in order, its value, and the parameters it deleted.
     async fn run_body_on<F, Fut, T, Err>(
         &self,
         exec: &[ExecGuard<'_>],
@@ -393,7 +404,7 @@ impl<'rt> Operation<'rt> {
         params: Params,
         txn: TxnSeed,
         body: &mut F,
-    ) -> Result<(Vec<StoredValue>, T), ConflictError<Err>>
+    ) -> Result<(Vec<StoredValue>, T, Vec<EntityKey>), ConflictError<Err>>
     where
         F: FnMut(&[Snapshot]) -> Result<Fut, StoreError>,
         Fut: Future<Output = (Vec<StoredValue>, Result<T, Err>)>,
@@ -422,7 +433,9 @@ impl<'rt> Operation<'rt> {
             std::pin::pin!(context::run_as(link, AssertUnwindSafe(fut).catch_unwind()));
         let ran = interruptible(rt, exec, self.seq, self.deadline, scoped.as_mut()).await;
         // The body run is over: its link stops counting as a running ancestor.
-        drop(context::body_link(scoped.as_mut()));
+        let deleted = context::body_link(scoped.as_mut())
+            .map(|l| l.take_deleted())
+            .unwrap_or_default();
         let (written, out) = match ran {
             Ok(Ok(pair)) => pair,
             Ok(Err(payload)) => {
@@ -434,28 +447,28 @@ impl<'rt> Operation<'rt> {
             Err(interrupt) => return Err(self.interrupted(interrupt)),
         };
         let value = out.map_err(ConflictError::Body)?;
-        Ok((written, value))
+        Ok((written, value, deleted))
     }
 
-    /// Commits `writes` and validates `reads` in one store commit, after entering the commit
-    /// phase on every guard. `children` (nested calls composed into this attempt) end with the
-    /// outcome. A doomed attempt (a nested call saw an entity change) does not commit: it is
-    /// a conflict on that entity.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one commit: the guards and their keys, the writes, the reads, the nested calls, and whether the attempt is doomed"
-    )]
+    /// Commits the writes and deletes of `changes` and validates its reads in one store
+    /// commit, after entering the commit phase on every guard. `children` (nested calls
+    /// composed into this attempt) end with the outcome. A doomed attempt (a nested call saw an
+    /// entity change) does not commit: it is a conflict on that entity.
     pub(super) async fn commit_all<Err>(
         &mut self,
         exec: &[ExecGuard<'_>],
         exec_keys: &[EntityKey],
-        writes: Vec<Write>,
-        reads: Vec<Read>,
+        changes: Sealed,
         children: Vec<Books>,
-        doomed: Option<crate::txn::Doomed>,
         attempt: u32,
     ) -> Result<Result<Versions, Stale>, ConflictError<Err>> {
         let rt = self.rt;
+        let Sealed {
+            doomed,
+            writes,
+            deletes,
+            reads,
+        } = changes;
         self.composed = children;
         if let Some(d) = doomed {
             settle_composed(rt, self.op_id, std::mem::take(&mut self.composed), None);
@@ -486,10 +499,15 @@ impl<'rt> Operation<'rt> {
             attempt,
         };
         let keys: Vec<EntityKey> = writes.iter().map(|w| w.key.clone()).collect();
+        // A delete's tombstone is at the version it expected + 1.
+        let tombstones: Vec<(EntityKey, u64)> = deletes
+            .iter()
+            .map(|d| (d.key.clone(), d.expected_version + 1))
+            .collect();
         let at = Instant::now();
         let task = rt
             .backend
-            .commit_many_task(info, &writes, &reads)
+            .commit_many_task(info, &writes, &deletes, &reads)
             .and_then(|c| Some((tokio::runtime::Handle::try_current().ok()?, c)));
         let outcome = match task {
             // As for one write (see `Operation::commit`): the commit runs in its own task and
@@ -498,7 +516,7 @@ impl<'rt> Operation<'rt> {
                 self.commit_in_task(&h, commit, exec, exec_keys, &writes, &keys, at)
                     .await
             }
-            None => rt.backend.commit_many(info, writes, reads).await,
+            None => rt.backend.commit_many(info, writes, deletes, reads).await,
         };
         let composed = std::mem::take(&mut self.composed);
         let outcome = match outcome {
@@ -514,11 +532,14 @@ impl<'rt> Operation<'rt> {
                 // Entities written here without staging on them (nested writes): a snapshot
                 // their staging area remembers from an earlier commit is stale now.
                 if rt.backend.is_remote() {
-                    for key in keys.iter().filter(|k| !exec_keys.contains(k)) {
+                    let touched = keys.iter().chain(tombstones.iter().map(|(k, _)| k));
+                    for key in touched.filter(|k| !exec_keys.contains(k)) {
                         rt.staging.forget_last(key);
                     }
                 }
-                let versions = Versions::from(keys.into_iter().zip(versions).collect::<Vec<_>>());
+                let mut versions: Vec<(EntityKey, u64)> = keys.into_iter().zip(versions).collect();
+                versions.extend(tombstones);
+                let versions = Versions::from(versions);
                 settle_composed(rt, self.op_id, composed, Some(&versions));
                 self.committed_at = Some(at);
                 Ok(Ok(versions))
@@ -659,7 +680,7 @@ where
         armed: true,
     };
     let params = Params::Many(targets.iter().map(|t| (t.key.clone(), t.write)).collect());
-    let (written, value) = op
+    let (written, value, deleted) = op
         .run_body_on(&[], &snaps, params, TxnSeed::Given(txn.clone()), &mut body)
         .await?;
     let writes = written_params(op, targets, &snaps, written)?;
@@ -686,16 +707,9 @@ where
         value,
     } in writes
     {
-        if let Some(e) = st.entry_mut(&key) {
-            let before = e.value.replace(value);
-            e.history.push(crate::txn::Undo {
-                chain: chain.clone(),
-                value: before,
-                role: e.role,
-            });
-            e.role = Role::Write;
-            e.writes += 1;
-        }
+        // A deleted parameter is deleted instead of written.
+        let value = (!deleted.contains(&key)).then_some(value);
+        st.change(&key, &chain, value);
         versions.push((key, read_version + 1));
     }
     if st.rt.is_none() {
@@ -718,7 +732,13 @@ where
 /// `op_id` and its ancestors below `root`: the nested calls whose failure undoes its writes.
 fn undo_chain(op_id: OpId, parent: &crate::context::OperationContext, root: OpId) -> Arc<[OpId]> {
     let mut ids = vec![op_id];
-    let mut cur = Some(&*parent.link);
+    push_below_root(&mut ids, parent, root);
+    ids.into()
+}
+
+/// The operations from `ctx` up to (not including) `root`.
+fn push_below_root(ids: &mut Vec<OpId>, ctx: &crate::context::OperationContext, root: OpId) {
+    let mut cur = Some(&*ctx.link);
     while let Some(l) = cur {
         if l.op_id == root {
             break;
@@ -726,7 +746,101 @@ fn undo_chain(op_id: OpId, parent: &crate::context::OperationContext, root: OpId
         ids.push(l.op_id);
         cur = l.parent.as_deref();
     }
-    ids.into()
+}
+
+/// An insert made inside the body of `ctx` (of this runtime): the entity is created by the
+/// commit of `ctx`'s root, with everything else it commits, and not at all if that attempt does
+/// not commit (undone, too, if a nested call it was made in fails).
+///
+/// # Errors
+///
+/// `AlreadyExists` if the store or the transaction holds the entity, `RolledBack` if the body
+/// has ended or the attempt cannot commit, and the store's failures to load.
+pub(crate) async fn insert_composed(
+    rt: &Arc<Inner>,
+    ctx: &crate::context::OperationContext,
+    value: StoredValue,
+    codec: EntityCodec,
+) -> Result<(), StoreError> {
+    let txn = ctx.txn();
+    let key = value.entity_key();
+    let rolled_back = || StoreError::RolledBack {
+        key: key.clone(),
+        root_op_id: txn.root,
+    };
+    let mut chain = Vec::new();
+    push_below_root(&mut chain, ctx, txn.root);
+    let chain: Arc<[OpId]> = chain.into();
+    // Whether the key is absent as far as the transaction knows, and if not known there, what
+    // to read (it, with every entity the transaction holds, to check those are unchanged).
+    let known: Vec<(EntityKey, EntityCodec, u64)> = {
+        let mut st = txn.lock();
+        if !ctx.is_running() || st.sealed || st.doomed.is_some() {
+            return Err(rolled_back());
+        }
+        match st.entry(&key) {
+            Some(e) if e.value.is_some() || e.role == Role::RootWrite => {
+                return Err(StoreError::AlreadyExists { key });
+            }
+            Some(_) => {
+                // Deleted, or a create undone, in this transaction: created (again) here.
+                st.change(&key, &chain, Some(value));
+                return Ok(());
+            }
+            None => st
+                .entries
+                .iter()
+                .map(|e| (e.key.clone(), e.codec, e.read_version))
+                .collect(),
+        }
+    };
+    let scratch: Vec<SlotCache> = (0..=known.len()).map(|_| SlotCache::new()).collect();
+    let list: Vec<(&EntityKey, EntityCodec, &SlotCache)> = std::iter::once((&key, codec))
+        .chain(known.iter().map(|(k, c, _)| (k, *c)))
+        .zip(&scratch)
+        .map(|((k, c), s)| (k, c, s))
+        .collect();
+    let loaded = rt.backend.load_many(&list).await?;
+    let mut st = txn.lock();
+    if !ctx.is_running() || st.sealed || st.doomed.is_some() {
+        return Err(rolled_back());
+    }
+    if let Some(doomed) = moved(&known, loaded.get(1..).unwrap_or_default()) {
+        st.doomed = Some(doomed);
+        return Err(rolled_back());
+    }
+    if loaded.first().is_some_and(Option::is_some) || st.entry(&key).is_some() {
+        return Err(StoreError::AlreadyExists { key });
+    }
+    st.entries.push(Entry {
+        key: key.clone(),
+        codec,
+        read_version: 0,
+        last_modified: std::time::SystemTime::UNIX_EPOCH,
+        value: None,
+        role: Role::Absent,
+        writes: 0,
+        history: Vec::new(),
+    });
+    st.change(&key, &chain, Some(value));
+    Ok(())
+}
+
+/// The first entity of `known` (read at its version) that `now` shows at another version (or
+/// gone): what dooms the transaction.
+fn moved(
+    known: &[(EntityKey, EntityCodec, u64)],
+    now: &[Option<Snapshot>],
+) -> Option<crate::txn::Doomed> {
+    known.iter().zip(now).find_map(|((key, _, version), now)| {
+        let found = now.as_ref().map(|s| s.version);
+        // An entity created here (read at 0) is in the store as nothing.
+        (found.unwrap_or(0) != *version).then(|| crate::txn::Doomed {
+            key: key.clone(),
+            read: *version,
+            found,
+        })
+    })
 }
 
 /// Undoes a nested call's own nested writes when it ends without parking (see
@@ -791,18 +905,11 @@ async fn read_through<Err>(
         if st.sealed || st.doomed.is_some() {
             return Err(rolled_back());
         }
-        for ((key, _, version), now) in known.iter().zip(again) {
-            let found = now.as_ref().map(|s| s.version);
-            if found != Some(*version) {
-                // Read at `version`, changed since: this attempt of the root cannot commit, and
-                // this body must not see the mixed state.
-                st.doomed = Some(crate::txn::Doomed {
-                    key: key.clone(),
-                    read: *version,
-                    found,
-                });
-                return Err(rolled_back());
-            }
+        if let Some(doomed) = moved(&known, again) {
+            // Read at a version, changed since: this attempt of the root cannot commit, and
+            // this body must not see the mixed state.
+            st.doomed = Some(doomed);
+            return Err(rolled_back());
         }
         for (t, snap) in missing.iter().zip(fresh) {
             let Some(snap) = snap else {
@@ -835,7 +942,17 @@ async fn read_through<Err>(
             }
         }
     }
-    from_transaction(&txn.lock(), targets).ok_or_else(rolled_back)
+    let st = txn.lock();
+    // Deleted (or not created) earlier in this transaction.
+    if let Some(t) = targets.iter().find(|t| {
+        st.entry(t.key)
+            .is_some_and(|e| matches!(e.role, Role::Delete | Role::Absent))
+    }) {
+        return Err(ConflictError::Store(StoreError::NotFound {
+            key: t.key.clone(),
+        }));
+    }
+    from_transaction(&st, targets).ok_or_else(rolled_back)
 }
 
 /// Each target as the transaction has it, and how many nested writes each had: `None` if one

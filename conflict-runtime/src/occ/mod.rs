@@ -29,7 +29,7 @@ use crate::store::{Cas, CommitInfo, CommitOutcome, EntityCodec, Snapshot, Stored
 
 mod many;
 
-pub(crate) use many::{Target, copy_of, execute_many};
+pub(crate) use many::{Target, copy_of, execute_many, insert_composed};
 
 /// One call of an annotated function, from submission to its single outcome.
 struct Operation<'rt> {
@@ -558,11 +558,12 @@ where
         attempt += 1;
         op.begin_attempt(attempt, span)?;
         let snap = op.snapshot::<E, Err>(exec, cache, attempt).await?;
-        let (entity, value, nested) = op.run_body(exec, &snap, &mut body).await?;
-        let sealed = nested
-            .as_ref()
-            .map(|txn| txn.0.seal())
-            .filter(|s| !s.is_empty());
+        let (entity, value, nested, deleted) = op.run_body(exec, &snap, &mut body).await?;
+        // (Nested calls that left nothing to commit, e.g. an entity created and deleted
+        // again, still end with this commit.)
+        let sealed = nested.as_ref().map(|txn| txn.0.seal()).filter(|s| {
+            deleted || !s.is_empty() || nested.as_ref().is_some_and(|t| t.0.has_children())
+        });
         let Some(sealed) = sealed else {
             // The fast path: nothing nested composed into this attempt.
             drop(nested);
@@ -583,14 +584,28 @@ where
             }
             continue;
         };
-        // Nested calls composed into this attempt: one commit of everything.
-        let value_written: StoredValue = Arc::new(entity);
-        let mut writes = vec![Write {
-            key: key.clone(),
-            expected_version: snap.version,
-            value: value_written,
-        }];
-        writes.extend(sealed.writes);
+        // Nested calls composed into this attempt, or the body deleted its entity: one commit
+        // of everything.
+        let mut sealed = sealed;
+        if deleted {
+            sealed.deletes.insert(
+                0,
+                crate::store::Delete {
+                    key: key.clone(),
+                    expected_version: snap.version,
+                },
+            );
+        } else {
+            let value_written: StoredValue = Arc::new(entity);
+            sealed.writes.insert(
+                0,
+                Write {
+                    key: key.clone(),
+                    expected_version: snap.version,
+                    value: value_written,
+                },
+            );
+        }
         let children = nested
             .as_ref()
             .map(|t| t.0.take_children())
@@ -601,15 +616,7 @@ where
             std::slice::from_ref(key)
         };
         let outcome = op
-            .commit_all(
-                exec,
-                exec_keys,
-                writes,
-                sealed.reads,
-                children,
-                sealed.doomed,
-                attempt,
-            )
+            .commit_all(exec, exec_keys, sealed, children, attempt)
             .await?;
         drop(nested);
         match outcome {
@@ -868,7 +875,7 @@ impl<'rt> Operation<'rt> {
         exec: &[ExecGuard<'_>],
         snap: &Snapshot,
         body: &mut F,
-    ) -> Result<(E, T, Option<crate::txn::TxnOwner>), ConflictError<Err>>
+    ) -> Result<(E, T, Option<crate::txn::TxnOwner>, bool), ConflictError<Err>>
     where
         E: Entity,
         F: FnMut(E) -> Fut,
@@ -907,7 +914,10 @@ impl<'rt> Operation<'rt> {
         // The body run is over: its link (if nested calls asked for one) stops counting as a
         // running ancestor, and the transaction they composed into is this attempt's to
         // commit or abandon.
-        let nested = context::body_link(scoped.as_mut()).and_then(LazyLink::into_txn);
+        let link = context::body_link(scoped.as_mut());
+        // Only a body that asked for its link can have deleted its entity.
+        let deleted = link.as_ref().is_some_and(|l| !l.take_deleted().is_empty());
+        let nested = link.and_then(LazyLink::into_txn);
         let (entity, out) = match ran {
             Ok(Ok(pair)) => pair,
             Ok(Err(payload)) => {
@@ -927,7 +937,7 @@ impl<'rt> Operation<'rt> {
                 found,
             });
         }
-        Ok((entity, value, nested))
+        Ok((entity, value, nested, deleted))
     }
 
     fn interrupted<Err>(&self, interrupt: Interrupt) -> ConflictError<Err> {

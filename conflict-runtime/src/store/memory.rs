@@ -4,6 +4,10 @@
 //! version with a short critical section that never spans an `.await`. Loads clone an `Arc`;
 //! commits compare the version and swap the `Arc`. Multi-write commits lock the slots they touch
 //! in key order, so they are atomic and cannot deadlock with each other.
+//!
+//! A slot is never removed: a deleted entity's slot stays as its tombstone (no value, its
+//! version kept), and a create over it continues its versions. A create of a key never seen
+//! adds an empty slot at version 0 first, so that it can be locked like any other.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
@@ -12,7 +16,7 @@ use conflict_core::{EntityKey, StoreError};
 
 use super::{
     Cas, Commit, CommitOutcome, EntityCodec, EntityStore, Snapshot, StoreFuture, StoredValue,
-    check_key, check_writes,
+    check_writes,
 };
 
 type Map = papaya::HashMap<EntityKey, Arc<Slot>, foldhash::fast::RandomState>;
@@ -29,18 +33,56 @@ pub struct MemoryStore {
     map: Map,
 }
 
-/// One stored entity. Handles keep an `Arc` to it, so the hot path skips the map.
+/// One stored entity (or its tombstone). Handles keep an `Arc` to it, so the hot path skips the
+/// map.
 pub(crate) struct Slot {
-    cell: Mutex<Snapshot>,
+    cell: Mutex<Cell>,
+}
+
+/// A slot's content: `value` is `None` for a tombstone (a deleted entity, or the empty slot a
+/// create of a new key starts from, at version 0).
+struct Cell {
+    value: Option<StoredValue>,
+    version: u64,
+    last_modified: SystemTime,
+}
+
+impl Cell {
+    fn snapshot(&self) -> Option<Snapshot> {
+        Some(Snapshot {
+            value: self.value.clone()?,
+            version: self.version,
+            last_modified: self.last_modified,
+        })
+    }
+
+    /// Whether a write or delete expecting `expected` applies: the entity is live at that
+    /// version, or (`expected == 0`, a create) there is none. The version found otherwise
+    /// (`None`: no entity).
+    fn admits(&self, expected: u64) -> Result<(), Option<u64>> {
+        match (&self.value, expected) {
+            (None, 0) => Ok(()),
+            (None, _) => Err(None),
+            (Some(_), e) if e == self.version => Ok(()),
+            (Some(_), _) => Err(Some(self.version)),
+        }
+    }
+
+    /// Sets the next version (`value` `None`: deletes), returning what it held.
+    fn apply(&mut self, value: Option<StoredValue>, now: SystemTime) -> Option<StoredValue> {
+        self.version += 1;
+        self.last_modified = now;
+        std::mem::replace(&mut self.value, value)
+    }
 }
 
 impl Slot {
-    /// The current value and metadata.
-    pub(crate) fn snapshot(&self) -> Snapshot {
-        self.lock().clone()
+    /// The current value and metadata; `None` if the entity is deleted.
+    pub(crate) fn snapshot(&self) -> Option<Snapshot> {
+        self.lock().snapshot()
     }
 
-    /// Compare-and-set: the new version, or the version found.
+    /// Compare-and-set: the new version, or the version found (`None`: no entity).
     pub(crate) fn cas(
         &self,
         expected: u64,
@@ -48,18 +90,9 @@ impl Slot {
         now: SystemTime,
     ) -> Result<u64, Option<u64>> {
         let mut cell = self.lock();
-        if cell.version != expected {
-            return Err(Some(cell.version));
-        }
-        let version = expected + 1;
-        let old = std::mem::replace(
-            &mut *cell,
-            Snapshot {
-                value,
-                version,
-                last_modified: now,
-            },
-        );
+        cell.admits(expected)?;
+        let old = cell.apply(Some(value), now);
+        let version = cell.version;
         drop(cell);
         // The previous value may be the last reference to a large entity: free it outside the
         // critical section.
@@ -67,7 +100,7 @@ impl Slot {
         Ok(version)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Snapshot> {
+    fn lock(&self) -> MutexGuard<'_, Cell> {
         // A panic while holding the lock cannot leave the snapshot half-written: every critical
         // section below assigns whole fields after all fallible work, so the poison flag carries
         // no information and is ignored.
@@ -98,20 +131,50 @@ impl MemoryStore {
         }
     }
 
-    /// How many entities are stored.
+    /// How many entities are stored (deleted ones not counted). Walks the whole map.
     #[must_use]
     pub fn len(&self) -> usize {
+        let guard = self.map.guard();
+        self.map
+            .iter(&guard)
+            .filter(|(_, slot)| slot.lock().value.is_some())
+            .count()
+    }
+
+    /// Whether the store holds no entity.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many keys the store keeps, tombstones of deleted entities included.
+    #[must_use]
+    pub fn keys_kept(&self) -> usize {
         self.map.len()
     }
 
-    /// Whether the store is empty.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+    pub(crate) fn get(&self, key: &EntityKey) -> Option<Snapshot> {
+        self.slot(key)?.snapshot()
     }
 
-    pub(crate) fn get(&self, key: &EntityKey) -> Option<Snapshot> {
-        self.slot(key).map(|s| s.snapshot())
+    /// The slot of `key`, adding an empty one (a tombstone at version 0) if the key was never
+    /// seen: what a create locks.
+    fn slot_or_empty(&self, key: &EntityKey) -> Arc<Slot> {
+        if let Some(slot) = self.slot(key) {
+            return slot;
+        }
+        let guard = self.map.guard();
+        let empty = Arc::new(Slot {
+            cell: Mutex::new(Cell {
+                value: None,
+                version: 0,
+                last_modified: SystemTime::UNIX_EPOCH,
+            }),
+        });
+        match self.map.try_insert(key.clone(), empty.clone(), &guard) {
+            Ok(_) => empty,
+            Err(taken) => taken.current.clone(),
+        }
     }
 
     /// The slot of `key`, to keep and use without further lookups.
@@ -120,25 +183,25 @@ impl MemoryStore {
         self.map.get(key, &guard).cloned()
     }
 
+    /// Stores a new entity (over a tombstone: at its version + 1); `AlreadyExists` if the key
+    /// holds one. Refuses a value of another key ([`super::check_key`]) first.
     pub(crate) fn put_new(
         &self,
         key: EntityKey,
         value: StoredValue,
         now: SystemTime,
     ) -> Result<(Snapshot, Arc<Slot>), StoreError> {
+        super::check_key(&key, &value)?;
+        let slot = self.slot_or_empty(&key);
+        let version = slot
+            .cas(0, value.clone(), now)
+            .map_err(|_| StoreError::AlreadyExists { key })?;
         let snap = Snapshot {
             value,
-            version: 1,
+            version,
             last_modified: now,
         };
-        let guard = self.map.guard();
-        let slot = Arc::new(Slot {
-            cell: Mutex::new(snap.clone()),
-        });
-        match self.map.try_insert(key.clone(), slot.clone(), &guard) {
-            Ok(_) => Ok((snap, slot)),
-            Err(_) => Err(StoreError::AlreadyExists { key }),
-        }
+        Ok((snap, slot))
     }
 
     pub(crate) fn compare_and_set(
@@ -160,11 +223,15 @@ impl MemoryStore {
         expected: u64,
         value: StoredValue,
     ) -> Result<(u64, SystemTime), Option<u64>> {
+        let now = SystemTime::now();
+        if expected == 0 {
+            // A create: of a key never seen, too.
+            return self.slot_or_empty(key).cas(0, value, now).map(|v| (v, now));
+        }
         let guard = self.map.guard();
         let Some(slot) = self.map.get(key, &guard) else {
             return Err(None);
         };
-        let now = SystemTime::now();
         slot.cas(expected, value, now).map(|v| (v, now))
     }
 
@@ -187,13 +254,13 @@ impl MemoryStore {
         order.sort_by(|&a, &b| targets[a].0.cmp(targets[b].0));
         // A key named twice is locked once (its slot's mutex is not reentrant).
         order.dedup_by(|b, a| targets[*a].0 == targets[*b].0);
-        let locked: Vec<(usize, MutexGuard<'_, Snapshot>)> = order
+        let locked: Vec<(usize, MutexGuard<'_, Cell>)> = order
             .iter()
             .filter_map(|&i| Some((i, slots[i].as_ref()?.lock())))
             .collect();
         let mut out = vec![None; targets.len()];
         for (i, cell) in &locked {
-            out[*i] = Some((**cell).clone());
+            out[*i] = cell.snapshot();
         }
         drop(locked);
         for i in 0..targets.len() {
@@ -208,12 +275,23 @@ impl MemoryStore {
 
     fn commit_many(&self, commit: &Commit) -> CommitOutcome {
         let guard = self.map.guard();
-        // Writes first, then reads, as one list of (key, expected version, value to write).
-        let all: Vec<(&EntityKey, u64, Option<&StoredValue>)> = commit
+        // Writes, deletes, then reads, as one list of (key, expected version, what to do).
+        let all: Vec<(&EntityKey, u64, Change<'_>)> = commit
             .writes
             .iter()
-            .map(|w| (&w.key, w.expected_version, Some(&w.value)))
-            .chain(commit.reads.iter().map(|r| (&r.key, r.version, None)))
+            .map(|w| (&w.key, w.expected_version, Change::Write(&w.value)))
+            .chain(
+                commit
+                    .deletes
+                    .iter()
+                    .map(|d| (&d.key, d.expected_version, Change::Delete)),
+            )
+            .chain(
+                commit
+                    .reads
+                    .iter()
+                    .map(|r| (&r.key, r.version, Change::Read)),
+            )
             .collect();
         let mut order: Vec<usize> = (0..all.len()).collect();
         order.sort_by(|&a, &b| all[a].0.cmp(all[b].0));
@@ -221,36 +299,62 @@ impl MemoryStore {
         // No key appears twice: `commit` refused that (`DuplicateWrite`), so no slot is
         // locked twice.
         debug_assert!(order.windows(2).all(|p| all[p[0]].0 != all[p[1]].0));
+        // Creates of keys never seen lock an empty slot, added first (outside any lock).
+        let created: Vec<Option<Arc<Slot>>> = all
+            .iter()
+            .map(|&(key, expected, change)| {
+                (expected == 0 && matches!(change, Change::Write(_)))
+                    .then(|| self.slot_or_empty(key))
+            })
+            .collect();
         let mut locked = Vec::with_capacity(order.len());
         for &i in &order {
-            let (key, expected, _) = all[i];
-            let Some(slot) = self.map.get(key, &guard) else {
-                return CommitOutcome::Conflict {
-                    key: key.clone(),
-                    expected,
-                    actual: None,
-                };
+            let (key, expected, change) = all[i];
+            let slot = match &created[i] {
+                Some(slot) => slot,
+                None => match self.map.get(key, &guard) {
+                    Some(slot) => slot,
+                    None => {
+                        return CommitOutcome::Conflict {
+                            key: key.clone(),
+                            expected,
+                            actual: None,
+                        };
+                    }
+                },
             };
             let cell = slot.lock();
-            if cell.version != expected {
+            // A read must find its entity live at the version read (never a tombstone).
+            let ok = match change {
+                Change::Read => cell.value.is_some() && cell.version == expected,
+                Change::Write(_) | Change::Delete => cell.admits(expected).is_ok(),
+            };
+            if !ok {
                 return CommitOutcome::Conflict {
                     key: key.clone(),
                     expected,
-                    actual: Some(cell.version),
+                    actual: cell.value.as_ref().map(|_| cell.version),
                 };
             }
             locked.push((i, cell));
         }
         let now = SystemTime::now();
         let mut versions = vec![0; commit.writes.len()];
+        let mut replaced = Vec::with_capacity(locked.len());
         for (i, cell) in &mut locked {
-            let (_, expected, value) = all[*i];
-            let Some(value) = value else { continue };
-            cell.version = expected + 1;
-            cell.value = value.clone();
-            cell.last_modified = now;
-            versions[*i] = cell.version;
+            let value = match all[*i].2 {
+                Change::Read => continue,
+                Change::Write(value) => Some(value.clone()),
+                Change::Delete => None,
+            };
+            replaced.push(cell.apply(value, now));
+            if let Some(v) = versions.get_mut(*i) {
+                *v = cell.version;
+            }
         }
+        drop(locked);
+        // Values replaced may be the last references to large entities: freed unlocked.
+        drop(replaced);
         CommitOutcome::Committed {
             versions,
             last_modified: now,
@@ -287,10 +391,9 @@ impl EntityStore for MemoryStore {
     }
 
     fn insert(&self, key: EntityKey, value: StoredValue) -> StoreFuture<'_, Snapshot> {
-        let r = check_key(&key, &value).and_then(|()| {
-            self.put_new(key, value, SystemTime::now())
-                .map(|(snap, _)| snap)
-        });
+        let r = self
+            .put_new(key, value, SystemTime::now())
+            .map(|(snap, _)| snap);
         Box::pin(async move { r })
     }
 
@@ -298,10 +401,11 @@ impl EntityStore for MemoryStore {
         // Checked here, at the public entry point, and not in `cas`/`commit_many`: the runtime's
         // own fast path (`Backend::commit_one`) writes only values whose type and id it has
         // already checked (`IdentityChanged`).
-        if let Err(e) = check_writes(&commit.writes, &commit.reads) {
+        if let Err(e) = check_writes(&commit) {
             return Box::pin(async move { Err(e) });
         }
-        let r = if commit.writes.len() == 1 && commit.reads.is_empty() {
+        let r = if commit.writes.len() == 1 && commit.reads.is_empty() && commit.deletes.is_empty()
+        {
             let w = commit.writes.swap_remove(0);
             match self.cas(&w.key, w.expected_version, w.value) {
                 Ok((v, last_modified)) => CommitOutcome::Committed {
@@ -314,7 +418,7 @@ impl EntityStore for MemoryStore {
                     actual,
                 },
             }
-        } else if commit.writes.is_empty() && commit.reads.is_empty() {
+        } else if commit.writes.is_empty() && commit.reads.is_empty() && commit.deletes.is_empty() {
             CommitOutcome::Committed {
                 versions: Vec::new(),
                 last_modified: SystemTime::now(),
@@ -324,4 +428,12 @@ impl EntityStore for MemoryStore {
         };
         Box::pin(async move { Ok(r) })
     }
+}
+
+/// What a multi-commit does to one key.
+#[derive(Clone, Copy)]
+enum Change<'c> {
+    Write(&'c StoredValue),
+    Delete,
+    Read,
 }

@@ -2,9 +2,18 @@
 //!
 //! A store keeps, per [`EntityKey`], a value and its OCC metadata (version, last-modified), and
 //! offers one write primitive: an atomic compare-and-commit of one or more
-//! `(key, expected version, new value)` writes. A commit applies all of its writes or none, and
-//! only when every expected version is still current; each applied write bumps its entity's
-//! version by exactly one. There is no unconditional write.
+//! `(key, expected version, new value)` writes and `(key, expected version)` deletes. A commit
+//! applies all of them or none, and only when every expected version is still current; each
+//! applied write or delete bumps its entity's version by exactly one. There is no unconditional
+//! write.
+//!
+//! **Creating and deleting.** A write that expects version `0` creates the entity: it applies
+//! only if the key holds no entity. A [`Delete`] leaves a *tombstone*: the key keeps its
+//! version (bumped by the delete), loads find nothing (`None`, so handles get
+//! [`StoreError::NotFound`]), every write or read that expected a live version conflicts, and a
+//! later create continues the count (tombstone version + 1). So versions of one key never
+//! repeat, and a call that read an entity before it was deleted and re-created can never commit
+//! over the new one (no ABA). Tombstones are kept: a deleted key costs its key and version.
 //!
 //! A value is only ever stored under its own key: a write or insert whose value's
 //! [`entity_key`](ErasedEntity::entity_key) differs from the key it is written under (another
@@ -133,6 +142,16 @@ pub struct Write {
     pub value: StoredValue,
 }
 
+/// One delete of a commit: the entity must still be at `expected_version` (and exist); it then
+/// becomes a tombstone at `expected_version + 1` (see the [module docs](self)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delete {
+    /// The entity to delete.
+    pub key: EntityKey,
+    /// The version the deleter read; the delete applies only if it is still current.
+    pub expected_version: u64,
+}
+
 /// One read of a commit: not written, but validated with the writes. The commit applies only
 /// if the entity is still at `version` (so a call that read it cannot commit over a newer
 /// state: no write skew).
@@ -155,18 +174,21 @@ pub struct Commit {
     pub priority: OperationPriority,
     /// Which attempt of the operation this commit is (1 for the first).
     pub attempt: u32,
-    /// The writes, all or nothing.
+    /// The writes, all or nothing. A write expecting version `0` creates its entity.
     pub writes: Vec<Write>,
+    /// The deletes, with the writes: all or nothing.
+    pub deletes: Vec<Delete>,
     /// Entities read but not written: each must still be at the version read, or nothing is
     /// applied ([`CommitOutcome::Conflict`] names it). A key appears at most once across
-    /// `writes` and `reads`.
+    /// `writes`, `deletes` and `reads`.
     pub reads: Vec<Read>,
 }
 
 /// What a commit did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommitOutcome {
-    /// Every write applied; the new versions, in the order of the writes.
+    /// Every write and delete applied; the new versions, in the order of the writes (a
+    /// delete's tombstone is at its expected version + 1).
     Committed {
         /// New version per write.
         versions: Vec<u64>,
@@ -224,15 +246,18 @@ pub fn check_key(key: &EntityKey, value: &StoredValue) -> Result<(), StoreError>
 }
 
 /// [`check_key`] for every write of a commit, in order (the first mismatch), and no key twice
-/// across writes and reads ([`StoreError::DuplicateWrite`]: a commit names an entity once only).
-pub(crate) fn check_writes(writes: &[Write], reads: &[Read]) -> Result<(), StoreError> {
+/// across writes, deletes and reads ([`StoreError::DuplicateWrite`]: a commit names an entity
+/// once only).
+pub(crate) fn check_writes(commit: &Commit) -> Result<(), StoreError> {
+    let (writes, deletes, reads) = (&commit.writes, &commit.deletes, &commit.reads);
     writes
         .iter()
         .try_for_each(|w| check_key(&w.key, &w.value))?;
-    if writes.len() + reads.len() > 1 {
+    if writes.len() + deletes.len() + reads.len() > 1 {
         let mut keys: Vec<&EntityKey> = writes
             .iter()
             .map(|w| &w.key)
+            .chain(deletes.iter().map(|d| &d.key))
             .chain(reads.iter().map(|r| &r.key))
             .collect();
         keys.sort_unstable();
@@ -254,7 +279,8 @@ pub trait EntityStore: Send + Sync + 'static {
     /// A short name for diagnostics (`"memory"`, `"postgres"`).
     fn name(&self) -> &'static str;
 
-    /// Reads the current value and metadata of `key`; `Ok(None)` if it does not exist.
+    /// Reads the current value and metadata of `key`; `Ok(None)` if it does not exist (never
+    /// did, or was deleted).
     fn load<'a>(
         &'a self,
         key: &'a EntityKey,
@@ -302,19 +328,20 @@ pub trait EntityStore: Send + Sync + 'static {
         })
     }
 
-    /// Stores a new entity at version 1; [`StoreError::AlreadyExists`] if the key is taken.
+    /// Stores a new entity at version 1 (or, over a deleted entity's tombstone, at the
+    /// tombstone's version + 1); [`StoreError::AlreadyExists`] if the key holds an entity.
     ///
     /// [`StoreError::KeyMismatch`], storing nothing, if `value` is not the entity `key` names
     /// (`value.entity_key() != key`).
     fn insert(&self, key: EntityKey, value: StoredValue) -> StoreFuture<'_, Snapshot>;
 
-    /// Applies all writes atomically if every expected version is current and every read
-    /// entity is still at the version read. A commit without writes only validates its reads
-    /// (and records nothing).
+    /// Applies all writes and deletes atomically if every expected version is current (`0`:
+    /// the key holds no entity) and every read entity is still at the version read. A commit
+    /// without writes or deletes only validates its reads (and records nothing).
     ///
     /// [`StoreError::KeyMismatch`] for the first write (in the order given) whose value is not
     /// the entity its key names, and [`StoreError::DuplicateWrite`] if a key appears twice
-    /// (across writes and reads); then none of the writes is applied, whatever their versions.
+    /// (across writes, deletes and reads); then nothing is applied, whatever the versions.
     fn commit(&self, commit: Commit) -> StoreFuture<'_, CommitOutcome>;
 }
 
@@ -348,10 +375,10 @@ impl Backend {
     ) -> Result<Option<Snapshot>, StoreError> {
         match self {
             Self::Memory(m) => Ok(match cache.get() {
-                Some(slot) => Some(slot.snapshot()),
+                Some(slot) => slot.snapshot(),
                 None => m
                     .slot(key)
-                    .map(|slot| cache.get_or_init(|| slot).snapshot()),
+                    .and_then(|slot| cache.get_or_init(|| slot).snapshot()),
             }),
             Self::Dyn(d) => d.load(key, codec).await,
         }
@@ -388,11 +415,12 @@ impl Backend {
         }
     }
 
-    /// Commits several writes and validates reads, all or nothing.
+    /// Commits several writes and deletes and validates reads, all or nothing.
     pub(crate) async fn commit_many(
         &self,
         op: CommitInfo,
         writes: Vec<Write>,
+        deletes: Vec<Delete>,
         reads: Vec<Read>,
     ) -> Result<CommitOutcome, StoreError> {
         let commit = Commit {
@@ -401,6 +429,7 @@ impl Backend {
             priority: op.priority,
             attempt: op.attempt,
             writes,
+            deletes,
             reads,
         };
         match self {
@@ -415,6 +444,7 @@ impl Backend {
         &self,
         op: CommitInfo,
         writes: &[Write],
+        deletes: &[Delete],
         reads: &[Read],
     ) -> Option<impl Future<Output = Result<CommitOutcome, StoreError>> + Send + 'static> {
         match self {
@@ -427,6 +457,7 @@ impl Backend {
                     priority: op.priority,
                     attempt: op.attempt,
                     writes: writes.to_vec(),
+                    deletes: deletes.to_vec(),
                     reads: reads.to_vec(),
                 };
                 Some(async move { d.commit(commit).await })
@@ -502,6 +533,7 @@ async fn commit_dyn(
             priority: op.priority,
             attempt: op.attempt,
             writes: vec![write],
+            deletes: Vec::new(),
             reads: Vec::new(),
         })
         .await?;
@@ -518,7 +550,8 @@ async fn commit_dyn(
 }
 
 /// A handle's shortcut to its entity's slot in the embedded store (set on first use; the
-/// embedded store never removes an entity, so a cached slot stays valid).
+/// embedded store never removes a slot — a deleted entity's stays as its tombstone — so a
+/// cached slot stays valid).
 pub(crate) type SlotCache = std::sync::OnceLock<Arc<memory::Slot>>;
 
 /// Who is committing (what a ledger records beside the writes).

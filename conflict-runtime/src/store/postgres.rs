@@ -21,6 +21,11 @@
 //! The ledger row lists the writes only. A commit without writes validates its reads in one
 //! statement and records nothing (no ledger row); without reads either, it does no I/O.
 //!
+//! A delete sets the row's `value` to `NULL` (a tombstone keeping its version, bumped by the
+//! delete); loads skip tombstones, and a create (a write expecting version 0, or
+//! [`insert`](EntityStore::insert)) fills a tombstone again at its version + 1. Creates and
+//! deletes always take the transaction path; the ledger lists a delete with `"deleted": true`.
+//!
 //! [`load_many`](EntityStore::load_many) is one statement (`unnest` of the keys joined with the
 //! entities), so one snapshot: a multi-write commit is seen whole or not at all.
 //!
@@ -71,12 +76,15 @@ use super::{
 ///
 /// ```
 /// use conflict_runtime::store::postgres::{DEFAULT_MAX_CONNECTIONS, DEFAULT_SCHEMA, SCHEMA_VERSION};
-/// assert_eq!((DEFAULT_SCHEMA, DEFAULT_MAX_CONNECTIONS, SCHEMA_VERSION), ("conflict", 16, 1));
+/// assert_eq!((DEFAULT_SCHEMA, DEFAULT_MAX_CONNECTIONS, SCHEMA_VERSION), ("conflict", 16, 2));
 /// ```
 pub const DEFAULT_SCHEMA: &str = "conflict";
 
 /// The schema version this build creates and understands (recorded in `schema_version`).
-pub const SCHEMA_VERSION: i32 = 1;
+///
+/// Version 2 lets `entities.value` be `NULL` (a deleted entity's tombstone); a schema at
+/// version 1 is migrated when a store connects.
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Connections per store unless [`PgStoreBuilder::max_connections`] says otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
@@ -244,15 +252,21 @@ impl LedgerStatus {
 /// use conflict_runtime::store::postgres::LedgerTarget;
 /// use conflict_runtime::{EntityId, entity::EntityKey};
 ///
-/// let t = LedgerTarget { key: EntityKey::new("Account", EntityId::new()), version: 2 };
+/// let t = LedgerTarget {
+///     key: EntityKey::new("Account", EntityId::new()),
+///     version: 2,
+///     deleted: false,
+/// };
 /// assert_eq!(t.version, 2);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LedgerTarget {
     /// The entity.
     pub key: EntityKey,
-    /// The version the commit wrote.
+    /// The version the commit wrote (for a delete: its tombstone's).
     pub version: u64,
+    /// Whether the commit deleted the entity.
+    pub deleted: bool,
 }
 
 /// A row of the operation ledger: at most one per op id.
@@ -473,7 +487,12 @@ impl PgStore {
                     self.sql.schema
                 ))));
             }
-            // Version 1 is the first: nothing to migrate yet.
+            Some(v) if v < SCHEMA_VERSION => {
+                // 1 -> 2: tombstones (a `NULL` value).
+                tx.batch_execute(&self.sql.migrate_v2).await?;
+                tx.execute(self.sql.schema_version_insert.as_str(), &[&SCHEMA_VERSION])
+                    .await?;
+            }
             Some(_) => {}
         }
         tx.commit().await?;
@@ -565,13 +584,15 @@ impl PgStore {
             })?;
         match row {
             None => Err(StoreError::AlreadyExists { key }),
-            Some(row) => Ok(Snapshot {
-                value,
-                version: 1,
-                last_modified: row
-                    .try_get(0)
-                    .map_err(|e| backend_error(&format!("could not read back {key}"), e))?,
-            }),
+            Some(row) => {
+                let read = |e| backend_error(&format!("could not read back {key}"), e);
+                let version: i64 = row.try_get(0).map_err(read)?;
+                Ok(Snapshot {
+                    value,
+                    version: from_db_version(version)?,
+                    last_modified: row.try_get(1).map_err(read)?,
+                })
+            }
         }
     }
 
@@ -649,11 +670,17 @@ impl PgStore {
     /// then the ledger entry (listing the writes), then `COMMIT`. At least one write (a commit
     /// without writes is [`commit_reads`](Self::commit_reads)).
     async fn commit_multi(&self, commit: &Commit) -> Result<CommitOutcome, StoreError> {
-        let (writes, reads) = (&commit.writes, &commit.reads);
+        let (writes, deletes, reads) = (&commit.writes, &commit.deletes, &commit.reads);
         let mut order: Vec<(&EntityKey, Target)> = writes
             .iter()
             .enumerate()
             .map(|(i, w)| (&w.key, Target::Write(i)))
+            .chain(
+                deletes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| (&d.key, Target::Delete(i))),
+            )
             .chain(
                 reads
                     .iter()
@@ -675,6 +702,10 @@ impl PgStore {
                         expected: to_db_version(w.expected_version)?,
                     }
                 }
+                Target::Delete(index) => Step::Delete {
+                    index,
+                    expected: to_db_version(deletes[index].expected_version)?,
+                },
                 Target::Read(index) => Step::Read { index },
             });
         }
@@ -774,40 +805,46 @@ impl PgStore {
         let priority = i16::from(commit.priority.get());
         let attempt = attempt_to_db(commit.attempt).map_err(TxFailure::Store)?;
         let tx = conn.transaction().await.map_err(TxFailure::BeforeCommit)?;
-        let update = tx
-            .prepare_cached(&self.sql.update)
-            .await
-            .map_err(TxFailure::BeforeCommit)?;
-        let read_lock = if reads.is_empty() {
-            None
-        } else {
-            Some(
-                tx.prepare_cached(&self.sql.read_lock)
-                    .await
-                    .map_err(TxFailure::BeforeCommit)?,
-            )
+        // Only the statements this commit's steps use are prepared.
+        let prepare = async |needed: bool, sql: &str| -> Result<_, TxFailure> {
+            if !needed {
+                return Ok(None);
+            }
+            let stmt = tx
+                .prepare_cached(sql)
+                .await
+                .map_err(TxFailure::BeforeCommit)?;
+            Ok(Some(stmt))
+        };
+        let creates = writes.iter().any(|w| w.expected_version == 0);
+        let updates = writes.iter().any(|w| w.expected_version != 0);
+        let stmts = Statements {
+            update: prepare(updates, &self.sql.update).await?,
+            create: prepare(creates, &self.sql.create).await?,
+            delete: prepare(!commit.deletes.is_empty(), &self.sql.delete).await?,
+            read_lock: prepare(!reads.is_empty(), &self.sql.read_lock).await?,
         };
         let mut versions = vec![0u64; writes.len()];
         let mut targets = Vec::with_capacity(writes.len());
         let mut last_modified = SystemTime::UNIX_EPOCH;
         for step in steps {
-            match self
-                .take_row(&tx, &update, read_lock.as_ref(), step, commit)
-                .await?
-            {
+            match self.take_row(&tx, &stmts, step, commit).await? {
                 Taken::Current => {}
-                Taken::Written {
-                    index,
-                    version,
-                    modified,
-                } => {
+                Taken::Written { version, modified } => {
                     let (key, _) = step.expects(commit);
                     last_modified = last_modified.max(modified);
-                    versions[index] = version;
+                    // Only writes and deletes apply (a read is `Current` or stale).
+                    let deleted = if let Step::Write { index, .. } = *step {
+                        versions[index] = version;
+                        false
+                    } else {
+                        true
+                    };
                     targets.push(TargetJson {
                         entity_type: key.entity_type.to_string(),
                         id: *key.id.as_uuid(),
                         version,
+                        deleted,
                     });
                 }
                 Taken::Stale(outcome) => {
@@ -892,8 +929,7 @@ impl PgStore {
     async fn take_row(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
-        update: &tokio_postgres::Statement,
-        read_lock: Option<&tokio_postgres::Statement>,
+        stmts: &Statements,
         step: &Step,
         commit: &Commit,
     ) -> Result<Taken, TxFailure> {
@@ -918,12 +954,29 @@ impl PgStore {
         };
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
             [&key.entity_type.as_ref(), key.id.as_uuid()];
+        let unprepared = || TxFailure::Store(config_error("a step without its prepared statement"));
+        // A write, create or delete that applied returns (version, last_modified); none did:
+        // the version found, as a hint.
+        let changed = async |row: Option<tokio_postgres::Row>| -> Result<Taken, TxFailure> {
+            let Some(row) = row else {
+                let found: Option<i64> = tx
+                    .query_opt(self.sql.version_of.as_str(), &params)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.try_get(0).ok());
+                return Ok(stale(found));
+            };
+            let version: i64 = row.try_get(0).map_err(TxFailure::BeforeCommit)?;
+            Ok(Taken::Written {
+                version: from_db_version(version).map_err(TxFailure::Store)?,
+                modified: row.try_get(1).map_err(TxFailure::BeforeCommit)?,
+            })
+        };
         match step {
             Step::Read { .. } => {
-                let Some(read_lock) = read_lock else {
-                    return Err(TxFailure::Store(config_error(
-                        "a read without its prepared statement",
-                    )));
+                let Some(read_lock) = &stmts.read_lock else {
+                    return Err(unprepared());
                 };
                 let found: Option<i64> = tx
                     .query_opt(read_lock, &params)
@@ -941,29 +994,43 @@ impl PgStore {
                 )
             }
             Step::Write {
-                index,
+                json, expected: 0, ..
+            } => {
+                let Some(create) = &stmts.create else {
+                    return Err(unprepared());
+                };
+                let row = tx
+                    .query_opt(create, &[params[0], params[1], json])
+                    .await
+                    .map_err(conflict_or_failure)?;
+                changed(row).await
+            }
+            Step::Write {
                 json,
                 expected: db_expected,
+                ..
             } => {
+                let Some(update) = &stmts.update else {
+                    return Err(unprepared());
+                };
                 let row = tx
                     .query_opt(update, &[params[0], params[1], json, db_expected])
                     .await
                     .map_err(conflict_or_failure)?;
-                let Some(row) = row else {
-                    let found: Option<i64> = tx
-                        .query_opt(self.sql.version_of.as_str(), &params)
-                        .await
-                        .ok()
-                        .flatten()
-                        .and_then(|r| r.try_get(0).ok());
-                    return Ok(stale(found));
+                changed(row).await
+            }
+            Step::Delete {
+                expected: db_expected,
+                ..
+            } => {
+                let Some(delete) = &stmts.delete else {
+                    return Err(unprepared());
                 };
-                let version: i64 = row.try_get(0).map_err(TxFailure::BeforeCommit)?;
-                Ok(Taken::Written {
-                    index: *index,
-                    version: from_db_version(version).map_err(TxFailure::Store)?,
-                    modified: row.try_get(1).map_err(TxFailure::BeforeCommit)?,
-                })
+                let row = tx
+                    .query_opt(delete, &[params[0], params[1], db_expected])
+                    .await
+                    .map_err(conflict_or_failure)?;
+                changed(row).await
             }
         }
     }
@@ -1096,20 +1163,34 @@ impl Drop for Conn {
 #[derive(Clone, Copy)]
 enum Target {
     Write(usize),
+    Delete(usize),
     Read(usize),
 }
 
 /// One row a multi-commit takes, in lock order: a write (encoded before the transaction
 /// starts) or a read to validate.
 enum Step {
+    /// A write (`expected` 0: a create).
     Write {
         index: usize,
         json: serde_json::Value,
         expected: i64,
     },
+    Delete {
+        index: usize,
+        expected: i64,
+    },
     Read {
         index: usize,
     },
+}
+
+/// The prepared statements of a multi-commit's transaction (`None`: no step needs it).
+struct Statements {
+    update: Option<tokio_postgres::Statement>,
+    create: Option<tokio_postgres::Statement>,
+    delete: Option<tokio_postgres::Statement>,
+    read_lock: Option<tokio_postgres::Statement>,
 }
 
 impl Step {
@@ -1119,6 +1200,10 @@ impl Step {
             Self::Write { index, .. } => {
                 let w = &commit.writes[index];
                 (&w.key, w.expected_version)
+            }
+            Self::Delete { index, .. } => {
+                let d = &commit.deletes[index];
+                (&d.key, d.expected_version)
             }
             Self::Read { index } => {
                 let r = &commit.reads[index];
@@ -1132,12 +1217,8 @@ impl Step {
 enum Taken {
     /// A read entity still at the version read.
     Current,
-    /// Write `index` applied: the entity's new version and last-modified.
-    Written {
-        index: usize,
-        version: u64,
-        modified: SystemTime,
-    },
+    /// The step's write, create or delete applied: the entity's new version and last-modified.
+    Written { version: u64, modified: SystemTime },
     /// Not at the version expected (or missing): the commit's outcome, to roll back.
     Stale(CommitOutcome),
 }
@@ -1206,10 +1287,11 @@ impl EntityStore for PgStore {
         Box::pin(async move {
             // Before any I/O, and for every write: nothing of a refused commit reaches the
             // database, not even its ledger row.
-            check_writes(&commit.writes, &commit.reads)?;
+            check_writes(&commit)?;
+            let plain = commit.reads.is_empty() && commit.deletes.is_empty();
             match commit.writes.as_slice() {
-                [] => self.commit_reads(&commit).await,
-                [w] if commit.reads.is_empty() => self.commit_single(&commit, w).await,
+                [] if commit.deletes.is_empty() => self.commit_reads(&commit).await,
+                [w] if plain && w.expected_version != 0 => self.commit_single(&commit, w).await,
                 _ => self.commit_multi(&commit).await,
             }
         })
@@ -1223,12 +1305,16 @@ struct TargetJson {
     entity_type: String,
     id: uuid::Uuid,
     version: u64,
+    /// A delete (its tombstone's version); absent for a write.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
 }
 
 /// The SQL texts, with the schema name spliced in once.
 struct Sql {
     schema: String,
     ddl: String,
+    migrate_v2: String,
     schema_version: String,
     schema_version_insert: String,
     load: String,
@@ -1238,6 +1324,8 @@ struct Sql {
     insert: String,
     commit_single: String,
     update: String,
+    create: String,
+    delete: String,
     version_of: String,
     ledger_commit: String,
     ledger_fence: String,
@@ -1255,34 +1343,36 @@ impl Sql {
         Self {
             schema: schema.to_string(),
             ddl: ddl(&s),
+            migrate_v2: format!("ALTER TABLE {s}.entities ALTER COLUMN value DROP NOT NULL"),
             schema_version: format!("SELECT max(version) FROM {s}.schema_version"),
             schema_version_insert: format!("INSERT INTO {s}.schema_version (version) VALUES ($1)"),
             load: format!(
                 "SELECT version, last_modified, value FROM {s}.entities \
-                 WHERE entity_type = $1 AND id = $2"
+                 WHERE entity_type = $1 AND id = $2 AND value IS NOT NULL"
             ),
-            // `ord` is the 1-based position of the key in the arrays; a missing key has no row.
+            // `ord` is the 1-based position of the key in the arrays; a missing key (or a
+            // tombstone) has no row.
             load_many: format!(
                 "SELECT k.ord, e.version, e.last_modified, e.value
                    FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS k(entity_type, id, ord)
-                   JOIN {s}.entities AS e ON e.entity_type = k.entity_type AND e.id = k.id"
+                   JOIN {s}.entities AS e ON e.entity_type = k.entity_type AND e.id = k.id
+                  WHERE e.value IS NOT NULL"
             ),
             versions_many: format!(
                 "SELECT k.ord, e.version
                    FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS k(entity_type, id, ord)
-                   JOIN {s}.entities AS e ON e.entity_type = k.entity_type AND e.id = k.id"
+                   JOIN {s}.entities AS e ON e.entity_type = k.entity_type AND e.id = k.id
+                  WHERE e.value IS NOT NULL"
             ),
             // FOR SHARE conflicts with the lock an UPDATE takes (FOR NO KEY UPDATE), not with
             // another FOR SHARE: readers of one entity do not wait for each other.
             read_lock: format!(
                 "SELECT version FROM {s}.entities \
-                 WHERE entity_type = $1::text AND id = $2::uuid FOR SHARE"
+                 WHERE entity_type = $1::text AND id = $2::uuid AND value IS NOT NULL FOR SHARE"
             ),
-            insert: format!(
-                "INSERT INTO {s}.entities (entity_type, id, version, last_modified, value) \
-                 VALUES ($1, $2, 1, clock_timestamp(), $3) \
-                 ON CONFLICT (entity_type, id) DO NOTHING RETURNING last_modified"
-            ),
+            // Over a tombstone: its version + 1; over a live entity: no row.
+            insert: create_sql(&s),
+            create: create_sql(&s),
             // Exactly one row: (new version, last modified, version found). The new version is
             // NULL when the compare failed. `found` is read from the statement's snapshot, so
             // it may predate a commit the UPDATE waited for; it is only a hint.
@@ -1294,6 +1384,7 @@ impl Sql {
                         SET value = $3::jsonb, version = version + 1,
                             last_modified = greatest(clock_timestamp(), last_modified)
                       WHERE entity_type = $1::text AND id = $2::uuid AND version = $4::bigint
+                        AND value IS NOT NULL
                   RETURNING version, last_modified
                  ), led AS (
                      INSERT INTO {s}.ledger
@@ -1308,17 +1399,29 @@ impl Sql {
                    FROM (SELECT 1) AS one
                    LEFT JOIN upd ON true
                    LEFT JOIN {s}.entities AS cur
-                          ON cur.entity_type = $1::text AND cur.id = $2::uuid"
+                          ON cur.entity_type = $1::text AND cur.id = $2::uuid
+                         AND cur.value IS NOT NULL"
             ),
             update: format!(
                 "UPDATE {s}.entities
                     SET value = $3::jsonb, version = version + 1,
                         last_modified = greatest(clock_timestamp(), last_modified)
                   WHERE entity_type = $1::text AND id = $2::uuid AND version = $4::bigint
+                    AND value IS NOT NULL
               RETURNING version, last_modified"
             ),
+            delete: format!(
+                "UPDATE {s}.entities
+                    SET value = NULL, version = version + 1,
+                        last_modified = greatest(clock_timestamp(), last_modified)
+                  WHERE entity_type = $1::text AND id = $2::uuid AND version = $3::bigint
+                    AND value IS NOT NULL
+              RETURNING version, last_modified"
+            ),
+            // A tombstone is no entity: no version (as the memory store reports it).
             version_of: format!(
-                "SELECT version FROM {s}.entities WHERE entity_type = $1 AND id = $2"
+                "SELECT version FROM {s}.entities \
+                 WHERE entity_type = $1 AND id = $2 AND value IS NOT NULL"
             ),
             ledger_commit: format!(
                 "INSERT INTO {s}.ledger
@@ -1338,7 +1441,22 @@ impl Sql {
     }
 }
 
-/// The tables, sequence and schema of a store in schema `s` (already quoted), if missing.
+/// The create of an entity (a new row at version 1, or a tombstone filled again at its version
+/// + 1): `(version, last_modified)`, or no row if the key holds a live entity.
+fn create_sql(s: &str) -> String {
+    format!(
+        "INSERT INTO {s}.entities AS e (entity_type, id, version, last_modified, value)
+         VALUES ($1::text, $2::uuid, 1, clock_timestamp(), $3::jsonb)
+         ON CONFLICT (entity_type, id) DO UPDATE
+            SET value = excluded.value, version = e.version + 1,
+                last_modified = greatest(clock_timestamp(), e.last_modified)
+          WHERE e.value IS NULL
+      RETURNING version, last_modified"
+    )
+}
+
+/// The tables, sequence and schema of a store in schema `s` (already quoted), if missing. (A
+/// fresh `entities` table is already at version 2: `value` may be `NULL`.)
 fn ddl(s: &str) -> String {
     format!(
         "CREATE SCHEMA IF NOT EXISTS {s};
@@ -1351,7 +1469,7 @@ fn ddl(s: &str) -> String {
              id            uuid        NOT NULL,
              version       bigint      NOT NULL CHECK (version >= 1),
              last_modified timestamptz NOT NULL,
-             value         jsonb       NOT NULL,
+             value         jsonb,
              PRIMARY KEY (entity_type, id)
          ) WITH (fillfactor = 80);
          CREATE SEQUENCE IF NOT EXISTS {s}.commit_seq;
@@ -1415,6 +1533,7 @@ fn ledger_entry(row: &tokio_postgres::Row) -> Result<LedgerEntry, StoreError> {
                     id: EntityId::from_uuid(t.id),
                 },
                 version: t.version,
+                deleted: t.deleted,
             })
             .collect(),
         priority,
@@ -1566,6 +1685,9 @@ mod tests {
             &sql.insert,
             &sql.commit_single,
             &sql.update,
+            &sql.create,
+            &sql.delete,
+            &sql.migrate_v2,
             &sql.version_of,
             &sql.ledger_commit,
             &sql.ledger_fence,
