@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use conflict_runtime::prelude::*;
 use conflict_runtime::store::postgres::{LedgerEntry, LedgerStatus};
 use conflict_runtime::store::{
-    Commit, CommitOutcome, EntityCodec, EntityStore, PgStore, Read, StoredValue, Write,
+    Commit, CommitOutcome, Delete, EntityCodec, EntityStore, PgStore, Read, StoredValue, Write,
 };
 use conflict_runtime::{entity::EntityKey, store::StoreError};
 use conflict_tests::suite::{self, Scale};
@@ -797,6 +797,185 @@ fn the_schema_migration_is_idempotent_and_concurrency_safe() {
                 .connect()
                 .await
                 .is_err()
+        );
+    });
+}
+
+/// Invariant: a schema made by a build of schema version 1 (where `entities.value` is NOT
+/// NULL, so no tombstone can be stored) is migrated when a store of this build connects: the
+/// rows it holds stay, version 2 is recorded once, and deletes then work on old and new rows.
+#[test]
+fn a_version_1_schema_is_migrated_to_hold_tombstones() {
+    multi_thread(2, async {
+        let url = pg::shared().url();
+        let schema = pg::unique_schema("v1");
+        let s = format!("\"{schema}\"");
+        let old = pg::store("v1_setup").await;
+        let client = old.pool().get().await.unwrap();
+        // Schema version 1, as the first release created it.
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA {s};
+                 CREATE TABLE {s}.schema_version (
+                     version integer NOT NULL,
+                     migrated_at timestamptz NOT NULL DEFAULT clock_timestamp());
+                 CREATE TABLE {s}.entities (
+                     entity_type text NOT NULL, id uuid NOT NULL,
+                     version bigint NOT NULL CHECK (version >= 1),
+                     last_modified timestamptz NOT NULL, value jsonb NOT NULL,
+                     PRIMARY KEY (entity_type, id)) WITH (fillfactor = 80);
+                 CREATE SEQUENCE {s}.commit_seq;
+                 CREATE TABLE {s}.ledger (
+                     op_id uuid PRIMARY KEY,
+                     status text NOT NULL CHECK (status IN ('committed', 'aborted')),
+                     op_type text, targets jsonb NOT NULL DEFAULT '[]', priority smallint,
+                     attempt integer, reason text, commit_seq bigint UNIQUE,
+                     recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                     CHECK ((status = 'committed') = (commit_seq IS NOT NULL)));
+                 INSERT INTO {s}.schema_version (version) VALUES (1);"
+            ))
+            .await
+            .unwrap();
+        let kept = EntityId::new();
+        let json = serde_json::to_value(Counter {
+            id: kept,
+            value: 5,
+            log: Vec::new(),
+        })
+        .unwrap();
+        client
+            .execute(
+                &format!("INSERT INTO {s}.entities VALUES ($1, $2, 3, clock_timestamp(), $3)"),
+                &[&Counter::TYPE_NAME, kept.as_uuid(), &json],
+            )
+            .await
+            .unwrap();
+        let store = PgStore::builder(url.clone())
+            .schema(schema.clone())
+            .connect()
+            .await
+            .unwrap();
+        assert_eq!(load(&store, kept).await.1, 3, "the old row is kept");
+        let versions: Vec<i32> = client
+            .query(
+                &format!("SELECT version FROM {s}.schema_version ORDER BY version"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(versions, [1, 2], "version 2 recorded once, after 1");
+        let fresh = EntityId::new();
+        store
+            .insert(key_of(fresh), counter_with(fresh, 1))
+            .await
+            .unwrap();
+        for (id, version) in [(kept, 3), (fresh, 1)] {
+            let mut c = commit_of(fresh_op(), Vec::new());
+            c.deletes = vec![Delete {
+                key: key_of(id),
+                expected_version: version,
+            }];
+            assert!(matches!(
+                store.commit(c).await.unwrap(),
+                CommitOutcome::Committed { .. }
+            ));
+            assert!(
+                store
+                    .load(&key_of(id), EntityCodec::of::<Counter>())
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+        }
+        // Connecting again migrates nothing more.
+        PgStore::builder(url)
+            .schema(schema.clone())
+            .connect()
+            .await
+            .unwrap();
+        let n: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {s}.schema_version"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 2);
+    });
+}
+
+/// Invariant: a commit with creates and deletes is one ledger entry listing every entity it
+/// changed at its new version, deletes flagged (`deleted: true`, at the tombstone's version),
+/// and each entity's ledger history runs gap-free through the delete and the create again.
+#[test]
+fn the_ledger_lists_creates_and_deletes() {
+    multi_thread(2, async {
+        let store = pg::store("ledger_deletes").await;
+        let (a, gone) = (EntityId::new(), EntityId::new());
+        store
+            .insert(key_of(gone), counter_with(gone, 1))
+            .await
+            .unwrap();
+        let op = fresh_op();
+        let mut c = commit_of(
+            op,
+            vec![Write {
+                key: key_of(a),
+                expected_version: 0,
+                value: counter_with(a, 2),
+            }],
+        );
+        c.deletes = vec![Delete {
+            key: key_of(gone),
+            expected_version: 1,
+        }];
+        let out = store.commit(c).await.unwrap();
+        assert!(
+            matches!(&out, CommitOutcome::Committed { versions, .. } if versions == &vec![1]),
+            "{out:?}"
+        );
+        let entry = store.lookup(op).await.unwrap().expect("one ledger entry");
+        let mut targets: Vec<(EntityKey, u64, bool)> = entry
+            .targets
+            .iter()
+            .map(|t| (t.key.clone(), t.version, t.deleted))
+            .collect();
+        targets.sort();
+        let mut expected = vec![(key_of(a), 1, false), (key_of(gone), 2, true)];
+        expected.sort();
+        assert_eq!(targets, expected);
+        // Created again: version 3, after the tombstone's 2.
+        let again = store
+            .insert(key_of(gone), counter_with(gone, 9))
+            .await
+            .unwrap();
+        assert_eq!(again.version, 3);
+        let op2 = fresh_op();
+        store
+            .commit(commit_of(
+                op2,
+                vec![Write {
+                    key: key_of(gone),
+                    expected_version: 3,
+                    value: counter_with(gone, 10),
+                }],
+            ))
+            .await
+            .unwrap();
+        let history: Vec<u64> = store
+            .ledger_for(&key_of(gone))
+            .await
+            .unwrap()
+            .iter()
+            .flat_map(|e| e.targets.iter().filter(|t| t.key == key_of(gone)))
+            .map(|t| t.version)
+            .collect();
+        // The insert at 1 and the re-insert at 3 are not operations (no ledger row).
+        assert_eq!(
+            history,
+            [2, 4],
+            "the delete, then the write after the re-insert"
         );
     });
 }
