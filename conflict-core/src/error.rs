@@ -461,6 +461,20 @@ pub enum ConflictError<E = std::convert::Infallible> {
         /// The ancestor executing on it.
         ancestor_op_id: OpId,
     },
+    /// Waiting in `target`'s staging area would close a cycle of waits: each operation in
+    /// `cycle` (starting with this one) waits for the next, and the last for this one — through
+    /// staging (an operation waiting for an entity another one executes on) and through
+    /// detached calls made inside bodies (a body is taken to wait for the detached calls it
+    /// makes). This call ends instead of waiting, so the others can go on; nothing was
+    /// committed. Calling again once they have finished may succeed.
+    WaitCycle {
+        /// This operation.
+        op_id: OpId,
+        /// The entity it would have waited for.
+        target: EntityKey,
+        /// The operations in the cycle, starting with this one.
+        cycle: Vec<OpId>,
+    },
     /// The body changed the entity's id field; the change was not committed.
     IdentityChanged {
         /// This operation.
@@ -534,6 +548,23 @@ impl<E: fmt::Display> fmt::Display for ConflictError<E> {
                 f,
                 "operation {op_id} targets {target}, which its ancestor {ancestor_op_id} is executing on: a nested operation cannot target its ancestor's entity"
             ),
+            Self::WaitCycle {
+                op_id,
+                target,
+                cycle,
+            } => {
+                write!(
+                    f,
+                    "operation {op_id} would wait for {target} in a cycle of waits ("
+                )?;
+                for id in cycle {
+                    write!(f, "{id} -> ")?;
+                }
+                write!(
+                    f,
+                    "{op_id}): it ended instead, committing nothing, so the others can go on"
+                )
+            }
             Self::IdentityChanged {
                 op_id,
                 expected,
@@ -591,7 +622,7 @@ impl<E> ConflictError<E> {
             Self::DeadlineExceeded { .. } => OutcomeKind::DeadlineExceeded,
             Self::Body(_) => OutcomeKind::BodyError,
             Self::Panicked { .. } => OutcomeKind::Panicked,
-            Self::Reentrant { .. } => OutcomeKind::Reentrant,
+            Self::Reentrant { .. } | Self::WaitCycle { .. } => OutcomeKind::Reentrant,
             Self::IdentityChanged { .. } => OutcomeKind::IdentityChanged,
             Self::DuplicateTarget { .. } | Self::ForeignHandle { .. } => {
                 OutcomeKind::InvalidTargets
@@ -613,6 +644,7 @@ impl<E> ConflictError<E> {
             | Self::DeadlineExceeded { op_id, .. }
             | Self::Panicked { op_id, .. }
             | Self::Reentrant { op_id, .. }
+            | Self::WaitCycle { op_id, .. }
             | Self::IdentityChanged { op_id, .. }
             | Self::DuplicateTarget { op_id, .. }
             | Self::ForeignHandle { op_id, .. }
@@ -631,6 +663,7 @@ impl<E> ConflictError<E> {
                 | Self::Preempted { .. }
                 | Self::RetriesExhausted { .. }
                 | Self::Overloaded { .. }
+                | Self::WaitCycle { .. }
         )
     }
 
@@ -747,6 +780,15 @@ impl<E> ConflictError<E> {
                 op_id: *op_id,
                 target: target.clone(),
                 ancestor_op_id: *ancestor_op_id,
+            },
+            Self::WaitCycle {
+                op_id,
+                target,
+                cycle,
+            } => ConflictError::WaitCycle {
+                op_id: *op_id,
+                target: target.clone(),
+                cycle: cycle.clone(),
             },
             Self::IdentityChanged {
                 op_id,

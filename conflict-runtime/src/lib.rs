@@ -157,6 +157,7 @@ mod runtime;
 pub mod staging;
 pub mod store;
 mod txn;
+mod waits;
 
 pub use conflict_core::{Committed, ConflictError, Entity, EntityId, policy};
 pub use conflict_macros::{Entity, cleanup_handler, with_conflict_resolution};

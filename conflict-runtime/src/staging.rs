@@ -734,6 +734,14 @@ impl Staging {
         }
     }
 
+    /// The operation executing on `key` (holding it), if any.
+    pub(crate) fn executor(&self, key: &EntityKey) -> Option<OpId> {
+        let guard = self.cells.guard();
+        let cell = self.cells.get(key, &guard)?;
+        let st = cell.lock();
+        st.phase.executing().map(|e| e.cand.op_id)
+    }
+
     /// Whether `op_id` is the operation executing on `key` (it holds the target).
     pub(crate) fn is_executing(&self, key: &EntityKey, op_id: OpId) -> bool {
         let guard = self.cells.guard();

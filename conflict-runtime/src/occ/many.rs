@@ -199,6 +199,11 @@ where
     check_targets(op, targets)?;
     op.admit()?;
     op.admit_detached(targets.iter().filter(|t| t.write).map(|t| t.key))?;
+    // Its caller's body waits for it (see `crate::waits`).
+    let _detached = op
+        .origin
+        .as_ref()
+        .map(|origin| op.rt.waits.detached(origin.txn().root, op.op_id));
     let (guards, guard_keys) = op.stage_many(targets).await?;
     let max_attempts = op.max_attempts();
     let mut attempt = 0u32;
@@ -362,7 +367,8 @@ impl<'rt> Operation<'rt> {
         let mut keys = Vec::with_capacity(written.len());
         let mut waited_any = false;
         for t in written {
-            let (guard, waited) = self.enter_stage(t.key, &t.cache.cell).await?;
+            let holding = !guards.is_empty();
+            let (guard, waited) = self.enter_stage(t.key, &t.cache.cell, holding).await?;
             waited_any |= waited;
             guards.push(guard);
             keys.push(t.key.clone());

@@ -547,9 +547,14 @@ where
     Err: std::fmt::Display,
 {
     op.admit()?;
-    if op.origin.is_some() {
-        op.admit_detached(std::iter::once(key))?;
-    }
+    let _detached = match &op.origin {
+        Some(origin) => {
+            op.admit_detached(std::iter::once(key))?;
+            // Its caller's body waits for it (see `crate::waits`).
+            Some(op.rt.waits.detached(origin.txn().root, op.op_id))
+        }
+        None => None,
+    };
     let exec = op.stage(key, cache).await?;
     let exec = exec.as_slice();
     let max_attempts = op.max_attempts();
@@ -711,7 +716,7 @@ impl<'rt> Operation<'rt> {
             self.started = Some(self.submitted);
             return Ok(None);
         }
-        let (guard, waited) = self.enter_stage(key, &cache.cell).await?;
+        let (guard, waited) = self.enter_stage(key, &cache.cell, false).await?;
         // An operation that ran at once started when it was submitted: no clock read.
         self.started = Some(if waited {
             Instant::now()
@@ -722,15 +727,33 @@ impl<'rt> Operation<'rt> {
     }
 
     /// Waits in `key`'s staging area until this call executes there; whether it waited.
+    /// `holding`: the call executes on other entities already. A call that could be part of a
+    /// cycle of waits (holding, or detached from a body) first registers its wait, and ends
+    /// with `WaitCycle` if the wait would close one (see [`crate::waits`]).
     async fn enter_stage<'c, Err>(
         &self,
         key: &'c EntityKey,
         cell: &'c std::sync::OnceLock<Arc<crate::staging::TargetCell>>,
+        holding: bool,
     ) -> Result<(ExecGuard<'c>, bool), ConflictError<Err>>
     where
         'rt: 'c,
     {
         let rt = self.rt;
+        let _waiting = if holding || self.origin.is_some() {
+            match rt.waits.wait(self.op_id, key, &rt.staging) {
+                Ok(w) => Some(w),
+                Err(cycle) => {
+                    return Err(ConflictError::WaitCycle {
+                        op_id: self.op_id,
+                        target: key.clone(),
+                        cycle,
+                    });
+                }
+            }
+        } else {
+            None
+        };
         let cfg = &self.spec.config;
         let overridden;
         let pre_ecs = match self.on_lose {

@@ -955,25 +955,15 @@ impl PgStore {
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
             [&key.entity_type.as_ref(), key.id.as_uuid()];
         let unprepared = || TxFailure::Store(config_error("a step without its prepared statement"));
-        // A write, create or delete that applied returns (version, last_modified); none did:
-        // the version found, as a hint.
-        let changed = async |row: Option<tokio_postgres::Row>| -> Result<Taken, TxFailure> {
-            let Some(row) = row else {
-                let found: Option<i64> = tx
-                    .query_opt(self.sql.version_of.as_str(), &params)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|r| r.try_get(0).ok());
-                return Ok(stale(found));
-            };
-            let version: i64 = row.try_get(0).map_err(TxFailure::BeforeCommit)?;
-            Ok(Taken::Written {
-                version: from_db_version(version).map_err(TxFailure::Store)?,
-                modified: row.try_get(1).map_err(TxFailure::BeforeCommit)?,
-            })
-        };
-        match step {
+        // A write, create or delete: one statement, with its parameters.
+        let (stmt, args): (_, Vec<&(dyn tokio_postgres::types::ToSql + Sync)>) = match step {
+            Step::Write {
+                json, expected: 0, ..
+            } => (&stmts.create, vec![params[0], params[1], json]),
+            Step::Write { json, expected, .. } => {
+                (&stmts.update, vec![params[0], params[1], json, expected])
+            }
+            Step::Delete { expected, .. } => (&stmts.delete, vec![params[0], params[1], expected]),
             Step::Read { .. } => {
                 let Some(read_lock) = &stmts.read_lock else {
                     return Err(unprepared());
@@ -985,54 +975,37 @@ impl PgStore {
                     .map(|row| row.try_get(0))
                     .transpose()
                     .map_err(TxFailure::BeforeCommit)?;
-                Ok(
+                return Ok(
                     if found.and_then(|v| u64::try_from(v).ok()) == Some(expected) {
                         Taken::Current
                     } else {
                         stale(found)
                     },
-                )
+                );
             }
-            Step::Write {
-                json, expected: 0, ..
-            } => {
-                let Some(create) = &stmts.create else {
-                    return Err(unprepared());
-                };
-                let row = tx
-                    .query_opt(create, &[params[0], params[1], json])
-                    .await
-                    .map_err(conflict_or_failure)?;
-                changed(row).await
-            }
-            Step::Write {
-                json,
-                expected: db_expected,
-                ..
-            } => {
-                let Some(update) = &stmts.update else {
-                    return Err(unprepared());
-                };
-                let row = tx
-                    .query_opt(update, &[params[0], params[1], json, db_expected])
-                    .await
-                    .map_err(conflict_or_failure)?;
-                changed(row).await
-            }
-            Step::Delete {
-                expected: db_expected,
-                ..
-            } => {
-                let Some(delete) = &stmts.delete else {
-                    return Err(unprepared());
-                };
-                let row = tx
-                    .query_opt(delete, &[params[0], params[1], db_expected])
-                    .await
-                    .map_err(conflict_or_failure)?;
-                changed(row).await
-            }
-        }
+        };
+        let Some(stmt) = stmt else {
+            return Err(unprepared());
+        };
+        let row = tx
+            .query_opt(stmt, &args)
+            .await
+            .map_err(conflict_or_failure)?;
+        // Applied: (version, last_modified). Not: the version found, as a hint.
+        let Some(row) = row else {
+            let found: Option<i64> = tx
+                .query_opt(self.sql.version_of.as_str(), &params)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|r| r.try_get(0).ok());
+            return Ok(stale(found));
+        };
+        let version: i64 = row.try_get(0).map_err(TxFailure::BeforeCommit)?;
+        Ok(Taken::Written {
+            version: from_db_version(version).map_err(TxFailure::Store)?,
+            modified: row.try_get(1).map_err(TxFailure::BeforeCommit)?,
+        })
     }
 
     /// The commit statement (or `COMMIT`) failed: a conflict, a definite failure, or a lost
