@@ -1,6 +1,6 @@
 //! Adversarial review of "entities are created and deleted inside calls" (issue #10, create &
-//! delete). Tests named `defect_*` reproduce problems of the reviewed code (they fail on it);
-//! the `holds_*` tests are attacks the change withstood (they pass).
+//! delete). Tests named `fixed_*` reproduce defects the review found in the first version (they
+//! failed on it, and pass since the fixes); the `holds_*` tests are attacks it withstood.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -106,7 +106,7 @@ async fn store_version(store: &dyn EntityStore, key: &EntityKey) -> Option<u64> 
 /// `(None, 0)` through for deletes as well as creates, so the "delete" of a deleted entity
 /// commits and bumps the tombstone's version.
 #[tokio::test]
-async fn defect_memory_delete_expecting_zero_on_a_tombstone_commits() {
+async fn fixed_memory_delete_expecting_zero_on_a_tombstone_conflicts() {
     let store = MemoryStore::new();
     let id = EntityId::new();
     let key = acct_key(id);
@@ -145,7 +145,7 @@ async fn defect_memory_delete_expecting_zero_on_a_tombstone_commits() {
 
 /// The same through the public API: `Handle::delete(0)` of a deleted entity.
 #[tokio::test]
-async fn defect_handle_delete_zero_of_a_deleted_entity_reports_committed() {
+async fn fixed_handle_delete_zero_of_a_deleted_entity_conflicts() {
     let rt = Runtime::in_memory();
     let a = acct(&rt, 5).await;
     assert!(matches!(
@@ -258,7 +258,7 @@ async fn bump(a: &mut Acct) -> i64 {
 /// so each conflicting attempt leaks a key forever (`keys_kept` grows with every conflict:
 /// unbounded memory under contention, for entities that never existed).
 #[tokio::test]
-async fn defect_memory_failed_creates_leak_keys() {
+async fn fixed_memory_failed_creates_leave_no_keys() {
     let store = Arc::new(MemoryStore::new());
     let rt = Runtime::builder()
         .shared_store(store.clone())
@@ -917,7 +917,7 @@ async fn holds_insert_delete_insert_in_one_attempt() {
 /// though the entity is never stored at any version and the root's `Committed` (rightly) has
 /// no version for it. A deleted entity that was never stored has no version.
 #[tokio::test]
-async fn defect_nested_delete_of_an_entity_created_in_the_attempt_reports_version_1() {
+async fn fixed_nested_delete_of_an_entity_created_in_the_attempt_reports_no_version() {
     let rt = Runtime::in_memory();
     let root = acct(&rt, 0).await;
     let stored = EntityId::new();
@@ -1158,18 +1158,13 @@ async fn check_out(
     order: EntityId,
 ) -> Result<i64, StoreError> {
     let items = cart.balance;
-    match rt
-        .insert(Note {
-            id: order,
-            text: u64::try_from(items).unwrap(),
-        })
-        .await
-    {
-        // The attempt cannot commit: it runs again whatever the body returns (see
-        // `defect_an_insert_in_a_doomed_attempt_ends_the_call_instead_of_retrying`).
-        Ok(_) | Err(StoreError::RolledBack { .. }) => {}
-        Err(e) => return Err(e),
-    }
+    // A doomed attempt runs again whatever the body returns, so `?` on `RolledBack` is fine
+    // (see `fixed_an_insert_in_a_doomed_attempt_runs_the_body_again`).
+    rt.insert(Note {
+        id: order,
+        text: u64::try_from(items).unwrap(),
+    })
+    .await?;
     tokio::task::yield_now().await;
     operation::delete(cart).map_err(|e| StoreError::Backend {
         message: e.to_string(),
@@ -1303,13 +1298,10 @@ async fn holds_inserts_in_heavily_retried_bodies_create_once() {
     occ(max_retries = 1000, base_delay_ms = 0, max_delay_ms = 1)
 )]
 async fn receipt_bump(c: &mut Acct, rt: Runtime, id: EntityId) -> Result<(), StoreError> {
-    // A `?` here fails calls now and then under this contention (the attempt was doomed before
-    // the insert, see `defect_an_insert_in_a_doomed_attempt_ends_the_call_instead_of_retrying`);
-    // a doomed attempt runs again whatever the body returns, so `RolledBack` is let through.
-    match rt.insert(Note { id, text: 0 }).await {
-        Ok(_) | Err(StoreError::RolledBack { .. }) => {}
-        Err(e) => return Err(e),
-    }
+    // Under this contention the attempt is now and then doomed before the insert: the `?`
+    // then ends the body, and the call runs again (see
+    // `fixed_an_insert_in_a_doomed_attempt_runs_the_body_again`).
+    rt.insert(Note { id, text: 0 }).await?;
     tokio::task::yield_now().await;
     c.balance += 1;
     Ok(())
@@ -1350,7 +1342,7 @@ async fn moved_then_insert(
 /// returns the body's error (`run_body_on`/`run_body`: `out.map_err(ConflictError::Body)?`)
 /// without looking at the doom it recorded for this attempt.
 #[tokio::test]
-async fn defect_an_insert_in_a_doomed_attempt_ends_the_call_instead_of_retrying() {
+async fn fixed_an_insert_in_a_doomed_attempt_runs_the_body_again() {
     let rt = Runtime::in_memory();
     let a = acct(&rt, 0).await;
     let id = EntityId::new();
@@ -1492,7 +1484,7 @@ async fn holds_the_staging_snapshot_cache_after_deletes() {
 /// On PostgreSQL a delete expecting 0 of a tombstone conflicts with no version found (its
 /// delete statement requires `value IS NOT NULL`), and the tombstone keeps its version: the
 /// behaviour the memory store should match (see
-/// `defect_memory_delete_expecting_zero_on_a_tombstone_commits`).
+/// `fixed_memory_delete_expecting_zero_on_a_tombstone_conflicts`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holds_pg_delete_expecting_zero_on_a_tombstone_conflicts() {
     let store = conflict_tests::pg::store("review_cd_del0").await;
@@ -1524,7 +1516,7 @@ async fn holds_pg_delete_expecting_zero_on_a_tombstone_conflicts() {
 /// The doomed-insert defect on PostgreSQL too: the conflict ends the call instead of running
 /// the body again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn defect_pg_an_insert_in_a_doomed_attempt_ends_the_call_instead_of_retrying() {
+async fn fixed_pg_an_insert_in_a_doomed_attempt_runs_the_body_again() {
     let (rt, _store) = conflict_tests::pg::runtime("review_cd_doomed").await;
     let a = acct(&rt, 0).await;
     let id = EntityId::new();

@@ -38,19 +38,19 @@ pub(crate) struct Link {
     /// attempt): nested calls made under this link compose into it.
     pub(crate) txn: Arc<TxnShared>,
     /// The written parameters this body run asked to [`delete`]: deleted instead of written
-    /// when the call completes.
-    pub(crate) deleted: std::sync::Mutex<Vec<EntityKey>>,
+    /// when the call completes. `None` once the run is over (taken).
+    pub(crate) deleted: std::sync::Mutex<Option<Vec<EntityKey>>>,
 }
 
 impl Link {
-    /// What the body run asked to delete (taken: the run is over).
+    /// What the body run asked to delete; from now on `delete` under this link is refused
+    /// (`Ended`), so no late request is silently dropped.
     pub(crate) fn take_deleted(&self) -> Vec<EntityKey> {
-        std::mem::take(
-            &mut *self
-                .deleted
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        self.deleted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .unwrap_or_default()
     }
 }
 
@@ -324,7 +324,7 @@ impl LazyLink {
                     effective_priority: self.effective_priority,
                     parent: self.parent.as_ref().map(|p| p.link.clone()),
                     live: AtomicBool::new(true),
-                    deleted: std::sync::Mutex::new(Vec::new()),
+                    deleted: std::sync::Mutex::new(Some(Vec::new())),
                     txn: match &self.txn {
                         TxnSeed::Given(t) => t.clone(),
                         TxnSeed::Root { version, codec } => Arc::new(TxnShared::for_root(
@@ -526,15 +526,16 @@ pub fn delete<E: conflict_core::Entity>(entity: &E) -> Result<(), conflict_core:
             target: key,
         });
     }
-    if !ctx.is_running() {
-        return Err(DeleteError::Ended { op_id: link.op_id });
-    }
     let mut deleted = link
         .deleted
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !deleted.contains(&key) {
-        deleted.push(key);
+    // Taken (the run is over) or not running any more: too late.
+    let Some(keys) = deleted.as_mut().filter(|_| ctx.is_running()) else {
+        return Err(DeleteError::Ended { op_id: link.op_id });
+    };
+    if !keys.contains(&key) {
+        keys.push(key);
     }
     Ok(())
 }

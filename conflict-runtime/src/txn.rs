@@ -114,6 +114,33 @@ pub(crate) struct Sealed {
 }
 
 impl Sealed {
+    /// Puts a root's own entity first: its new value, or (`None`) its delete.
+    pub(crate) fn put_first(
+        &mut self,
+        key: &EntityKey,
+        expected_version: u64,
+        value: Option<StoredValue>,
+    ) {
+        let key = key.clone();
+        match value {
+            Some(value) => self.writes.insert(
+                0,
+                Write {
+                    key,
+                    expected_version,
+                    value,
+                },
+            ),
+            None => self.deletes.insert(
+                0,
+                Delete {
+                    key,
+                    expected_version,
+                },
+            ),
+        }
+    }
+
     /// Whether nested calls left nothing (the root commits alone).
     pub(crate) fn is_empty(&self) -> bool {
         self.doomed.is_none()
@@ -203,6 +230,11 @@ impl TxnShared {
 }
 
 impl TxnShared {
+    /// Why the attempt cannot commit, if it cannot.
+    pub(crate) fn doomed(&self) -> Option<Doomed> {
+        self.lock().doomed.clone()
+    }
+
     /// Whether nested calls wait for the root's outcome.
     pub(crate) fn has_children(&self) -> bool {
         !self.lock().children.is_empty()

@@ -230,7 +230,7 @@ where
                 .collect(),
         )));
         let params = Params::Many(targets.iter().map(|t| (t.key.clone(), t.write)).collect());
-        let (written, value, gone) = op
+        let ran = op
             .run_body_on(
                 &guards,
                 &snaps,
@@ -238,7 +238,20 @@ where
                 TxnSeed::Given(txn.0.clone()),
                 &mut body,
             )
-            .await?;
+            .await;
+        let (written, value, gone) = match ran {
+            Ok(ran) => ran,
+            // A body error in a doomed attempt (an entity it read moved on: the error may come
+            // from a nested call or an insert refused for that) is a conflict: run again.
+            Err(ConflictError::Body(_)) if txn.0.doomed().is_some() => {
+                let Some(d) = txn.0.doomed() else { continue };
+                drop(txn);
+                op.back_off(&guards, &d.key, d.read, d.found, attempt, max_attempts)
+                    .await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let mut sealed = txn.0.seal();
         let (writes, deletes) = split_deleted(written_params(op, targets, &snaps, written)?, &gone);
         sealed.writes.splice(0..0, writes);
@@ -686,9 +699,21 @@ where
         armed: true,
     };
     let params = Params::Many(targets.iter().map(|t| (t.key.clone(), t.write)).collect());
-    let (written, value, deleted) = op
+    let ran = op
         .run_body_on(&[], &snaps, params, TxnSeed::Given(txn.clone()), &mut body)
-        .await?;
+        .await;
+    let (written, value, deleted) = match ran {
+        Ok(ran) => ran,
+        // Failed in a doomed attempt (what it met there made it fail): rolled back with the
+        // attempt, which runs again, rather than a failure of its own.
+        Err(ConflictError::Body(_)) if txn.doomed().is_some() => {
+            return Err(ConflictError::RolledBack {
+                op_id: op.op_id,
+                root_op_id: txn.root,
+            });
+        }
+        Err(e) => return Err(e),
+    };
     let writes = written_params(op, targets, &snaps, written)?;
     let mut st = txn.lock();
     // A sibling (a nested call of the same attempt in another task) that wrote an entity this
@@ -713,10 +738,14 @@ where
         value,
     } in writes
     {
-        // A deleted parameter is deleted instead of written.
+        // A deleted parameter is deleted instead of written (its tombstone's version is
+        // reported; an entity created in this attempt and deleted again never exists).
         let value = (!deleted.contains(&key)).then_some(value);
+        let exists = value.is_some() || read_version > 0;
         st.change(&key, &chain, value);
-        versions.push((key, read_version + 1));
+        if exists {
+            versions.push((key, read_version + 1));
+        }
     }
     if st.rt.is_none() {
         st.rt = Some(Arc::clone(rt));

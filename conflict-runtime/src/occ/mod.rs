@@ -521,6 +521,17 @@ where
     result
 }
 
+/// How a body run ended, when it did not end the call.
+enum BodyRun<E, T> {
+    /// The changed entity, the body's value, the transaction nested calls composed into, and
+    /// whether the body deleted its entity.
+    Done(E, T, Option<crate::txn::TxnOwner>, bool),
+    /// The body failed in an attempt that was doomed (an entity of its transaction moved on,
+    /// which is what made a nested call or an insert fail): a conflict on that entity, not
+    /// the body's error — the body runs again.
+    Doomed(crate::txn::Doomed),
+}
+
 enum Interrupt {
     Abort,
     /// By this operation, on this target.
@@ -563,7 +574,15 @@ where
         attempt += 1;
         op.begin_attempt(attempt, span)?;
         let snap = op.snapshot::<E, Err>(exec, cache, attempt).await?;
-        let (entity, value, nested, deleted) = op.run_body(exec, &snap, &mut body).await?;
+        let (entity, value, nested, deleted) = match op.run_body(exec, &snap, &mut body).await? {
+            BodyRun::Done(entity, value, nested, deleted) => (entity, value, nested, deleted),
+            // A body error in a doomed attempt: a conflict (see `BodyRun::Doomed`).
+            BodyRun::Doomed(d) => {
+                op.back_off(exec, &d.key, d.read, d.found, attempt, max_attempts)
+                    .await?;
+                continue;
+            }
+        };
         // (Nested calls that left nothing to commit, e.g. an entity created and deleted
         // again, still end with this commit.)
         let sealed = nested.as_ref().map(|txn| txn.0.seal()).filter(|s| {
@@ -592,25 +611,8 @@ where
         // Nested calls composed into this attempt, or the body deleted its entity: one commit
         // of everything.
         let mut sealed = sealed;
-        if deleted {
-            sealed.deletes.insert(
-                0,
-                crate::store::Delete {
-                    key: key.clone(),
-                    expected_version: snap.version,
-                },
-            );
-        } else {
-            let value_written: StoredValue = Arc::new(entity);
-            sealed.writes.insert(
-                0,
-                Write {
-                    key: key.clone(),
-                    expected_version: snap.version,
-                    value: value_written,
-                },
-            );
-        }
+        let written: StoredValue = Arc::new(entity);
+        sealed.put_first(key, snap.version, (!deleted).then_some(written));
         let children = nested
             .as_ref()
             .map(|t| t.0.take_children())
@@ -898,7 +900,7 @@ impl<'rt> Operation<'rt> {
         exec: &[ExecGuard<'_>],
         snap: &Snapshot,
         body: &mut F,
-    ) -> Result<(E, T, Option<crate::txn::TxnOwner>, bool), ConflictError<Err>>
+    ) -> Result<BodyRun<E, T>, ConflictError<Err>>
     where
         E: Entity,
         F: FnMut(E) -> Fut,
@@ -951,7 +953,15 @@ impl<'rt> Operation<'rt> {
             }
             Err(interrupt) => return Err(self.interrupted(interrupt)),
         };
-        let value = out.map_err(ConflictError::Body)?;
+        let value = match out {
+            Ok(value) => value,
+            Err(e) => {
+                return match nested.as_ref().and_then(|t| t.0.doomed()) {
+                    Some(d) => Ok(BodyRun::Doomed(d)),
+                    None => Err(ConflictError::Body(e)),
+                };
+            }
+        };
         let found = entity.entity_id();
         if found != self.target.id {
             return Err(ConflictError::IdentityChanged {
@@ -960,7 +970,7 @@ impl<'rt> Operation<'rt> {
                 found,
             });
         }
-        Ok((entity, value, nested, deleted))
+        Ok(BodyRun::Done(entity, value, nested, deleted))
     }
 
     fn interrupted<Err>(&self, interrupt: Interrupt) -> ConflictError<Err> {

@@ -7,7 +7,7 @@
 //!
 //! A slot is never removed: a deleted entity's slot stays as its tombstone (no value, its
 //! version kept), and a create over it continues its versions. A create of a key never seen
-//! adds an empty slot at version 0 first, so that it can be locked like any other.
+//! adds a slot for it only when it applies.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
@@ -57,11 +57,11 @@ impl Cell {
     }
 
     /// Whether a write or delete expecting `expected` applies: the entity is live at that
-    /// version, or (`expected == 0`, a create) there is none. The version found otherwise
-    /// (`None`: no entity).
-    fn admits(&self, expected: u64) -> Result<(), Option<u64>> {
+    /// version, or (a write expecting `0`: a create) there is none. The version found
+    /// otherwise (`None`: no entity).
+    fn admits(&self, expected: u64, write: bool) -> Result<(), Option<u64>> {
         match (&self.value, expected) {
-            (None, 0) => Ok(()),
+            (None, 0) if write => Ok(()),
             (None, _) => Err(None),
             (Some(_), e) if e == self.version => Ok(()),
             (Some(_), _) => Err(Some(self.version)),
@@ -77,6 +77,17 @@ impl Cell {
 }
 
 impl Slot {
+    /// A slot holding no entity, at version 0 (what a create of a new key fills).
+    fn empty() -> Self {
+        Self {
+            cell: Mutex::new(Cell {
+                value: None,
+                version: 0,
+                last_modified: SystemTime::UNIX_EPOCH,
+            }),
+        }
+    }
+
     /// The current value and metadata; `None` if the entity is deleted.
     pub(crate) fn snapshot(&self) -> Option<Snapshot> {
         self.lock().snapshot()
@@ -90,7 +101,7 @@ impl Slot {
         now: SystemTime,
     ) -> Result<u64, Option<u64>> {
         let mut cell = self.lock();
-        cell.admits(expected)?;
+        cell.admits(expected, true)?;
         let old = cell.apply(Some(value), now);
         let version = cell.version;
         drop(cell);
@@ -164,13 +175,7 @@ impl MemoryStore {
             return slot;
         }
         let guard = self.map.guard();
-        let empty = Arc::new(Slot {
-            cell: Mutex::new(Cell {
-                value: None,
-                version: 0,
-                last_modified: SystemTime::UNIX_EPOCH,
-            }),
-        });
+        let empty = Arc::new(Slot::empty());
         match self.map.try_insert(key.clone(), empty.clone(), &guard) {
             Ok(_) => empty,
             Err(taken) => taken.current.clone(),
@@ -274,6 +279,16 @@ impl MemoryStore {
     }
 
     fn commit_many(&self, commit: &Commit) -> CommitOutcome {
+        loop {
+            if let Some(outcome) = self.try_commit_many(commit) {
+                return outcome;
+            }
+        }
+    }
+
+    /// One try of [`commit_many`](Self::commit_many); `None` if a create met a slot added for
+    /// its key meanwhile (nothing was applied: try again, it is in the map now).
+    fn try_commit_many(&self, commit: &Commit) -> Option<CommitOutcome> {
         let guard = self.map.guard();
         // Writes, deletes, then reads, as one list of (key, expected version, what to do).
         let all: Vec<(&EntityKey, u64, Change<'_>)> = commit
@@ -299,42 +314,57 @@ impl MemoryStore {
         // No key appears twice: `commit` refused that (`DuplicateWrite`), so no slot is
         // locked twice.
         debug_assert!(order.windows(2).all(|p| all[p[0]].0 != all[p[1]].0));
-        // Creates of keys never seen lock an empty slot, added first (outside any lock).
-        let created: Vec<Option<Arc<Slot>>> = all
+        // A create of a key without a slot gets one only once everything else is checked
+        // (so a commit that conflicts leaves nothing behind): made here, locked, and added to
+        // the map while locked. Nobody can hold it before, so taking it out of key order never
+        // waits; if another commit adds a slot for that key first, this one starts over.
+        let fresh: Vec<Option<Arc<Slot>>> = all
             .iter()
             .map(|&(key, expected, change)| {
-                (expected == 0 && matches!(change, Change::Write(_)))
-                    .then(|| self.slot_or_empty(key))
+                let create = expected == 0 && matches!(change, Change::Write(_));
+                (create && self.map.get(key, &guard).is_none()).then(|| Arc::new(Slot::empty()))
             })
             .collect();
         let mut locked = Vec::with_capacity(order.len());
+        let mut pending = Vec::new();
         for &i in &order {
             let (key, expected, change) = all[i];
-            let slot = match &created[i] {
-                Some(slot) => slot,
-                None => match self.map.get(key, &guard) {
-                    Some(slot) => slot,
-                    None => {
-                        return CommitOutcome::Conflict {
-                            key: key.clone(),
-                            expected,
-                            actual: None,
-                        };
-                    }
-                },
+            let Some(slot) = self.map.get(key, &guard) else {
+                if fresh[i].is_some() {
+                    pending.push(i);
+                    continue;
+                }
+                return Some(CommitOutcome::Conflict {
+                    key: key.clone(),
+                    expected,
+                    actual: None,
+                });
             };
             let cell = slot.lock();
             // A read must find its entity live at the version read (never a tombstone).
             let ok = match change {
                 Change::Read => cell.value.is_some() && cell.version == expected,
-                Change::Write(_) | Change::Delete => cell.admits(expected).is_ok(),
+                Change::Write(_) => cell.admits(expected, true).is_ok(),
+                Change::Delete => cell.admits(expected, false).is_ok(),
             };
             if !ok {
-                return CommitOutcome::Conflict {
+                return Some(CommitOutcome::Conflict {
                     key: key.clone(),
                     expected,
                     actual: cell.value.as_ref().map(|_| cell.version),
-                };
+                });
+            }
+            locked.push((i, cell));
+        }
+        for i in pending {
+            let Some(slot) = &fresh[i] else { continue };
+            let cell = slot.lock();
+            if self
+                .map
+                .try_insert(all[i].0.clone(), Arc::clone(slot), &guard)
+                .is_err()
+            {
+                return None;
             }
             locked.push((i, cell));
         }
@@ -355,10 +385,10 @@ impl MemoryStore {
         drop(locked);
         // Values replaced may be the last references to large entities: freed unlocked.
         drop(replaced);
-        CommitOutcome::Committed {
+        Some(CommitOutcome::Committed {
             versions,
             last_modified: now,
-        }
+        })
     }
 }
 
