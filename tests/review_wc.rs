@@ -1,6 +1,7 @@
 //! Adversarial review of wait-cycle detection (`conflict-runtime/src/waits.rs`, #10) and of "a
 //! body error in a doomed attempt runs again". Tests named `holds_*` are attacks the change
-//! withstood; tests named `defect_*` fail and show a defect.
+//! withstood; tests named `fixed_*` showed a defect of the reviewed version (a hang) and pass
+//! since the wait graph became one per process and calls across runtimes register.
 //!
 //! Every test bounds its waits with `tokio::time::timeout`, so a hang is a failure.
 
@@ -1148,7 +1149,7 @@ async fn holds_doomed_every_attempt_on_the_multi_entity_path_ends() {
 // 14. Cycles across two runtimes.
 
 /// A call made inside a body on another runtime's entity: a root of that runtime (it stages
-/// there), awaited by the body — not detached, so it never registers.
+/// there), awaited by the body, so it registers like a detached call.
 #[with_conflict_resolution]
 async fn reach_plain_call(mine: &mut Slot, theirs: Handle<Slot>, barrier: Arc<Barrier>) -> Reached {
     barrier.wait().await;
@@ -1158,10 +1159,10 @@ async fn reach_plain_call(mine: &mut Slot, theirs: Handle<Slot>, barrier: Arc<Ba
 
 /// A on runtime 1 holds x and calls `bump(y)` on runtime 2; B on runtime 2 holds y and calls
 /// `bump(x)` on runtime 1. Each inner call is a root of its own runtime that stages — the same
-/// wait as a detached call — and each body awaits it: a cycle. Neither wait registers
-/// (`origin` is `None`, nothing held), and each runtime's graph sees only half of it anyway.
+/// wait as a detached call — and each body awaits it: a cycle. (The reviewed version hung: such
+/// a call did not register, and each runtime had a graph of its own that saw half the cycle.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn defect_a_cycle_of_calls_across_two_runtimes_hangs() {
+async fn fixed_a_cycle_of_calls_across_two_runtimes_never_hangs() {
     let (rt1, rt2) = (Runtime::in_memory(), Runtime::in_memory());
     let (x, y) = (slot(&rt1).await, slot(&rt2).await);
     let barrier = Arc::new(Barrier::new(2));
@@ -1181,13 +1182,42 @@ async fn defect_a_cycle_of_calls_across_two_runtimes_hangs() {
         rt1.staging_status().total_staged,
         rt2.staging_status().total_staged
     );
+    let Ok((a, b)) = done else { unreachable!() };
+    assert_one_refused_across_runtimes(
+        &a.unwrap().unwrap().value,
+        &b.unwrap().unwrap().value,
+        &x,
+        &y,
+    )
+    .await;
 }
 
-/// The same with `scope().detached()`: each detached call registers in its own runtime's
-/// graph with its origin's root (an op of the other runtime), so neither graph holds the
-/// whole cycle and neither registration finds it.
+/// Exactly one of two crossing inner calls was refused with `WaitCycle` (a four-party cycle
+/// across both runtimes); the roots added 10 each and the inner call that ran added 1.
+async fn assert_one_refused_across_runtimes(
+    a: &Reached,
+    b: &Reached,
+    x: &Handle<Slot>,
+    y: &Handle<Slot>,
+) {
+    let refused: Vec<&Vec<OpId>> = [&a.0, &b.0]
+        .into_iter()
+        .filter_map(|r| match r {
+            Err(ConflictError::WaitCycle { cycle, .. }) => Some(cycle),
+            Ok(_) => None,
+            Err(e) => panic!("an inner call: {e}"),
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "exactly one wait closes the cycle");
+    assert_eq!(refused[0].len(), 4, "{:?}", refused[0]);
+    let total = x.load().await.unwrap().value.n + y.load().await.unwrap().value.n;
+    assert_eq!(total, 21);
+}
+
+/// The same with `scope().detached()`. (The reviewed version hung: each detached call
+/// registered in its own runtime's graph, so neither graph held the whole cycle.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn defect_a_cycle_of_detached_calls_across_two_runtimes_hangs() {
+async fn fixed_a_cycle_of_detached_calls_across_two_runtimes_never_hangs() {
     let (rt1, rt2) = (Runtime::in_memory(), Runtime::in_memory());
     let (x, y) = (slot(&rt1).await, slot(&rt2).await);
     let barrier = Arc::new(Barrier::new(2));
@@ -1200,6 +1230,14 @@ async fn defect_a_cycle_of_detached_calls_across_two_runtimes_hangs() {
         rt1.staging_status().total_staged,
         rt2.staging_status().total_staged
     );
+    let Ok((a, b)) = done else { unreachable!() };
+    assert_one_refused_across_runtimes(
+        &a.unwrap().unwrap().value,
+        &b.unwrap().unwrap().value,
+        &x,
+        &y,
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------

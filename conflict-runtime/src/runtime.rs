@@ -60,8 +60,6 @@ pub(crate) struct Inner {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) lifecycle: Lifecycle,
     pub(crate) cleanup: Arc<Registry>,
-    /// The waits that could form a cycle (see [`crate::waits`]).
-    pub(crate) waits: crate::waits::Waits,
     /// A monotonic instant and the wall time at that instant, taken at build: wall times are
     /// derived from instants (monotonic, like `last_modified` must be) without a second
     /// clock read.
@@ -247,7 +245,6 @@ impl RuntimeBuilder {
                 metrics,
                 lifecycle: Lifecycle::new(),
                 cleanup,
-                waits: crate::waits::Waits::default(),
                 anchor: (tokio::time::Instant::now(), std::time::SystemTime::now()),
             }),
         })

@@ -3,10 +3,14 @@
 //! Staging alone cannot deadlock: a single-entity call holds nothing while it waits, and a call
 //! over several entities takes them in key order. Two things can still close a cycle of waits:
 //!
-//! * a **detached call** made inside a body (`scope().detached()`): the body waits for it (it is
-//!   taken to await it) while its root operation holds its entities, and the detached call may
-//!   wait in staging for an entity another operation holds;
+//! * a call a body waits for without composing into it — one **detached** from the body
+//!   (`scope().detached()`), or one made in the body on **another runtime's** entity: the body
+//!   waits for it (it is taken to await it) while its root operation holds its entities, and
+//!   the call may wait in staging for an entity another operation holds;
 //! * a call over several entities that holds some of them while it waits for the next.
+//!
+//! The graph is one per process ([`WAITS`]), so that a cycle through several runtimes is seen
+//! whole (op ids are unique across runtimes).
 //!
 //! So every such wait is registered here before it starts, under one lock, and the registering
 //! call follows the edges from itself: "waits in staging for `t`" leads to the operation
@@ -19,17 +23,21 @@
 //! (checked) or when an entity someone waits for changes hands — and the new holder can only
 //! wait for anything (or make a detached call) after it got that entity, so the registration
 //! that closes a cycle through it comes later and sees it. Plain single-entity calls that are
-//! not detached from a body never register: nothing can wait for them (they hold nothing while
-//! they wait, and no body waits for them through a detached edge), so they cannot be on a cycle.
+//! that no body waits for (not detached, not across runtimes) never register: nothing can wait
+//! for them (they hold nothing while they wait, and no edge leads to them), so they cannot be on
+//! a cycle.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 
 use conflict_core::{EntityKey, OpId};
 
 use crate::staging::Staging;
 
-/// The registered waits of one runtime.
+/// The registered waits of every runtime of the process.
+pub(crate) static WAITS: LazyLock<Waits> = LazyLock::new(Waits::default);
+
+/// A graph of registered waits.
 #[derive(Default)]
 pub(crate) struct Waits {
     graph: Mutex<Graph>,
@@ -37,8 +45,9 @@ pub(crate) struct Waits {
 
 #[derive(Default)]
 struct Graph {
-    /// Operations waiting in a staging area, and for which entity.
-    waiting: HashMap<OpId, EntityKey>,
+    /// Operations waiting in a staging area: which one (of which runtime), and for which
+    /// entity.
+    waiting: HashMap<OpId, (Arc<Staging>, EntityKey)>,
     /// Root operations whose bodies made detached calls still running, and those calls.
     detached: HashMap<OpId, Vec<OpId>>,
 }
@@ -49,14 +58,20 @@ impl Waits {
         self.graph.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers that `root`'s body waits for its detached call `call` until the returned
-    /// guard is dropped (when `call` ends).
-    pub(crate) fn detached(&self, root: OpId, call: OpId) -> DetachedEdge<'_> {
+    /// Registers that `root`'s body waits for its detached call `call`, until
+    /// [`remove_detached`](Self::remove_detached) (when `call` ends, its operation dropped).
+    pub(crate) fn add_detached(&self, root: OpId, call: OpId) {
         self.lock().detached.entry(root).or_default().push(call);
-        DetachedEdge {
-            waits: self,
-            root,
-            call,
+    }
+
+    /// Undoes [`add_detached`](Self::add_detached).
+    pub(crate) fn remove_detached(&self, root: OpId, call: OpId) {
+        let mut g = self.lock();
+        if let Some(calls) = g.detached.get_mut(&root) {
+            calls.retain(|&c| c != call);
+            if calls.is_empty() {
+                g.detached.remove(&root);
+            }
         }
     }
 
@@ -67,11 +82,11 @@ impl Waits {
         &'w self,
         op: OpId,
         target: &EntityKey,
-        staging: &Staging,
+        staging: &Arc<Staging>,
     ) -> Result<Waiting<'w>, Vec<OpId>> {
         let mut g = self.lock();
-        g.waiting.insert(op, target.clone());
-        if let Some(cycle) = find_cycle(&g, op, staging) {
+        g.waiting.insert(op, (Arc::clone(staging), target.clone()));
+        if let Some(cycle) = find_cycle(&g, op) {
             g.waiting.remove(&op);
             return Err(cycle);
         }
@@ -80,10 +95,10 @@ impl Waits {
 }
 
 /// A depth-first walk from `start` along the edges; the path back to `start`, if any.
-fn find_cycle(g: &Graph, start: OpId, staging: &Staging) -> Option<Vec<OpId>> {
+fn find_cycle(g: &Graph, start: OpId) -> Option<Vec<OpId>> {
     let edges = |n: OpId| -> Vec<OpId> {
         let mut out = Vec::new();
-        if let Some(t) = g.waiting.get(&n) {
+        if let Some((staging, t)) = g.waiting.get(&n) {
             out.extend(staging.executor(t).filter(|&h| h != n));
         }
         if let Some(calls) = g.detached.get(&n) {
@@ -120,24 +135,5 @@ pub(crate) struct Waiting<'w> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.waits.lock().waiting.remove(&self.op);
-    }
-}
-
-/// A registered detached call; dropping it unregisters.
-pub(crate) struct DetachedEdge<'w> {
-    waits: &'w Waits,
-    root: OpId,
-    call: OpId,
-}
-
-impl Drop for DetachedEdge<'_> {
-    fn drop(&mut self) {
-        let mut g = self.waits.lock();
-        if let Some(calls) = g.detached.get_mut(&self.root) {
-            calls.retain(|&c| c != self.call);
-            if calls.is_empty() {
-                g.detached.remove(&self.root);
-            }
-        }
     }
 }

@@ -200,10 +200,7 @@ where
     op.admit()?;
     op.admit_detached(targets.iter().filter(|t| t.write).map(|t| t.key))?;
     // Its caller's body waits for it (see `crate::waits`).
-    let _detached = op
-        .origin
-        .as_ref()
-        .map(|origin| op.rt.waits.detached(origin.txn().root, op.op_id));
+    op.register_detached();
     let (guards, guard_keys) = op.stage_many(targets).await?;
     let max_attempts = op.max_attempts();
     let mut attempt = 0u32;
@@ -380,8 +377,12 @@ impl<'rt> Operation<'rt> {
         let mut keys = Vec::with_capacity(written.len());
         let mut waited_any = false;
         for t in written {
-            let holding = !guards.is_empty();
-            let (guard, waited) = self.enter_stage(t.key, &t.cache.cell, holding).await?;
+            let (guard, waited) = if guards.is_empty() && !self.detached_edge {
+                self.enter_stage(t.key, &t.cache.cell).await?
+            } else {
+                // Holding entities (or detached from a body): could close a cycle of waits.
+                self.enter_stage_registered(t.key, &t.cache.cell).await?
+            };
             waited_any |= waited;
             guards.push(guard);
             keys.push(t.key.clone());

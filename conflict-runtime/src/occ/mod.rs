@@ -52,6 +52,9 @@ struct Operation<'rt> {
     attempts: u32,
     conflicts: u32,
     ended: bool,
+    /// Registered as a detached call its origin's root waits for (see `crate::waits`);
+    /// unregistered when the operation is dropped.
+    detached_edge: bool,
     /// A commit sent to a store whose commit awaits, running in its own task until it
     /// settles. If the caller drops the call meanwhile, the task records the outcome the commit
     /// had (see `Drop`), not `Cancelled`.
@@ -101,6 +104,7 @@ impl<'rt> Operation<'rt> {
             attempts: 0,
             conflicts: 0,
             ended: false,
+            detached_edge: false,
             in_flight: None,
             composed: Vec::new(),
             on_lose: frame.overrides.on_lose,
@@ -116,6 +120,17 @@ impl<'rt> Operation<'rt> {
         self.parent
             .as_ref()
             .is_some_and(|p| p.link.runtime_id == self.rt.id)
+    }
+
+    /// The root operation whose body waits for this call although it does not compose into
+    /// it: the call is detached from that body, or made in it on another runtime's entity.
+    /// Such a call could close a cycle of waits (see [`crate::waits`]).
+    fn waited_on_by(&self) -> Option<OpId> {
+        match (&self.origin, &self.parent) {
+            (Some(origin), _) => Some(origin.txn().root),
+            (None, Some(parent)) if parent.link.runtime_id != self.rt.id => Some(parent.txn().root),
+            _ => None,
+        }
     }
 
     /// Whether the call's deadline has passed at `now`.
@@ -319,6 +334,7 @@ impl Books {
             attempts: self.attempts,
             conflicts: self.conflicts,
             ended: false,
+            detached_edge: false,
             in_flight: None,
             composed: Vec::new(),
             on_lose: None,
@@ -377,6 +393,11 @@ enum InFlight {
 
 impl Drop for Operation<'_> {
     fn drop(&mut self) {
+        if self.detached_edge {
+            if let Some(root) = self.waited_on_by() {
+                crate::waits::WAITS.remove_detached(root, self.op_id);
+            }
+        }
         if self.ended && self.composed.is_empty() {
             // Every call that ended in place (nothing composed into it left to close).
             return;
@@ -558,14 +579,12 @@ where
     Err: std::fmt::Display,
 {
     op.admit()?;
-    let _detached = match &op.origin {
-        Some(origin) => {
-            op.admit_detached(std::iter::once(key))?;
-            // Its caller's body waits for it (see `crate::waits`).
-            Some(op.rt.waits.detached(origin.txn().root, op.op_id))
-        }
-        None => None,
-    };
+    if op.origin.is_some() {
+        op.admit_detached(std::iter::once(key))?;
+    }
+    if op.parent.is_some() || op.origin.is_some() {
+        op.register_detached();
+    }
     let exec = op.stage(key, cache).await?;
     let exec = exec.as_slice();
     let max_attempts = op.max_attempts();
@@ -578,8 +597,13 @@ where
             BodyRun::Done(entity, value, nested, deleted) => (entity, value, nested, deleted),
             // A body error in a doomed attempt: a conflict (see `BodyRun::Doomed`).
             BodyRun::Doomed(d) => {
-                op.back_off(exec, &d.key, d.read, d.found, attempt, max_attempts)
-                    .await?;
+                // Boxed with what it reports: rare, and kept out of every call's future.
+                let op = &mut *op;
+                Box::pin(async move {
+                    op.back_off(exec, &d.key, d.read, d.found, attempt, max_attempts)
+                        .await
+                })
+                .await?;
                 continue;
             }
         };
@@ -622,9 +646,9 @@ where
         } else {
             std::slice::from_ref(key)
         };
-        let outcome = op
-            .commit_all(exec, exec_keys, sealed, children, attempt)
-            .await?;
+        // Boxed: the composed commit's state (every write, delete and read) would otherwise
+        // make every call's future larger, composed or not.
+        let outcome = Box::pin(op.commit_all(exec, exec_keys, sealed, children, attempt)).await?;
         drop(nested);
         match outcome {
             Ok(versions) => {
@@ -718,7 +742,12 @@ impl<'rt> Operation<'rt> {
             self.started = Some(self.submitted);
             return Ok(None);
         }
-        let (guard, waited) = self.enter_stage(key, &cache.cell, false).await?;
+        let (guard, waited) = if self.detached_edge {
+            // Boxed: only calls a body waits for register their wait (`enter_stage_registered`).
+            Box::pin(self.enter_stage_registered(key, &cache.cell)).await?
+        } else {
+            self.enter_stage(key, &cache.cell).await?
+        };
         // An operation that ran at once started when it was submitted: no clock read.
         self.started = Some(if waited {
             Instant::now()
@@ -728,34 +757,48 @@ impl<'rt> Operation<'rt> {
         Ok(Some(guard))
     }
 
-    /// Waits in `key`'s staging area until this call executes there; whether it waited.
-    /// `holding`: the call executes on other entities already. A call that could be part of a
-    /// cycle of waits (holding, or detached from a body) first registers its wait, and ends
-    /// with `WaitCycle` if the wait would close one (see [`crate::waits`]).
-    async fn enter_stage<'c, Err>(
+    /// A call a body waits for without composing into it (see
+    /// [`waited_on_by`](Self::waited_on_by)): that body's root waits for it from now until it
+    /// is dropped (see [`crate::waits`]).
+    fn register_detached(&mut self) {
+        if let Some(root) = self.waited_on_by() {
+            crate::waits::WAITS.add_detached(root, self.op_id);
+            self.detached_edge = true;
+        }
+    }
+
+    /// [`enter_stage`](Self::enter_stage) for a call that could be part of a cycle of waits
+    /// (it executes on other entities already, or is detached from a body): registers its wait
+    /// first, and ends with `WaitCycle` if the wait would close a cycle (see [`crate::waits`]).
+    async fn enter_stage_registered<'c, Err>(
         &self,
         key: &'c EntityKey,
         cell: &'c std::sync::OnceLock<Arc<crate::staging::TargetCell>>,
-        holding: bool,
     ) -> Result<(ExecGuard<'c>, bool), ConflictError<Err>>
     where
         'rt: 'c,
     {
         let rt = self.rt;
-        let _waiting = if holding || self.origin.is_some() {
-            match rt.waits.wait(self.op_id, key, &rt.staging) {
-                Ok(w) => Some(w),
-                Err(cycle) => {
-                    return Err(ConflictError::WaitCycle {
-                        op_id: self.op_id,
-                        target: key.clone(),
-                        cycle,
-                    });
-                }
-            }
-        } else {
-            None
-        };
+        let _waiting = crate::waits::WAITS
+            .wait(self.op_id, key, &rt.staging)
+            .map_err(|cycle| ConflictError::WaitCycle {
+                op_id: self.op_id,
+                target: key.clone(),
+                cycle,
+            })?;
+        self.enter_stage(key, cell).await
+    }
+
+    /// Waits in `key`'s staging area until this call executes there; whether it waited.
+    async fn enter_stage<'c, Err>(
+        &self,
+        key: &'c EntityKey,
+        cell: &'c std::sync::OnceLock<Arc<crate::staging::TargetCell>>,
+    ) -> Result<(ExecGuard<'c>, bool), ConflictError<Err>>
+    where
+        'rt: 'c,
+    {
+        let rt = self.rt;
         let cfg = &self.spec.config;
         let overridden;
         let pre_ecs = match self.on_lose {
