@@ -334,7 +334,11 @@ async fn urgent(a: &mut Account) {
 #[tokio::test(start_paused = true)]
 async fn rejection_and_preemption_name_the_entity_and_the_winner() {
     let rt = Runtime::in_memory();
-    let acc = accounts(&rt, &[0, 0, 0]).await;
+    let mut acc = accounts(&rt, &[0, 0, 0]).await;
+    // The shared entity first in key order, so both pair calls stage on it first and meet in
+    // one staging group (with random ids, the order of the windows each waits through before it
+    // varied, and the lower call sometimes arrived after the group: flaky, about 1 run in 10).
+    acc.sort_by(|a, b| b.key().cmp(a.key()));
     let shared = acc[2].clone();
     let (a0, a1, s1, s2) = (
         acc[0].clone(),

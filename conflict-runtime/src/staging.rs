@@ -330,6 +330,9 @@ pub(crate) enum StageError {
         scope: OverloadScope,
     },
     ShuttingDown,
+    /// Waiting would close a cycle of waits (see `crate::waits`): these operations, starting
+    /// with the one that was to wait.
+    Cycle(Vec<OpId>),
 }
 
 impl TargetCell {
@@ -481,7 +484,14 @@ impl Staging {
     ///
     /// `submitted` is the operation's submission time, used as "now" on the fast path (an idle
     /// target) so that path reads no clock. The flag says whether the operation had to wait.
-    pub(crate) async fn enter<'a>(
+    ///
+    /// `before_wait` runs only if the call has to wait (it is staged then), before it does;
+    /// what it returns is kept until the wait is over, and an error withdraws the call instead.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the target and its cell, the candidate, its settings, the abort, its submission, and the hook"
+    )]
+    pub(crate) async fn enter<'a, G>(
         &'a self,
         key: &'a EntityKey,
         hint: &'a OnceLock<Arc<TargetCell>>,
@@ -489,6 +499,7 @@ impl Staging {
         cfg: &PreEcsConfig,
         abort: &AbortSignal,
         submitted: Instant,
+        before_wait: impl FnOnce() -> Result<G, StageError>,
     ) -> Result<(ExecGuard<'a>, bool), StageError> {
         let grace = Duration::from_millis(cfg.grace_period_ms);
         let mut cell = self.cell(key, hint);
@@ -550,6 +561,8 @@ impl Staging {
             op_id: cand.op_id,
             rx: Some(rx),
         };
+        // On an error the waiter is dropped, which withdraws the call.
+        let _kept = before_wait()?;
         // Boxed: waiting holds a timer and a channel, and only contended calls wait; inline it
         // would make every call's future (and every move of it) larger.
         Box::pin(waiter.wait(abort, cand)).await.map(|g| (g, true))

@@ -12,7 +12,8 @@
 //! The graph is one per process ([`WAITS`]), so that a cycle through several runtimes is seen
 //! whole (op ids are unique across runtimes).
 //!
-//! So every such wait is registered here before it starts, under one lock, and the registering
+//! So every such wait is registered here — once the call is queued in the staging area (a
+//! target it gets at once is no wait), before it waits — under one lock, and the registering
 //! call follows the edges from itself: "waits in staging for `t`" leads to the operation
 //! executing on `t`; "root whose body made detached calls" leads to each of them. If the walk
 //! comes back to the registering call, waiting would close a cycle: the call ends with

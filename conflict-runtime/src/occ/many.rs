@@ -250,9 +250,13 @@ where
             Err(e) => return Err(e),
         };
         let mut sealed = txn.0.seal();
-        let (writes, deletes) = split_deleted(written_params(op, targets, &snaps, written)?, &gone);
-        sealed.writes.splice(0..0, writes);
-        sealed.deletes.splice(0..0, deletes);
+        // The parameters' writes and deletes first, then the nested calls' (no reallocation
+        // when nothing nested).
+        let (mut writes, mut deletes) =
+            split_deleted(written_params(op, targets, &snaps, written)?, &gone);
+        writes.append(&mut sealed.writes);
+        deletes.append(&mut sealed.deletes);
+        (sealed.writes, sealed.deletes) = (writes, deletes);
         let children = txn.0.take_children();
         let outcome = op
             .commit_all(&guards, &guard_keys, sealed, children, attempt)

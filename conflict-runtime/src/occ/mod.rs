@@ -550,7 +550,7 @@ enum BodyRun<E, T> {
     /// The body failed in an attempt that was doomed (an entity of its transaction moved on,
     /// which is what made a nested call or an insert fail): a conflict on that entity, not
     /// the body's error — the body runs again.
-    Doomed(crate::txn::Doomed),
+    Doomed(Box<crate::txn::Doomed>),
 }
 
 enum Interrupt {
@@ -778,15 +778,14 @@ impl<'rt> Operation<'rt> {
     where
         'rt: 'c,
     {
-        let rt = self.rt;
-        let _waiting = crate::waits::WAITS
-            .wait(self.op_id, key, &rt.staging)
-            .map_err(|cycle| ConflictError::WaitCycle {
-                op_id: self.op_id,
-                target: key.clone(),
-                cycle,
-            })?;
-        self.enter_stage(key, cell).await
+        let staging = &self.rt.staging;
+        // Registered only if it has to wait: a target it gets at once closes no cycle.
+        self.enter_stage_with(key, cell, || {
+            crate::waits::WAITS
+                .wait(self.op_id, key, staging)
+                .map_err(StageError::Cycle)
+        })
+        .await
     }
 
     /// Waits in `key`'s staging area until this call executes there; whether it waited.
@@ -794,6 +793,21 @@ impl<'rt> Operation<'rt> {
         &self,
         key: &'c EntityKey,
         cell: &'c std::sync::OnceLock<Arc<crate::staging::TargetCell>>,
+    ) -> Result<(ExecGuard<'c>, bool), ConflictError<Err>>
+    where
+        'rt: 'c,
+    {
+        self.enter_stage_with(key, cell, || Ok(())).await
+    }
+
+    /// [`enter_stage`](Self::enter_stage), running `before_wait` if the call has to wait
+    /// (see `Staging::enter`).
+    #[inline]
+    async fn enter_stage_with<'c, G, Err>(
+        &self,
+        key: &'c EntityKey,
+        cell: &'c std::sync::OnceLock<Arc<crate::staging::TargetCell>>,
+        before_wait: impl FnOnce() -> Result<G, StageError>,
     ) -> Result<(ExecGuard<'c>, bool), ConflictError<Err>>
     where
         'rt: 'c,
@@ -818,6 +832,7 @@ impl<'rt> Operation<'rt> {
             pre_ecs,
             &rt.lifecycle.abort,
             self.submitted,
+            before_wait,
         );
         // Written out, not `by_deadline`: this and `snapshot` are on every call's path, where
         // the helper's extra future layer costs about 100 instructions a call (callgrind).
@@ -839,6 +854,11 @@ impl<'rt> Operation<'rt> {
                 scope,
             }),
             Err(StageError::ShuttingDown) => Err(ConflictError::ShuttingDown { op_id: self.op_id }),
+            Err(StageError::Cycle(cycle)) => Err(ConflictError::WaitCycle {
+                op_id: self.op_id,
+                target: key.clone(),
+                cycle,
+            }),
         }
     }
 
@@ -1000,7 +1020,7 @@ impl<'rt> Operation<'rt> {
             Ok(value) => value,
             Err(e) => {
                 return match nested.as_ref().and_then(|t| t.0.doomed()) {
-                    Some(d) => Ok(BodyRun::Doomed(d)),
+                    Some(d) => Ok(BodyRun::Doomed(Box::new(d))),
                     None => Err(ConflictError::Body(e)),
                 };
             }

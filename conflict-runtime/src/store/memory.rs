@@ -318,19 +318,26 @@ impl MemoryStore {
         // (so a commit that conflicts leaves nothing behind): made here, locked, and added to
         // the map while locked. Nobody can hold it before, so taking it out of key order never
         // waits; if another commit adds a slot for that key first, this one starts over.
-        let fresh: Vec<Option<Arc<Slot>>> = all
-            .iter()
-            .map(|&(key, expected, change)| {
-                let create = expected == 0 && matches!(change, Change::Write(_));
-                (create && self.map.get(key, &guard).is_none()).then(|| Arc::new(Slot::empty()))
-            })
-            .collect();
+        let creates = |&(_, expected, change): &(&EntityKey, u64, Change<'_>)| {
+            expected == 0 && matches!(change, Change::Write(_))
+        };
+        // (Allocated only for a commit that creates.)
+        let fresh: Vec<Option<Arc<Slot>>> = if all.iter().any(creates) {
+            all.iter()
+                .map(|entry| {
+                    (creates(entry) && self.map.get(entry.0, &guard).is_none())
+                        .then(|| Arc::new(Slot::empty()))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut locked = Vec::with_capacity(order.len());
         let mut pending = Vec::new();
         for &i in &order {
             let (key, expected, change) = all[i];
             let Some(slot) = self.map.get(key, &guard) else {
-                if fresh[i].is_some() {
+                if fresh.get(i).is_some_and(Option::is_some) {
                     pending.push(i);
                     continue;
                 }
@@ -357,7 +364,9 @@ impl MemoryStore {
             locked.push((i, cell));
         }
         for i in pending {
-            let Some(slot) = &fresh[i] else { continue };
+            let Some(Some(slot)) = fresh.get(i) else {
+                continue;
+            };
             let cell = slot.lock();
             if self
                 .map
@@ -370,21 +379,20 @@ impl MemoryStore {
         }
         let now = SystemTime::now();
         let mut versions = vec![0; commit.writes.len()];
-        let mut replaced = Vec::with_capacity(locked.len());
         for (i, cell) in &mut locked {
             let value = match all[*i].2 {
                 Change::Read => continue,
                 Change::Write(value) => Some(value.clone()),
                 Change::Delete => None,
             };
-            replaced.push(cell.apply(value, now));
+            // (The value replaced is freed here, under the locks: collecting it to free later
+            // would cost every multi-commit an allocation.)
+            drop(cell.apply(value, now));
             if let Some(v) = versions.get_mut(*i) {
                 *v = cell.version;
             }
         }
         drop(locked);
-        // Values replaced may be the last references to large entities: freed unlocked.
-        drop(replaced);
         Some(CommitOutcome::Committed {
             versions,
             last_modified: now,

@@ -498,7 +498,9 @@ impl Backend {
                 },
                 None => m.compare_and_set(&write.key, write.expected_version, write.value),
             }),
-            Self::Dyn(d) => commit_dyn(d, op, write).await,
+            // Boxed: its state (the commit it builds) would make every call's future larger,
+            // embedded store included.
+            Self::Dyn(d) => Box::pin(commit_dyn(d, op, write)).await,
         }
     }
 
