@@ -26,8 +26,9 @@
 #![allow(clippy::cast_precision_loss)]
 
 use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
 use std::future::Future;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -860,27 +861,52 @@ fn check_money(outcomes: &Outcomes, states: &States<'_>) -> Vec<String> {
     money
 }
 
+/// Appends one line to the report (writing into a `String` cannot fail).
+macro_rules! say {
+    ($out:expr) => {
+        $out.push('\n')
+    };
+    ($out:expr, $($arg:tt)*) => {{
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+/// Writes the report to stdout. A reader that stopped reading (`stress | head`) is no error:
+/// the rest is dropped, and the exit code still gives the verdict.
+fn emit(text: &str) -> Result<(), String> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(format!("cannot write the report: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn ok_or_failed(ok: bool) -> &'static str {
     if ok { "OK" } else { "FAILED" }
 }
 
-fn print_text(r: &Report) {
-    print_operations(r);
-    println!();
-    print_entities(r);
-    println!();
-    print_run(r);
-    println!();
-    print_verification(&r.verdict);
+fn print_text(out: &mut String, r: &Report) {
+    print_operations(out, r);
+    say!(out);
+    print_entities(out, r);
+    say!(out);
+    print_run(out, r);
+    say!(out);
+    print_verification(out, &r.verdict);
 }
 
 /// The workload, the outcomes, the conflict analysis and the per-type figures.
-fn print_operations(r: &Report) {
+fn print_operations(out: &mut String, r: &Report) {
     let a = &r.args;
-    let m = &r.metrics;
     let t = &r.transfers;
-    println!("conflict stress run");
-    println!(
+    say!(out, "conflict stress run");
+    say!(
+        out,
         "  {} ops: {} on {} targets, {} transfers ({}%) among {} accounts",
         a.ops,
         a.ops - t.submitted,
@@ -889,7 +915,8 @@ fn print_operations(r: &Report) {
         t.share_percent,
         a.accounts
     );
-    println!(
+    say!(
+        out,
         "  batch {}{}, work {} ms, mode {:?}, on-lose {:?}, seed {}, backend {}",
         a.batch,
         a.rate
@@ -901,58 +928,93 @@ fn print_operations(r: &Report) {
         a.seed,
         r.backend
     );
-    println!();
-    println!("OPERATIONS");
-    println!("  submitted:        {:>8}", r.submitted);
-    println!("  committed:        {:>8}", r.committed);
-    println!(
+    say!(out);
+    say!(out, "OPERATIONS");
+    say!(out, "  submitted:        {:>8}", r.submitted);
+    say!(out, "  committed:        {:>8}", r.committed);
+    say!(
+        out,
         "  refused:          {:>8}  (transfers that would overdraw: nothing written)",
         r.refused
     );
-    println!(
+    say!(
+        out,
         "  rejected:         {:>8}  (lost a staging group, preempted or overloaded)",
         r.rejected
     );
-    println!(
+    say!(
+        out,
         "  failed:           {:>8}  (out of retries, or another error)",
         r.failed
     );
-    println!("  still running:    {:>8}", r.still_running);
+    say!(out, "  still running:    {:>8}", r.still_running);
     for (k, v) in &r.outcomes {
         if *v > 0 {
-            println!("    {k:<20}{v:>8}");
+            say!(out, "    {k:<20}{v:>8}");
         }
     }
-    println!();
-    println!("CONFLICT RESOLUTION ANALYSIS");
-    println!(
+    say!(out);
+    print_analysis(out, r);
+}
+
+/// The conflict analysis: who waited, won, lost and retried, and why.
+fn print_analysis(out: &mut String, r: &Report) {
+    let m = &r.metrics;
+    say!(out, "CONFLICT RESOLUTION ANALYSIS");
+    say!(
+        out,
         "  Pre-ECS conflicts detected:     {:>8}  (staging groups with more than one member)",
         m.staging_contended_groups
     );
-    println!(
+    say!(
+        out,
         "  Pre-ECS conflicts resolved:     {:>8}  (every contended group got exactly one winner)",
         m.staging_contended_groups
     );
-    println!("  operations that waited staged:  {:>8}", m.staged);
-    println!(
+    say!(out, "  operations that waited staged:  {:>8}", m.staged);
+    say!(
+        out,
         "  lost rounds (rejected+requeued):{:>8}  (requeued: {})",
-        m.staging_losers, m.requeued
+        m.staging_losers,
+        m.requeued
     );
-    println!("  preemptions:                    {:>8}", m.preemptions);
-    println!("  OCC conflicts detected:         {:>8}", m.occ_conflicts);
-    println!("  OCC retries attempted:          {:>8}", m.occ_retries);
-    println!(
+    say!(
+        out,
+        "  preemptions:                    {:>8}",
+        m.preemptions
+    );
+    say!(
+        out,
+        "  OCC conflicts detected:         {:>8}",
+        m.occ_conflicts
+    );
+    say!(
+        out,
+        "  OCC retries attempted:          {:>8}",
+        m.occ_retries
+    );
+    say!(
+        out,
         "  OCC failures (max retries hit): {:>8}",
         m.outcome(OutcomeKind::RetriesExhausted)
     );
-    println!();
-    println!("PER OPERATION TYPE");
-    println!(
+    say!(out);
+    say!(out, "PER OPERATION TYPE");
+    say!(
+        out,
         "  {:<12}{:>9}{:>9}{:>10}{:>9}{:>10}{:>8}{:>11}",
-        "type", "conflicts", "retries", "successes", "failures", "avg retry", "max", "first-try"
+        "type",
+        "conflicts",
+        "retries",
+        "successes",
+        "failures",
+        "avg retry",
+        "max",
+        "first-try"
     );
     for t in &m.op_types {
-        println!(
+        say!(
+            out,
             "  {:<12}{:>9}{:>9}{:>10}{:>9}{:>10.2}{:>8}{:>11}",
             t.name,
             t.conflicts,
@@ -964,33 +1026,50 @@ fn print_operations(r: &Report) {
             t.retries_per_success.first_try
         );
     }
-    println!("  (a transfer's failures include the ones refused because they would overdraw)");
+    say!(
+        out,
+        "  (a transfer's failures include the ones refused because they would overdraw)"
+    );
 }
 
 /// The targets, the transfers and the accounts.
-fn print_entities(r: &Report) {
+fn print_entities(out: &mut String, r: &Report) {
     let t = &r.transfers;
-    println!("PER TARGET");
-    println!(
+    say!(out, "PER TARGET");
+    say!(
+        out,
         "  {:<10}{:>8}{:>14}{:>9}{:>9}",
-        "target", "hits", "total", "version", "commits"
+        "target",
+        "hits",
+        "total",
+        "version",
+        "commits"
     );
     for t in &r.targets {
-        println!(
+        say!(
+            out,
             "  {:<10}{:>8}{:>14}{:>9}{:>9}",
-            t.name, t.hits, t.total, t.version, t.commits
+            t.name,
+            t.hits,
+            t.total,
+            t.version,
+            t.commits
         );
     }
-    println!();
-    println!(
+    say!(out);
+    say!(
+        out,
         "TRANSFERS (move 1..={MAX_TRANSFER} between two random accounts, both written or neither)"
     );
-    println!(
+    say!(
+        out,
         "  submitted:                  {:>8}  ({}% of the operations)",
-        t.submitted, t.share_percent
+        t.submitted,
+        t.share_percent
     );
-    println!("  committed (money moved):    {:>8}", t.committed);
-    println!(
+    say!(out, "  committed (money moved):    {:>8}", t.committed);
+    say!(
+        out,
         "  refused (would overdraw):   {:>8}  (the sender had too little: nothing written)",
         t.refused_overdraw
     );
@@ -1000,7 +1079,8 @@ fn print_entities(r: &Report) {
         .iter()
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
-    println!(
+    say!(
+        out,
         "  ended otherwise:            {:>8}  ({}nothing written)",
         lost,
         if why.is_empty() {
@@ -1009,36 +1089,53 @@ fn print_entities(r: &Report) {
             format!("{}: ", why.join(", "))
         }
     );
-    println!(
+    say!(
+        out,
         "  money moved:                {:>8}  (sum of the committed amounts)",
         t.money_moved
     );
-    println!();
-    println!("PER ACCOUNT (each opened with {OPENING_BALANCE})");
-    println!(
+    say!(out);
+    say!(out, "PER ACCOUNT (each opened with {OPENING_BALANCE})");
+    say!(
+        out,
         "  {:<12}{:>9}{:>9}{:>10}{:>9}{:>9}",
-        "account", "balance", "sent", "received", "version", "commits"
+        "account",
+        "balance",
+        "sent",
+        "received",
+        "version",
+        "commits"
     );
     for acc in &r.accounts {
-        println!(
+        say!(
+            out,
             "  {:<12}{:>9}{:>9}{:>10}{:>9}{:>9}",
-            acc.name, acc.balance, acc.sent, acc.received, acc.version, acc.commits
+            acc.name,
+            acc.balance,
+            acc.sent,
+            acc.received,
+            acc.version,
+            acc.commits
         );
     }
-    println!(
+    say!(
+        out,
         "  {:<12}{:>9}  (opened with {} in all)",
-        "all", t.final_total, t.opening_total
+        "all",
+        t.final_total,
+        t.opening_total
     );
 }
 
 /// Time, memory and cleanup.
-fn print_run(r: &Report) {
+fn print_run(out: &mut String, r: &Report) {
     let m = &r.metrics;
-    println!("PERFORMANCE");
-    println!("  wall time:   {:.3} s", r.wall_seconds);
-    println!("  throughput:  {:.0} ops/s", r.throughput_ops_per_sec);
+    say!(out, "PERFORMANCE");
+    say!(out, "  wall time:   {:.3} s", r.wall_seconds);
+    say!(out, "  throughput:  {:.0} ops/s", r.throughput_ops_per_sec);
     let l = &m.latency;
-    println!(
+    say!(
+        out,
         "  latency:     p50 {:.1} µs, p95 {:.1} µs, p99 {:.1} µs, max {:.1} µs",
         l.p50_ns as f64 / 1e3,
         l.p95_ns as f64 / 1e3,
@@ -1046,11 +1143,15 @@ fn print_run(r: &Report) {
         l.max_ns as f64 / 1e3
     );
     match r.peak_rss_bytes {
-        Some(b) => println!("  peak RSS:    {:.1} MiB", b as f64 / (1024.0 * 1024.0)),
-        None => println!("  peak RSS:    unavailable"),
+        Some(b) => say!(
+            out,
+            "  peak RSS:    {:.1} MiB",
+            b as f64 / (1024.0 * 1024.0)
+        ),
+        None => say!(out, "  peak RSS:    unavailable"),
     }
-    println!();
-    println!("CLEANUP");
+    say!(out);
+    say!(out, "CLEANUP");
     let cleaned: Vec<String> = m
         .cleanup
         .cleaned
@@ -1058,7 +1159,8 @@ fn print_run(r: &Report) {
         .filter(|(_, v)| **v > 0)
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
-    println!(
+    say!(
+        out,
         "  cleaned:     {}",
         if cleaned.is_empty() {
             "none".to_string()
@@ -1066,7 +1168,8 @@ fn print_run(r: &Report) {
             cleaned.join(", ")
         }
     );
-    println!(
+    say!(
+        out,
         "  zombies after cleanup: {} (forced {}, memory-pressure {}); health: {:?}",
         r.zombies_after_cleanup,
         m.cleanup.force_triggered,
@@ -1075,25 +1178,31 @@ fn print_run(r: &Report) {
     );
 }
 
-fn print_verification(v: &Verdict) {
-    println!("VERIFICATION");
-    println!(
+fn print_verification(out: &mut String, v: &Verdict) {
+    say!(out, "VERIFICATION");
+    say!(
+        out,
         "  accounting (submitted = Σ outcomes, no op twice, none running):     {}",
         ok_or_failed(v.accounting_ok)
     );
-    println!(
+    say!(
+        out,
         "  state (targets: gap-free versions, replay = stored):                 {}",
         ok_or_failed(v.state_ok)
     );
-    println!("  money (Σ balances = Σ opening; each account = opening + the transfers");
-    println!(
+    say!(
+        out,
+        "  money (Σ balances = Σ opening; each account = opening + the transfers"
+    );
+    say!(
+        out,
         "         its callers saw commit, gap-free, never below 0):             {}",
         ok_or_failed(v.money_ok)
     );
     for p in &v.problems {
-        println!("  - {p}");
+        say!(out, "  - {p}");
     }
-    println!("  verdict: {}", if v.ok { "PASS" } else { "FAIL" });
+    say!(out, "  verdict: {}", if v.ok { "PASS" } else { "FAIL" });
 }
 
 /// Combinations of flags that each parse but make no run together.
@@ -1304,16 +1413,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.json {
+    let text = if args.json {
         match serde_json::to_string_pretty(&report) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => s + "\n",
             Err(e) => {
                 eprintln!("cannot serialize the report: {e}");
                 return ExitCode::from(2);
             }
         }
     } else {
-        print_text(&report);
+        let mut text = String::new();
+        print_text(&mut text, &report);
+        text
+    };
+    if let Err(e) = emit(&text) {
+        eprintln!("stress: {e}");
+        return ExitCode::from(2);
     }
     if report.verdict.ok {
         ExitCode::SUCCESS
