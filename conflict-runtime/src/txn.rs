@@ -272,6 +272,15 @@ impl TxnState {
         e.writes += 1;
     }
 
+    /// Every entity of the transaction with the version it was read at: what a nested load
+    /// reads again, to check nothing moved (see [`crate::txn`], opacity).
+    pub(crate) fn known(&self) -> Vec<(EntityKey, EntityCodec, u64)> {
+        self.entries
+            .iter()
+            .map(|e| (e.key.clone(), e.codec, e.read_version))
+            .collect()
+    }
+
     pub(crate) fn entry(&self, key: &EntityKey) -> Option<&Entry> {
         self.entries.iter().find(|e| &e.key == key)
     }

@@ -827,28 +827,19 @@ pub(crate) async fn insert_composed(
                 st.change(&key, &chain, Some(value));
                 return Ok(());
             }
-            None => st
-                .entries
-                .iter()
-                .map(|e| (e.key.clone(), e.codec, e.read_version))
-                .collect(),
+            None => st.known(),
         }
     };
-    let scratch: Vec<SlotCache> = (0..=known.len()).map(|_| SlotCache::new()).collect();
-    let list: Vec<(&EntityKey, EntityCodec, &SlotCache)> = std::iter::once((&key, codec))
-        .chain(known.iter().map(|(k, c, _)| (k, *c)))
-        .zip(&scratch)
-        .map(|((k, c), s)| (k, c, s))
-        .collect();
+    let unused = SlotCache::new();
+    let scratch: Vec<SlotCache> = known.iter().map(|_| SlotCache::new()).collect();
+    let list = beside_known(vec![(&key, codec, &unused)], &known, &scratch);
     let loaded = rt.backend.load_many(&list).await?;
-    let mut st = txn.lock();
-    if !ctx.is_running() || st.sealed || st.doomed.is_some() {
+    if !ctx.is_running() {
         return Err(rolled_back());
     }
-    if let Some(doomed) = moved(&known, loaded.get(1..).unwrap_or_default()) {
-        st.doomed = Some(doomed);
+    let Some(mut st) = relock_unmoved(txn, &known, loaded.get(1..).unwrap_or_default()) else {
         return Err(rolled_back());
-    }
+    };
     if loaded.first().is_some_and(Option::is_some) || st.entry(&key).is_some() {
         return Err(StoreError::AlreadyExists { key });
     }
@@ -864,6 +855,36 @@ pub(crate) async fn insert_composed(
     });
     st.change(&key, &chain, Some(value));
     Ok(())
+}
+
+/// What a nested load reads: `first`, then every entity of the transaction (`known`), each of
+/// these through a scratch cache of `scratch` (one per entity).
+fn beside_known<'a>(
+    mut first: Vec<(&'a EntityKey, EntityCodec, &'a SlotCache)>,
+    known: &'a [(EntityKey, EntityCodec, u64)],
+    scratch: &'a [SlotCache],
+) -> Vec<(&'a EntityKey, EntityCodec, &'a SlotCache)> {
+    first.extend(known.iter().zip(scratch).map(|((k, c, _), s)| (k, *c, s)));
+    first
+}
+
+/// After a nested load: the transaction locked again, unless the root's body has ended, the
+/// attempt was doomed meanwhile, or one of `known` (read at its version) is at another one in
+/// `now` — then this dooms it (the body must not see the mixed state) and returns `None`.
+fn relock_unmoved<'t>(
+    txn: &'t TxnShared,
+    known: &[(EntityKey, EntityCodec, u64)],
+    now: &[Option<Snapshot>],
+) -> Option<std::sync::MutexGuard<'t, crate::txn::TxnState>> {
+    let mut st = txn.lock();
+    if st.sealed || st.doomed.is_some() {
+        return None;
+    }
+    if let Some(doomed) = moved(known, now) {
+        st.doomed = Some(doomed);
+        return None;
+    }
+    Some(st)
 }
 
 /// The first entity of `known` (read at its version) that `now` shows at another version (or
@@ -925,32 +946,22 @@ async fn read_through<Err>(
         let known = if missing.is_empty() {
             Vec::new()
         } else {
-            st.entries
-                .iter()
-                .map(|e| (e.key.clone(), e.codec, e.read_version))
-                .collect()
+            st.known()
         };
         (missing, known)
     };
     if !missing.is_empty() {
         let scratch: Vec<SlotCache> = known.iter().map(|_| SlotCache::new()).collect();
-        let list: Vec<(&EntityKey, EntityCodec, &SlotCache)> = missing
+        let first = missing
             .iter()
             .map(|t| (t.key, t.codec, &t.cache.slot))
-            .chain(known.iter().zip(&scratch).map(|((k, c, _), s)| (k, *c, s)))
             .collect();
+        let list = beside_known(first, &known, &scratch);
         let loaded = op.by_deadline(op.rt.backend.load_many(&list)).await??;
         let (fresh, again) = loaded.split_at(missing.len().min(loaded.len()));
-        let mut st = txn.lock();
-        if st.sealed || st.doomed.is_some() {
+        let Some(mut st) = relock_unmoved(txn, &known, again) else {
             return Err(rolled_back());
-        }
-        if let Some(doomed) = moved(&known, again) {
-            // Read at a version, changed since: this attempt of the root cannot commit, and
-            // this body must not see the mixed state.
-            st.doomed = Some(doomed);
-            return Err(rolled_back());
-        }
+        };
         for (t, snap) in missing.iter().zip(fresh) {
             let Some(snap) = snap else {
                 return Err(ConflictError::Store(StoreError::NotFound {
