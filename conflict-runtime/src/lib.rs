@@ -156,6 +156,7 @@ mod registry;
 mod runtime;
 pub mod staging;
 pub mod store;
+mod sync;
 mod txn;
 mod waits;
 

@@ -1,12 +1,12 @@
 //! A runtime's life: running, shutting down (draining, then aborting what is left), stopped.
 //! Operations ask it whether they may start and report when they end; shutdown waits on it.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
+use crate::sync::{AtomicBool, Notified, Notify};
 
 const RUNNING: u8 = 0;
 const SHUTTING_DOWN: u8 = 1;
@@ -88,7 +88,7 @@ impl AbortSignal {
         clippy::cast_possible_truncation,
         reason = "only the low bits of `seq` pick a shard; dropping high bits on 32-bit is fine"
     )]
-    pub(crate) fn notified(&self, seq: u64) -> tokio::sync::futures::Notified<'_> {
+    pub(crate) fn notified(&self, seq: u64) -> Notified<'_> {
         self.notify[(seq as usize) % ABORT_SHARDS].notified()
     }
 
@@ -114,3 +114,6 @@ impl Lifecycle {
         }
     }
 }
+
+#[cfg(all(test, loom))]
+mod loom_models;

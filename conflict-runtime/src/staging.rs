@@ -35,22 +35,22 @@
 //! (`remove_if` on pointer identity): a caller that fetched it just before sees `dead` and
 //! fetches (or creates) its successor, and a second evictor skips it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock, PoisonError};
 use std::task::Waker;
 use std::time::Duration;
 
 use conflict_core::policy::{self, Candidate};
 use conflict_core::{EntityKey, OnLose, OpId, OperationPriority, OverloadScope, PreEcsConfig};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::lifecycle::AbortSignal;
 use crate::metrics::{Counter, Metrics};
 use crate::store::Snapshot;
+use crate::sync::{AtomicUsize, ConcurrentMap, Mutex, MutexGuard, Notify, oneshot};
 
-type CellMap = papaya::HashMap<EntityKey, Arc<TargetCell>, foldhash::fast::RandomState>;
+type CellMap = ConcurrentMap<EntityKey, Arc<TargetCell>>;
 
 pub(crate) struct Staging {
     cells: CellMap,
@@ -397,7 +397,7 @@ impl Executing {
 impl Staging {
     pub(crate) fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
         Self {
-            cells: CellMap::with_hasher(foldhash::fast::RandomState::default()),
+            cells: CellMap::new(),
             total: AtomicUsize::new(0),
             capacity,
             metrics,
@@ -441,22 +441,15 @@ impl Staging {
     }
 
     fn lookup(&self, key: &EntityKey) -> Arc<TargetCell> {
-        let guard = self.cells.guard();
-        if let Some(c) = self.cells.get(key, &guard) {
-            return c.clone();
+        if let Some(c) = self.cells.get(key) {
+            return c;
         }
-        self.cells
-            .get_or_insert_with(
-                key.clone(),
-                || {
-                    Arc::new(TargetCell {
-                        state: Mutex::new(TargetState::default()),
-                        commit_ended: Notify::new(),
-                    })
-                },
-                &guard,
-            )
-            .clone()
+        self.cells.get_or_insert_with(key.clone(), || {
+            Arc::new(TargetCell {
+                state: Mutex::new(TargetState::default()),
+                commit_ended: Notify::new(),
+            })
+        })
     }
 
     /// Releases one hold on `cell`; the last one evicts it if idle.
@@ -471,10 +464,7 @@ impl Staging {
     /// Removes `cell` (exactly that cell) from the map and marks it dead. Called under its
     /// lock, so anyone who fetched it before sees `dead` once they lock it.
     fn evict_locked(&self, key: &EntityKey, cell: &Arc<TargetCell>, st: &mut TargetState) {
-        let guard = self.cells.guard();
-        let _ = self
-            .cells
-            .remove_if(key, |_, v| Arc::ptr_eq(v, cell), &guard);
+        self.cells.remove_if(key, |_, v| Arc::ptr_eq(v, cell));
         st.dead = true;
         // Nobody reads a dead cell's cached snapshot again: free it now.
         st.last = None;
@@ -697,9 +687,8 @@ impl Staging {
 
     /// Ends every staged operation with `ShuttingDown` and closes open windows.
     pub(crate) fn shut_down(&self) -> u64 {
-        let guard = self.cells.guard();
         let mut n = 0;
-        for (_, cell) in self.cells.iter(&guard) {
+        self.cells.for_each(|_, cell| {
             let mut st = cell.lock();
             if st.phase.collecting_until().is_some() {
                 st.phase = Phase::Idle;
@@ -711,14 +700,13 @@ impl Staging {
                     n += 1;
                 }
             }
-        }
+        });
         n
     }
 
     /// Wakes every executing operation (shutdown's abort): their bodies see the abort flag.
     pub(crate) fn wake_executing(&self) {
-        let guard = self.cells.guard();
-        for (_, cell) in self.cells.iter(&guard) {
+        self.cells.for_each(|_, cell| {
             let waker = cell
                 .lock()
                 .phase
@@ -727,7 +715,7 @@ impl Staging {
             if let Some(w) = waker {
                 w.wake();
             }
-        }
+        });
     }
 
     /// The executing operation leaves its target: the next group (if any) is resolved.
@@ -741,25 +729,22 @@ impl Staging {
     /// Forgets the snapshot `key`'s staging area remembers (an entity written without staging
     /// there: the next winner loads instead of starting from a stale value).
     pub(crate) fn forget_last(&self, key: &EntityKey) {
-        let guard = self.cells.guard();
-        if let Some(c) = self.cells.get(key, &guard) {
+        if let Some(c) = self.cells.get(key) {
             c.lock().last = None;
         }
     }
 
     /// The operation executing on `key` (holding it), if any.
     pub(crate) fn executor(&self, key: &EntityKey) -> Option<OpId> {
-        let guard = self.cells.guard();
-        let cell = self.cells.get(key, &guard)?;
+        let cell = self.cells.get(key)?;
         let st = cell.lock();
         st.phase.executing().map(|e| e.cand.op_id)
     }
 
     /// Whether `op_id` is the operation executing on `key` (it holds the target).
     pub(crate) fn is_executing(&self, key: &EntityKey, op_id: OpId) -> bool {
-        let guard = self.cells.guard();
         self.cells
-            .get(key, &guard)
+            .get(key)
             .is_some_and(|c| c.lock().phase.is_executing(op_id))
     }
 
@@ -767,15 +752,14 @@ impl Staging {
     /// hold's release already evicts). Safe beside other evictors and running calls: a dead
     /// cell is skipped and only the very cell examined is removed.
     pub(crate) fn evict_idle(&self) -> usize {
-        let guard = self.cells.guard();
         let mut evicted = 0;
-        for (key, cell) in self.cells.iter(&guard) {
+        self.cells.for_each(|key, cell| {
             let mut st = cell.lock();
             if !st.dead && st.holders == 0 && st.is_idle() {
                 self.evict_locked(key, cell, &mut st);
                 evicted += 1;
             }
-        }
+        });
         evicted
     }
 
@@ -785,12 +769,11 @@ impl Staging {
     }
 
     pub(crate) fn status(&self) -> StagingStatus {
-        let guard = self.cells.guard();
         let mut targets = Vec::new();
-        for (key, cell) in self.cells.iter(&guard) {
+        self.cells.for_each(|key, cell| {
             let st = cell.lock();
             if st.staged.is_empty() && matches!(st.phase, Phase::Idle) {
-                continue;
+                return;
             }
             let executing = st.phase.executing();
             targets.push(TargetStatus {
@@ -800,7 +783,7 @@ impl Staging {
                 executing_priority: executing.map(|e| e.cand.effective_priority),
                 collecting: st.phase.collecting_until().is_some(),
             });
-        }
+        });
         targets.sort_by(|a, b| a.target.cmp(&b.target));
         StagingStatus {
             total_staged: self.total_staged(),
@@ -1124,3 +1107,6 @@ pub struct TargetStatus {
     /// Whether a staging window is open.
     pub collecting: bool,
 }
+
+#[cfg(all(test, loom))]
+mod loom_models;

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use conflict_core::OutcomeKind;
 
@@ -15,6 +15,7 @@ use super::Ending;
 use super::counters::{N_OUTCOMES, SHARDS, zeroed};
 use super::snapshot::{OpTypeSnapshot, RetryStats};
 use crate::registry::OperationSpec;
+use crate::sync::AtomicUsize;
 
 // Per-operation-type counters, by index; the outcome counters come first (at `kind.index()`).
 const OP_CONFLICTS: usize = N_OUTCOMES;
@@ -202,3 +203,6 @@ impl OpTable {
         out
     }
 }
+
+#[cfg(all(test, loom))]
+mod loom_models;

@@ -1219,7 +1219,7 @@ pin_project_lite::pin_project! {
         #[pin]
         fut: F,
         #[pin]
-        abort_wait: Option<tokio::sync::futures::Notified<'a>>,
+        abort_wait: Option<crate::sync::Notified<'a>>,
         rt: &'a Inner,
         exec: &'a [ExecGuard<'g>],
         // Only calls with a deadline have a timer (boxed: it is large).

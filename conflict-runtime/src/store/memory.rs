@@ -1,6 +1,6 @@
 //! The embedded in-memory store: the default backend.
 //!
-//! A lock-free concurrent map ([`papaya`]) from key to slot; each slot guards its value and
+//! A lock-free concurrent map ([`papaya`], through `crate::sync`) from key to slot; each slot guards its value and
 //! version with a short critical section that never spans an `.await`. Loads clone an `Arc`;
 //! commits compare the version and swap the `Arc`. Multi-write commits lock the slots they touch
 //! in key order, so they are atomic and cannot deadlock with each other.
@@ -9,7 +9,7 @@
 //! version kept), and a create over it continues its versions. A create of a key never seen
 //! adds a slot for it only when it applies.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::SystemTime;
 
 use conflict_core::{EntityKey, StoreError};
@@ -18,8 +18,9 @@ use super::{
     Cas, Commit, CommitOutcome, EntityCodec, EntityStore, Snapshot, StoreFuture, StoredValue,
     check_writes,
 };
+use crate::sync::{ConcurrentMap, Mutex, MutexGuard};
 
-type Map = papaya::HashMap<EntityKey, Arc<Slot>, foldhash::fast::RandomState>;
+type Map = ConcurrentMap<EntityKey, Arc<Slot>>;
 
 /// The embedded store. Cheap to share (`Arc`), safe from any number of tasks.
 ///
@@ -137,19 +138,19 @@ impl MemoryStore {
     /// An empty store.
     #[must_use]
     pub fn new() -> Self {
-        Self {
-            map: Map::with_hasher(foldhash::fast::RandomState::default()),
-        }
+        Self { map: Map::new() }
     }
 
     /// How many entities are stored (deleted ones not counted). Walks the whole map.
     #[must_use]
     pub fn len(&self) -> usize {
-        let guard = self.map.guard();
-        self.map
-            .iter(&guard)
-            .filter(|(_, slot)| slot.lock().value.is_some())
-            .count()
+        let mut live = 0;
+        self.map.for_each(|_, slot| {
+            if slot.lock().value.is_some() {
+                live += 1;
+            }
+        });
+        live
     }
 
     /// Whether the store holds no entity.
@@ -174,18 +175,16 @@ impl MemoryStore {
         if let Some(slot) = self.slot(key) {
             return slot;
         }
-        let guard = self.map.guard();
         let empty = Arc::new(Slot::empty());
-        match self.map.try_insert(key.clone(), empty.clone(), &guard) {
-            Ok(_) => empty,
-            Err(taken) => taken.current.clone(),
+        match self.map.try_insert(key.clone(), empty.clone()) {
+            Ok(()) => empty,
+            Err(taken) => taken,
         }
     }
 
     /// The slot of `key`, to keep and use without further lookups.
     pub(crate) fn slot(&self, key: &EntityKey) -> Option<Arc<Slot>> {
-        let guard = self.map.guard();
-        self.map.get(key, &guard).cloned()
+        self.map.get(key)
     }
 
     /// Stores a new entity (over a tombstone: at its version + 1); `AlreadyExists` if the key
@@ -233,8 +232,7 @@ impl MemoryStore {
             // A create: of a key never seen, too.
             return self.slot_or_empty(key).cas(0, value, now).map(|v| (v, now));
         }
-        let guard = self.map.guard();
-        let Some(slot) = self.map.get(key, &guard) else {
+        let Some(slot) = self.map.get(key) else {
             return Err(None);
         };
         slot.cas(expected, value, now).map(|v| (v, now))
@@ -289,7 +287,6 @@ impl MemoryStore {
     /// One try of [`commit_many`](Self::commit_many); `None` if a create met a slot added for
     /// its key meanwhile (nothing was applied: try again, it is in the map now).
     fn try_commit_many(&self, commit: &Commit) -> Option<CommitOutcome> {
-        let guard = self.map.guard();
         // Writes, deletes, then reads, as one list of (key, expected version, what to do).
         let all: Vec<(&EntityKey, u64, Change<'_>)> = commit
             .writes
@@ -314,38 +311,37 @@ impl MemoryStore {
         // No key appears twice: `commit` refused that (`DuplicateWrite`), so no slot is
         // locked twice.
         debug_assert!(order.windows(2).all(|p| all[p[0]].0 != all[p[1]].0));
-        // A create of a key without a slot gets one only once everything else is checked
-        // (so a commit that conflicts leaves nothing behind): made here, locked, and added to
-        // the map while locked. Nobody can hold it before, so taking it out of key order never
-        // waits; if another commit adds a slot for that key first, this one starts over.
-        let creates = |&(_, expected, change): &(&EntityKey, u64, Change<'_>)| {
-            expected == 0 && matches!(change, Change::Write(_))
-        };
-        // (Allocated only for a commit that creates.)
-        let fresh: Vec<Option<Arc<Slot>>> = if all.iter().any(creates) {
-            all.iter()
-                .map(|entry| {
-                    (creates(entry) && self.map.get(entry.0, &guard).is_none())
-                        .then(|| Arc::new(Slot::empty()))
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        // Each key's slot, looked up once (slots are never removed, so it stays the key's).
+        // A create of a key without a slot gets a fresh one (`true`), added to the map only
+        // once everything else is checked (so a commit that conflicts leaves nothing behind):
+        // made here, locked, and added while locked. Nobody can hold it before, so taking it
+        // out of key order never waits; if another commit adds a slot for that key first,
+        // this one starts over.
+        let slots: Vec<Option<(Arc<Slot>, bool)>> = all
+            .iter()
+            .map(|&(key, expected, change)| match self.map.get(key) {
+                Some(slot) => Some((slot, false)),
+                None => (expected == 0 && matches!(change, Change::Write(_)))
+                    .then(|| (Arc::new(Slot::empty()), true)),
+            })
+            .collect();
         let mut locked = Vec::with_capacity(order.len());
         let mut pending = Vec::new();
         for &i in &order {
             let (key, expected, change) = all[i];
-            let Some(slot) = self.map.get(key, &guard) else {
-                if fresh.get(i).is_some_and(Option::is_some) {
+            let slot = match &slots[i] {
+                Some((_, true)) => {
                     pending.push(i);
                     continue;
                 }
-                return Some(CommitOutcome::Conflict {
-                    key: key.clone(),
-                    expected,
-                    actual: None,
-                });
+                Some((slot, false)) => slot,
+                None => {
+                    return Some(CommitOutcome::Conflict {
+                        key: key.clone(),
+                        expected,
+                        actual: None,
+                    });
+                }
             };
             let cell = slot.lock();
             // A read must find its entity live at the version read (never a tombstone).
@@ -364,13 +360,13 @@ impl MemoryStore {
             locked.push((i, cell));
         }
         for i in pending {
-            let Some(Some(slot)) = fresh.get(i) else {
+            let Some((slot, _)) = &slots[i] else {
                 continue;
             };
             let cell = slot.lock();
             if self
                 .map
-                .try_insert(all[i].0.clone(), Arc::clone(slot), &guard)
+                .try_insert(all[i].0.clone(), Arc::clone(slot))
                 .is_err()
             {
                 return None;
@@ -475,3 +471,6 @@ enum Change<'c> {
     Delete,
     Read,
 }
+
+#[cfg(all(test, loom))]
+mod loom_models;

@@ -1,0 +1,168 @@
+//! The synchronization primitives the runtime's state machines are built on, in one place, so
+//! that they can be model-checked (the tokio way).
+//!
+//! Normally these are `std`'s primitives and a [`papaya`] map. Built with `--cfg loom`
+//! (`RUSTFLAGS="--cfg loom"`, see `docs/verification.md`), they are [`loom`](https://docs.rs/loom)'s,
+//! and the map is a loom mutex around a `HashMap`: every lock, atomic access and map operation
+//! becomes a point where loom's scheduler may switch threads, and the models in
+//! `crate::loom_models` explore every interleaving of them (up to the preemption bound).
+//!
+//! Only what a protocol depends on goes through here: the staging cell's lock and its permit
+//! counter, the memory store's slots and map, the abort flag, the metrics table's claims, and
+//! the two tokio primitives the staging hand-off and the abort wait on (`Notify`, `oneshot`:
+//! under loom, loom-built versions with the same contract, see `modelled`).
+//! Plain counters (metrics) stay `std` atomics: they order nothing, and modelling them would only
+//! multiply the states loom explores.
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize};
+#[cfg(not(loom))]
+pub(crate) use std::sync::{Mutex, MutexGuard};
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicUsize};
+#[cfg(loom)]
+pub(crate) use loom::sync::{Mutex, MutexGuard};
+
+#[cfg(not(loom))]
+pub(crate) use tokio::sync::futures::Notified;
+#[cfg(not(loom))]
+pub(crate) use tokio::sync::{Notify, oneshot};
+
+#[cfg(loom)]
+mod modelled;
+#[cfg(loom)]
+pub(crate) use modelled::{Notified, Notify, oneshot};
+
+use std::hash::Hash;
+
+/// A concurrent map whose operations are each atomic: [`papaya`] normally, a loom mutex around
+/// a `HashMap` under loom (papaya's own atomics are outside loom's view, and its deferred
+/// reclamation would outlive a model's execution).
+///
+/// Values are returned as clones (they are `Arc`s), so no reference into the map outlives an
+/// operation: that is what lets the loom version lock per operation, as papaya is linearizable
+/// per operation.
+pub(crate) struct ConcurrentMap<K, V> {
+    #[cfg(not(loom))]
+    inner: papaya::HashMap<K, V, foldhash::fast::RandomState>,
+    #[cfg(loom)]
+    inner: Mutex<std::collections::HashMap<K, V>>,
+}
+
+#[cfg(not(loom))]
+impl<K: Hash + Eq + Clone, V: Clone> ConcurrentMap<K, V> {
+    pub(crate) fn new() -> Self {
+        Self {
+            inner: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),
+        }
+    }
+
+    /// The value of `key`.
+    #[inline]
+    pub(crate) fn get(&self, key: &K) -> Option<V> {
+        self.inner.pin().get(key).cloned()
+    }
+
+    /// The value of `key`, inserting `make()` if there is none.
+    pub(crate) fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> V {
+        self.inner.pin().get_or_insert_with(key, make).clone()
+    }
+
+    /// Inserts `value` unless `key` has one: then `Err` with the value it has.
+    pub(crate) fn try_insert(&self, key: K, value: V) -> Result<(), V> {
+        match self.inner.pin().try_insert(key, value) {
+            Ok(_) => Ok(()),
+            Err(taken) => Err(taken.current.clone()),
+        }
+    }
+
+    /// Removes `key` if its value satisfies `pred`.
+    pub(crate) fn remove_if(&self, key: &K, pred: impl FnMut(&K, &V) -> bool) {
+        let _ = self.inner.pin().remove_if(key, pred);
+    }
+
+    /// Calls `f` on every entry (each seen once; entries added or removed meanwhile may or may
+    /// not be).
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&K, &V)) {
+        for (k, v) in &self.inner.pin() {
+            f(k, v);
+        }
+    }
+
+    /// How many entries the map holds.
+    pub(crate) fn len(&self) -> usize {
+        self.inner.len()
+    }
+}
+
+#[cfg(loom)]
+impl<K: Hash + Eq + Clone, V: Clone> ConcurrentMap<K, V> {
+    pub(crate) fn new() -> Self {
+        Self {
+            inner: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, std::collections::HashMap<K, V>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn get(&self, key: &K) -> Option<V> {
+        self.lock().get(key).cloned()
+    }
+
+    pub(crate) fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> V {
+        self.lock().entry(key).or_insert_with(make).clone()
+    }
+
+    pub(crate) fn try_insert(&self, key: K, value: V) -> Result<(), V> {
+        match self.lock().entry(key) {
+            std::collections::hash_map::Entry::Occupied(o) => Err(o.get().clone()),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(value);
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) fn remove_if(&self, key: &K, mut pred: impl FnMut(&K, &V) -> bool) {
+        let mut map = self.lock();
+        if map.get_key_value(key).is_some_and(|(k, v)| pred(k, v)) {
+            map.remove(key);
+        }
+    }
+
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&K, &V)) {
+        // A copy, so that `f` may lock what it likes (as with papaya, whose iteration holds no
+        // lock).
+        let all: Vec<(K, V)> = self
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in &all {
+            f(k, v);
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// `loom::model`, reporting how many interleavings it explored (on stderr; CI runs the models
+/// with `--nocapture`), so a model that stopped exploring shows in the log.
+#[cfg(all(test, loom))]
+pub(crate) fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&runs);
+    loom::model(move || {
+        counted.fetch_add(1, SeqCst);
+        f();
+    });
+    eprintln!("loom: {name}: {} interleavings", runs.load(SeqCst));
+}
