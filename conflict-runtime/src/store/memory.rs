@@ -287,8 +287,19 @@ impl MemoryStore {
     /// One try of [`commit_many`](Self::commit_many); `None` if a create met a slot added for
     /// its key meanwhile (nothing was applied: try again, it is in the map now).
     fn try_commit_many(&self, commit: &Commit) -> Option<CommitOutcome> {
-        // Writes, deletes, then reads, as one list of (key, expected version, what to do).
-        let all: Vec<(&EntityKey, u64, Change<'_>)> = commit
+        // Writes, deletes, then reads, as one list of (key, expected version, what to do, its
+        // slot). Each key's slot is looked up once, here (slots are never removed, so it stays
+        // the key's). A create of a key without a slot gets a fresh one (`true`), added to the
+        // map only once everything else is checked (so a commit that conflicts leaves nothing
+        // behind): made here, locked, and added while locked. Nobody can hold it before, so
+        // taking it out of key order never waits; if another commit adds a slot for that key
+        // first, this one starts over.
+        let lookup = |key: &EntityKey, expected: u64, change: Change<'_>| match self.map.get(key) {
+            Some(slot) => Some((slot, false)),
+            None => (expected == 0 && matches!(change, Change::Write(_)))
+                .then(|| (Arc::new(Slot::empty()), true)),
+        };
+        let all: Vec<Entry<'_>> = commit
             .writes
             .iter()
             .map(|w| (&w.key, w.expected_version, Change::Write(&w.value)))
@@ -304,6 +315,7 @@ impl MemoryStore {
                     .iter()
                     .map(|r| (&r.key, r.version, Change::Read)),
             )
+            .map(|(key, expected, change)| (key, expected, change, lookup(key, expected, change)))
             .collect();
         let mut order: Vec<usize> = (0..all.len()).collect();
         order.sort_by(|&a, &b| all[a].0.cmp(all[b].0));
@@ -311,25 +323,11 @@ impl MemoryStore {
         // No key appears twice: `commit` refused that (`DuplicateWrite`), so no slot is
         // locked twice.
         debug_assert!(order.windows(2).all(|p| all[p[0]].0 != all[p[1]].0));
-        // Each key's slot, looked up once (slots are never removed, so it stays the key's).
-        // A create of a key without a slot gets a fresh one (`true`), added to the map only
-        // once everything else is checked (so a commit that conflicts leaves nothing behind):
-        // made here, locked, and added while locked. Nobody can hold it before, so taking it
-        // out of key order never waits; if another commit adds a slot for that key first,
-        // this one starts over.
-        let slots: Vec<Option<(Arc<Slot>, bool)>> = all
-            .iter()
-            .map(|&(key, expected, change)| match self.map.get(key) {
-                Some(slot) => Some((slot, false)),
-                None => (expected == 0 && matches!(change, Change::Write(_)))
-                    .then(|| (Arc::new(Slot::empty()), true)),
-            })
-            .collect();
         let mut locked = Vec::with_capacity(order.len());
         let mut pending = Vec::new();
         for &i in &order {
-            let (key, expected, change) = all[i];
-            let slot = match &slots[i] {
+            let (key, expected, change, ref slot) = all[i];
+            let slot = match slot {
                 Some((_, true)) => {
                     pending.push(i);
                     continue;
@@ -360,7 +358,7 @@ impl MemoryStore {
             locked.push((i, cell));
         }
         for i in pending {
-            let Some((slot, _)) = &slots[i] else {
+            let Some((slot, _)) = &all[i].3 else {
                 continue;
             };
             let cell = slot.lock();
@@ -463,6 +461,10 @@ impl EntityStore for MemoryStore {
         Box::pin(async move { Ok(r) })
     }
 }
+
+/// One key of a multi-commit: the key, its expected (or read) version, what to do, and its slot
+/// (`true`: a fresh one for a create, not yet in the map; `None`: no slot and not a create).
+type Entry<'c> = (&'c EntityKey, u64, Change<'c>, Option<(Arc<Slot>, bool)>);
 
 /// What a multi-commit does to one key.
 #[derive(Clone, Copy)]

@@ -147,20 +147,23 @@ fn loom_cas_keeps_both_increments() {
 fn loom_transfers_are_atomic_and_never_deadlock() {
     model("loom_transfers_are_atomic_and_never_deadlock", || {
         let store = store_with(&[(1, 10), (2, 10)]);
-        let s = Arc::clone(&store);
-        let t = thread::spawn(move || transfer(&s, 1, 2, 3));
-        let s = Arc::clone(&store);
-        let r = thread::spawn(move || {
-            let snaps = block_on(s.load_many(&[(key(1), codec()), (key(2), codec())])).unwrap();
-            let total: i64 = snaps.iter().map(|s| balance(s.as_ref().unwrap())).sum();
+        let other = Arc::clone(&store);
+        let forth = thread::spawn(move || transfer(&other, 1, 2, 3));
+        let other = Arc::clone(&store);
+        let reader = thread::spawn(move || {
+            let snaps = block_on(other.load_many(&[(key(1), codec()), (key(2), codec())])).unwrap();
+            let total: i64 = snaps
+                .iter()
+                .map(|snap| balance(snap.as_ref().unwrap()))
+                .sum();
             assert_eq!(total, 20, "a reader saw half a commit");
         });
         transfer(&store, 2, 1, 5);
-        t.join().unwrap();
-        r.join().unwrap();
-        let (a, b) = (load(&store, 1).unwrap(), load(&store, 2).unwrap());
-        assert_eq!((balance(&a), balance(&b)), (12, 8));
-        assert_eq!((a.version, b.version), (3, 3));
+        forth.join().unwrap();
+        reader.join().unwrap();
+        let (one, two) = (load(&store, 1).unwrap(), load(&store, 2).unwrap());
+        assert_eq!((balance(&one), balance(&two)), (12, 8));
+        assert_eq!((one.version, two.version), (3, 3));
     });
 }
 
