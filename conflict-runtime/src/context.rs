@@ -39,7 +39,7 @@ pub(crate) struct Link {
     pub(crate) txn: Arc<TxnShared>,
     /// The written parameters this body run asked to [`delete`]: deleted instead of written
     /// when the call completes. `None` once the run is over (taken).
-    pub(crate) deleted: std::sync::Mutex<Option<Vec<EntityKey>>>,
+    pub(crate) deleted: crate::sync::Mutex<Option<Vec<EntityKey>>>,
 }
 
 impl Link {
@@ -324,7 +324,7 @@ impl LazyLink {
                     effective_priority: self.effective_priority,
                     parent: self.parent.as_ref().map(|p| p.link.clone()),
                     live: AtomicBool::new(true),
-                    deleted: std::sync::Mutex::new(Some(Vec::new())),
+                    deleted: crate::sync::Mutex::new(Some(Vec::new())),
                     txn: match &self.txn {
                         TxnSeed::Given(t) => t.clone(),
                         TxnSeed::Root { version, codec } => Arc::new(TxnShared::for_root(
@@ -393,9 +393,19 @@ impl Current {
     }
 }
 
+#[cfg(not(shuttle))]
 tokio::task_local! {
     static FRAME: Frame;
 }
+
+// Under shuttle, in shuttle's per-task storage (see `crate::sync::task_local`).
+#[cfg(shuttle)]
+shuttle::thread_local! {
+    static FRAME_SLOT: std::cell::RefCell<Option<Frame>> = std::cell::RefCell::new(None);
+}
+#[cfg(shuttle)]
+static FRAME: crate::sync::task_local::TaskLocal<Frame> =
+    crate::sync::task_local::TaskLocal(&FRAME_SLOT);
 
 /// What a new operation inherits from where it is called.
 pub(crate) struct Inherited {
@@ -423,10 +433,7 @@ pub(crate) fn inherited() -> Inherited {
 /// Runs `fut` as the body of `op`: calls inside see it as their parent. (Not an `async fn`:
 /// that would keep `fut` twice in the caller's future, once as argument, once in the scope.)
 /// Once it has completed, [`body_link`] takes `op` back out.
-pub(crate) fn run_as<F: Future>(
-    op: LazyLink,
-    fut: F,
-) -> tokio::task::futures::TaskLocalFuture<Frame, F> {
+pub(crate) fn run_as<F: Future>(op: LazyLink, fut: F) -> crate::sync::TaskLocalFuture<Frame, F> {
     FRAME.scope(
         Frame {
             current: Current::Lazy(op),
@@ -440,7 +447,7 @@ pub(crate) fn run_as<F: Future>(
 /// The link a completed [`run_as`] ran its body as (to reach the transaction its nested calls
 /// composed into). Dropping it ends the body run for nested calls' checks.
 pub(crate) fn body_link<F: Future>(
-    fut: std::pin::Pin<&mut tokio::task::futures::TaskLocalFuture<Frame, F>>,
+    fut: std::pin::Pin<&mut crate::sync::TaskLocalFuture<Frame, F>>,
 ) -> Option<LazyLink> {
     match fut.take_value()?.current {
         Current::Lazy(l) => Some(l),

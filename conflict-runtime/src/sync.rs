@@ -1,6 +1,10 @@
 //! The synchronization primitives the runtime's state machines are built on, in one place, so
 //! that they can be model-checked (the tokio way).
 //!
+//! Built with `--cfg shuttle` (`tests/shuttle.rs`), they are [shuttle](https://docs.rs/shuttle)'s,
+//! with the same map and `Notify`/`oneshot` as under loom, so that shuttle's schedulers control
+//! every switch between tasks in whole async scenarios.
+//!
 //! Normally these are `std`'s primitives and a [`papaya`] map. Built with `--cfg loom`
 //! (`RUSTFLAGS="--cfg loom"`, see `docs/verification.md`), they are [`loom`](https://docs.rs/loom)'s,
 //! and the map is a loom mutex around a `HashMap`: every lock, atomic access and map operation
@@ -14,9 +18,9 @@
 //! Plain counters (metrics) stay `std` atomics: they order nothing, and modelling them would only
 //! multiply the states loom explores.
 
-#[cfg(not(loom))]
+#[cfg(not(any(loom, shuttle)))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize};
-#[cfg(not(loom))]
+#[cfg(not(any(loom, shuttle)))]
 pub(crate) use std::sync::{Mutex, MutexGuard};
 
 #[cfg(loom)]
@@ -24,14 +28,19 @@ pub(crate) use loom::sync::atomic::{AtomicBool, AtomicUsize};
 #[cfg(loom)]
 pub(crate) use loom::sync::{Mutex, MutexGuard};
 
-#[cfg(not(loom))]
+#[cfg(all(shuttle, not(loom)))]
+pub(crate) use shuttle::sync::atomic::{AtomicBool, AtomicUsize};
+#[cfg(all(shuttle, not(loom)))]
+pub(crate) use shuttle::sync::{Mutex, MutexGuard};
+
+#[cfg(not(any(loom, shuttle)))]
 pub(crate) use tokio::sync::futures::Notified;
-#[cfg(not(loom))]
+#[cfg(not(any(loom, shuttle)))]
 pub(crate) use tokio::sync::{Notify, oneshot};
 
-#[cfg(loom)]
+#[cfg(any(loom, shuttle))]
 mod modelled;
-#[cfg(loom)]
+#[cfg(any(loom, shuttle))]
 pub(crate) use modelled::{Notified, Notify, oneshot};
 
 use std::hash::Hash;
@@ -44,13 +53,13 @@ use std::hash::Hash;
 /// operation: that is what lets the loom version lock per operation, as papaya is linearizable
 /// per operation.
 pub(crate) struct ConcurrentMap<K, V> {
-    #[cfg(not(loom))]
+    #[cfg(not(any(loom, shuttle)))]
     inner: papaya::HashMap<K, V, foldhash::fast::RandomState>,
-    #[cfg(loom)]
+    #[cfg(any(loom, shuttle))]
     inner: Mutex<std::collections::HashMap<K, V>>,
 }
 
-#[cfg(not(loom))]
+#[cfg(not(any(loom, shuttle)))]
 impl<K: Hash + Eq + Clone, V: Clone> ConcurrentMap<K, V> {
     pub(crate) fn new() -> Self {
         Self {
@@ -96,7 +105,7 @@ impl<K: Hash + Eq + Clone, V: Clone> ConcurrentMap<K, V> {
     }
 }
 
-#[cfg(loom)]
+#[cfg(any(loom, shuttle))]
 impl<K: Hash + Eq + Clone, V: Clone> ConcurrentMap<K, V> {
     pub(crate) fn new() -> Self {
         Self {
@@ -165,4 +174,84 @@ pub(crate) fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
         f();
     });
     eprintln!("loom: {name}: {} interleavings", runs.load(SeqCst));
+}
+
+/// The future of a task-local scope (`tokio::task_local!`'s normally).
+#[cfg(not(shuttle))]
+pub(crate) use tokio::task::futures::TaskLocalFuture;
+
+#[cfg(shuttle)]
+pub(crate) use task_local::TaskLocalFuture;
+
+/// Task-local values under shuttle. tokio's `task_local!` keeps the value in a thread-local
+/// while the scoped future is polled; shuttle runs every task on one OS thread and switches
+/// tasks in the middle of a poll (at any lock or atomic), so another task would see the value.
+/// This keeps it in shuttle's per-task storage instead, with the same scope semantics.
+#[cfg(shuttle)]
+pub(crate) mod task_local {
+    use std::cell::RefCell;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Where a task's value lives: one per task (shuttle's `thread_local!` is per task).
+    pub(crate) type Slot<T> = shuttle::thread::LocalKey<RefCell<Option<T>>>;
+
+    /// A task-local key over its per-task slot.
+    pub(crate) struct TaskLocal<T: 'static>(pub(crate) &'static Slot<T>);
+
+    /// Accessed outside any scope of the key.
+    #[derive(Debug)]
+    pub(crate) struct AccessError;
+
+    impl<T: 'static> TaskLocal<T> {
+        /// Runs `fut` with `value` set for the duration of each of its polls.
+        pub(crate) fn scope<F: Future>(&'static self, value: T, fut: F) -> TaskLocalFuture<T, F> {
+            TaskLocalFuture {
+                key: self.0,
+                slot: Some(value),
+                fut: Box::pin(fut),
+            }
+        }
+
+        /// `f` of the value of the scope being polled in this task.
+        pub(crate) fn try_with<R>(
+            &'static self,
+            f: impl FnOnce(&T) -> R,
+        ) -> Result<R, AccessError> {
+            self.0
+                .with(|c| c.borrow().as_ref().map(f))
+                .ok_or(AccessError)
+        }
+    }
+
+    /// [`TaskLocal::scope`]'s future.
+    pub(crate) struct TaskLocalFuture<T: 'static, F> {
+        key: &'static Slot<T>,
+        /// The value while the future is not being polled.
+        slot: Option<T>,
+        fut: Pin<Box<F>>,
+    }
+
+    // Nothing in it is pinned in place: the inner future is boxed.
+    impl<T, F> Unpin for TaskLocalFuture<T, F> {}
+
+    impl<T, F> TaskLocalFuture<T, F> {
+        /// Takes the value out (once the future completed, or to drop it first).
+        pub(crate) fn take_value(self: Pin<&mut Self>) -> Option<T> {
+            self.get_mut().slot.take()
+        }
+    }
+
+    impl<T, F: Future> Future for TaskLocalFuture<T, F> {
+        type Output = F::Output;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+            let this = self.get_mut();
+            let outer = this.key.with(|c| c.replace(this.slot.take()));
+            let r = this.fut.as_mut().poll(cx);
+            this.slot = this.key.with(|c| c.replace(outer));
+            r
+        }
+    }
 }

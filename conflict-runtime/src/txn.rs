@@ -18,12 +18,13 @@
 //! moved on since it was read, the transaction is doomed: the nested call ends `RolledBack` at
 //! once (its body never sees the mixed state) and the root's attempt runs again.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
 
 use conflict_core::{EntityKey, OpId};
 
 use crate::occ::Books;
 use crate::store::{Delete, EntityCodec, Read, StoredValue, Write};
+use crate::sync::{Mutex, MutexGuard};
 
 /// What a body run's nested calls share (behind its [`Link`](crate::context::Link)s).
 pub(crate) struct TxnShared {

@@ -29,14 +29,23 @@
 //! a cycle.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
 
 use conflict_core::{EntityKey, OpId};
 
 use crate::staging::Staging;
+use crate::sync::{Mutex, MutexGuard};
 
 /// The registered waits of every runtime of the process.
-pub(crate) static WAITS: LazyLock<Waits> = LazyLock::new(Waits::default);
+#[cfg(not(shuttle))]
+pub(crate) static WAITS: std::sync::LazyLock<Waits> = std::sync::LazyLock::new(Waits::default);
+
+#[cfg(shuttle)]
+shuttle::lazy_static! {
+    /// The registered waits of every runtime of the process (under shuttle: of one execution,
+    /// since its mutex belongs to the execution that made it).
+    pub(crate) static ref WAITS: Waits = Waits::default();
+}
 
 /// A graph of registered waits.
 #[derive(Default)]

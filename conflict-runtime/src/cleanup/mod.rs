@@ -39,7 +39,7 @@ mod pressure;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
 use conflict_core::{
@@ -62,6 +62,7 @@ pub use pressure::{MemoryPressure, SystemMemory};
 
 use crate::metrics::{Counter, Metrics};
 use crate::registry::OperationSpec;
+use crate::sync::{Mutex, MutexGuard};
 
 const SHARDS: usize = 16;
 

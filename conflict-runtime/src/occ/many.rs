@@ -875,7 +875,7 @@ fn relock_unmoved<'t>(
     txn: &'t TxnShared,
     known: &[(EntityKey, EntityCodec, u64)],
     now: &[Option<Snapshot>],
-) -> Option<std::sync::MutexGuard<'t, crate::txn::TxnState>> {
+) -> Option<crate::sync::MutexGuard<'t, crate::txn::TxnState>> {
     let mut st = txn.lock();
     if st.sealed || st.doomed.is_some() {
         return None;

@@ -1,5 +1,5 @@
-//! What `tokio::sync::Notify` and `tokio::sync::oneshot` promise, built on loom's mutex, for
-//! `--cfg loom` builds only.
+//! What `tokio::sync::Notify` and `tokio::sync::oneshot` promise, built on the model checker's
+//! mutex, for `--cfg loom` and `--cfg shuttle` builds only.
 //!
 //! tokio's own primitives synchronize through atomics loom cannot see: a model mixing them
 //! with loom's atomics reports interleavings no real execution has (a thread reading a stale
