@@ -262,11 +262,16 @@ async fn run_call(history: History, h: [Handle<Reg>; 2], s: Spec) {
 
 /// Runs `w` on a fresh runtime over `store` and returns the checked history.
 fn run(w: &Workload, store: Arc<dyn EntityStore>) -> Report {
+    // Far above what a case publishes, so that no event is lost before the drain.
+    run_with_events(w, store, 1 << 16)
+}
+
+/// [`run`] with an event ring of `event_capacity`.
+fn run_with_events(w: &Workload, store: Arc<dyn EntityStore>, event_capacity: usize) -> Report {
     paused(async {
         let rt = Runtime::builder()
             .shared_store(store)
-            // Far above what a case publishes, so that no event is lost before the drain.
-            .event_capacity(1 << 16)
+            .event_capacity(event_capacity)
             .build()
             .expect("runtime configuration");
         let mut events = rt.subscribe();
@@ -329,6 +334,7 @@ fn add(total: &mut Stats, s: &Stats) {
     total.dropped_calls += s.dropped_calls;
     total.operations += s.operations;
     total.event_only_commits += s.event_only_commits;
+    total.entities += s.entities;
     total.writes += s.writes;
     total.reads += s.reads;
     total.values_checked += s.values_checked;
@@ -590,4 +596,18 @@ fn a_store_that_reports_the_expected_version_duplicates_versions_and_the_checker
         .iter()
         .any(|v| matches!(v, Violation::VersionGap { .. }));
     assert!(duplicate && gap, "{report}");
+}
+
+/// A subscription that fell behind lost events: the checker says so instead of passing a
+/// history with holes.
+#[test]
+fn a_history_with_lost_events_is_reported_not_trusted() {
+    let report = run_with_events(&overlapping_bumps(), memory(), 4);
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| matches!(v, Violation::EventsMissed { count } if *count > 0)),
+        "{report}"
+    );
 }

@@ -47,8 +47,9 @@
 //! so a history is linearizable exactly when *that* order (writes by version, reads of a
 //! version after its write) agrees with real time and with the register model. That is a
 //! sort and one sweep per entity (O(n log n)), checks histories of any size the stress run
-//! produces, and needs no dependency (the one Rust crate with such a tester, `stateright`, is
-//! a whole model checker). Where versions disagree with real time, the checker names the pair.
+//! produces, and needs no dependency (the Rust tester we know of, `stateright`'s
+//! `LinearizabilityTester`, comes with a whole model checker and searches anyway). Where
+//! versions disagree with real time, the checker names the pair.
 //!
 //! # What is observable, and what is missing
 //!
@@ -68,6 +69,11 @@
 //!   not one that was cancelled or displaced meanwhile, cannot be seen. Checking "top-ranked
 //!   among all candidates" needs an event at admission (`OperationStaged { op, target }`) and
 //!   one per resolution (`GroupResolved { target, winner, members }`).
+//! * **Not modelled**: entities created or deleted by a call (a delete's tombstone version
+//!   is in no `Committed`, so it would show as a gap), and operations nested in a body (their
+//!   writes are in their root's `Committed::versions`, which is what the checker uses; their
+//!   own completions are not matched to calls). Workloads with those need [`Effect`]s written
+//!   by hand.
 //! * Time is a logical clock of the recorder (see [`History`]), not tokio's, so the paused
 //!   clock's many equal instants do not hide real-time order.
 //!
