@@ -9,7 +9,7 @@
 //!
 //! A failing case prints its workload, and proptest saves its seed in
 //! `tests/proptest-regressions/history.txt` (replayed first on the next run); a whole run can
-//! be replayed with `PROPTEST_RNG_SEED=<seed>`.
+//! be replayed with `PROPTEST_RNG_SEED=<seed>`, and `PROPTEST_CASES=<n>` runs more cases.
 //!
 //! The last tests feed the checker histories from a store whose compare is broken, and show
 //! that it reports them.
@@ -352,7 +352,11 @@ fn add(total: &mut Stats, s: &Stats) {
 fn generated_workloads_have_valid_histories() {
     quiet_generated_panics();
     let mut runner = TestRunner::new(Config {
-        cases: 128,
+        // `PROPTEST_CASES` explores further (e.g. 5000); the default keeps the file at seconds.
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(128),
         max_shrink_iters: 256,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
             "proptest-regressions/history.txt",
