@@ -1,0 +1,626 @@
+//! Fault injection (issue #15): calls under contention on a store that fails, stalls and loses
+//! replies ([`FaultyStore`]). Whatever the store does, every call ends with exactly one typed
+//! outcome, nothing the store applied is lost or applied twice, the stored state is the serial
+//! replay of what was applied, money is conserved, and the metrics count every call once.
+//!
+//! What a store fault becomes for the caller (checked precisely below):
+//! * an error at `load` / `load_many` of the snapshot, or at `commit` before it reaches the
+//!   store: `ConflictError::Store(StoreError::Backend)`, the store's own error, not retried;
+//! * the same error at the `load_many` of an insert made inside a body: it reaches the body's
+//!   `insert(..).await`, so the call ends with `ConflictError::Body` of what the body made of it;
+//! * a lost commit reply: `ConflictError::Store(StoreError::OutcomeUnknown)` with the call's op
+//!   id, the store's own error, not retried (see `a_lost_reply_is_reported_as_unknown_and_the_
+//!   commit_is_not_applied_again`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use conflict_runtime::entity::EntityKey;
+use conflict_runtime::prelude::*;
+use conflict_runtime::store::{EntityCodec, StoreError};
+use conflict_tests::faults::{FaultCounts, FaultRates, FaultyStore, INJECTED};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Entity)]
+#[entity(name = "faults::Account")]
+struct Account {
+    #[entity(id)]
+    id: EntityId,
+    balance: i64,
+}
+
+/// Why a body refused: too little money, or the store failed under an insert it made.
+#[derive(Debug, Clone)]
+enum Refused {
+    Insufficient,
+    Store(StoreError),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Insufficient => f.write_str("insufficient funds"),
+            Self::Store(e) => write!(f, "store: {e}"),
+        }
+    }
+}
+
+/// A single-entity increment; losers stay staged, so most calls get to commit.
+#[with_conflict_resolution(pre_ecs(on_lose = "requeue"), occ(max_retries = 20, base_delay_ms = 1))]
+async fn deposit(a: &mut Account) {
+    a.balance += 1;
+}
+
+/// A two-entity transfer, staged on both (losers are rejected).
+#[with_conflict_resolution(occ(max_retries = 20, base_delay_ms = 1))]
+async fn transfer(from: &mut Account, to: &mut Account, amount: i64) -> Result<(), Refused> {
+    if from.balance < amount {
+        return Err(Refused::Insufficient);
+    }
+    from.balance -= amount;
+    // A point where other calls interleave between the two writes of the body.
+    tokio::task::yield_now().await;
+    to.balance += amount;
+    Ok(())
+}
+
+/// Creates account `id` with `amount` taken from `from`, in one commit (the insert joins the
+/// call's commit). Not staged: it races the staged calls on `from` through OCC alone.
+#[with_conflict_resolution(pre_ecs = false, occ(max_retries = 20, base_delay_ms = 1))]
+async fn open(from: &mut Account, rt: Runtime, id: EntityId, amount: i64) -> Result<(), Refused> {
+    if from.balance < amount {
+        return Err(Refused::Insufficient);
+    }
+    rt.insert(Account {
+        id,
+        balance: amount,
+    })
+    .await
+    .map_err(Refused::Store)?;
+    from.balance -= amount;
+    Ok(())
+}
+
+/// One call a task made, by account index.
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    Deposit {
+        a: usize,
+    },
+    Transfer {
+        from: usize,
+        to: usize,
+        amount: i64,
+    },
+    Open {
+        from: usize,
+        id: EntityId,
+        amount: i64,
+    },
+}
+
+/// What a call returned: its op id and new versions, or its error (the body's error type made
+/// common to all three functions).
+type Outcome = Result<(OpId, Vec<(EntityKey, u64)>), ConflictError<Refused>>;
+
+fn committed<T>(c: &Committed<T>) -> (OpId, Vec<(EntityKey, u64)>) {
+    let versions = c.versions.iter().map(|(k, v)| (k.clone(), v)).collect();
+    (c.op_id, versions)
+}
+
+async fn make(rt: &Runtime, accounts: &[Handle<Account>], call: Call) -> Outcome {
+    match call {
+        Call::Deposit { a } => deposit(&accounts[a])
+            .await
+            .map(|c| committed(&c))
+            .map_err(|e| e.map_body(|never| match never {})),
+        Call::Transfer { from, to, amount } => transfer(&accounts[from], &accounts[to], amount)
+            .await
+            .map(|c| committed(&c)),
+        Call::Open { from, id, amount } => open(&accounts[from], rt.clone(), id, amount)
+            .await
+            .map(|c| committed(&c)),
+    }
+}
+
+/// A run: `tasks` tasks each make `calls` calls, drawn from `seed`, over `accounts` hot
+/// accounts of `START` each.
+#[derive(Debug, Clone, Copy)]
+struct Scenario {
+    seed: u64,
+    rates: FaultRates,
+    accounts: usize,
+    tasks: usize,
+    calls: usize,
+}
+
+const START: i64 = 40;
+
+/// The hang detector: generous, in the clock of the run (paused or not).
+const HANG: Duration = Duration::from_secs(600);
+
+fn pick(rng: &mut fastrand::Rng, accounts: usize) -> Call {
+    let a = rng.usize(..accounts);
+    match rng.u8(0..10) {
+        0..=3 => Call::Deposit { a },
+        4..=7 => {
+            // Another account than `a`.
+            let to = (a + 1 + rng.usize(..accounts - 1)) % accounts;
+            Call::Transfer {
+                from: a,
+                to,
+                amount: rng.i64(1..=15),
+            }
+        }
+        _ => Call::Open {
+            from: a,
+            id: EntityId::new(),
+            amount: rng.i64(1..=10),
+        },
+    }
+}
+
+/// Runs `s` to the end and checks every invariant of the module docs; returns the faults
+/// injected (so callers can check the faults they asked for really happened).
+async fn run_and_check(s: Scenario) -> FaultCounts {
+    let (rt, store) = FaultyStore::memory_runtime(s.seed);
+    let mut accounts = Vec::new();
+    for _ in 0..s.accounts {
+        let h = rt
+            .insert(Account {
+                id: EntityId::new(),
+                balance: START,
+            })
+            .await
+            .expect("set-up insert without faults");
+        accounts.push(h);
+    }
+    let accounts = Arc::new(accounts);
+    store.set_rates(s.rates);
+    let mut tasks = Vec::new();
+    for t in 0..s.tasks {
+        let (rt, accounts) = (rt.clone(), accounts.clone());
+        let mut rng = fastrand::Rng::with_seed(
+            s.seed
+                .wrapping_mul(1000)
+                .wrapping_add(u64::try_from(t).expect("few tasks")),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut made = Vec::new();
+            for _ in 0..s.calls {
+                let call = pick(&mut rng, accounts.len());
+                let out = make(&rt, &accounts, call).await;
+                made.push((call, out));
+            }
+            made
+        }));
+    }
+    let joined = tokio::time::timeout(HANG, futures_util::future::join_all(tasks))
+        .await
+        .unwrap_or_else(|_| panic!("seed {}: the run hung (no end within {HANG:?})", s.seed));
+    store.set_rates(FaultRates::NONE);
+    let ended: Vec<(Call, Outcome)> = joined
+        .into_iter()
+        .flat_map(|r| r.expect("a task of the run panicked"))
+        .collect();
+    assert_eq!(ended.len(), s.tasks * s.calls, "one outcome per call");
+    let counts = store.counts();
+    check_outcomes(s.seed, &ended, counts);
+    check_log(s.seed, &store, &accounts, &ended).await;
+    check_books(s.seed, &rt, &ended).await;
+    counts
+}
+
+fn injected(message: &str) -> bool {
+    message.starts_with(INJECTED)
+}
+
+/// Every call ended with `Ok` or one of the errors the run can cause, each store error being an
+/// injected one; injected errors and lost replies end exactly as many calls as were injected
+/// (the runtime retries neither).
+fn check_outcomes(seed: u64, ended: &[(Call, Outcome)], counts: FaultCounts) {
+    let (mut backend, mut unknown) = (0u64, 0u64);
+    let mut unknown_ids = HashSet::new();
+    for (call, out) in ended {
+        let Err(e) = out else { continue };
+        match e {
+            ConflictError::Store(StoreError::Backend { message, .. })
+            | ConflictError::Body(Refused::Store(StoreError::Backend { message, .. }))
+                if injected(message) =>
+            {
+                assert!(
+                    matches!(e, ConflictError::Store(_)) || matches!(call, Call::Open { .. }),
+                    "seed {seed}: only a body that inserts sees a store error: {call:?}: {e}"
+                );
+                backend += 1;
+            }
+            ConflictError::Store(StoreError::OutcomeUnknown { op_id, message })
+                if injected(message) =>
+            {
+                assert!(
+                    unknown_ids.insert(*op_id),
+                    "seed {seed}: {op_id} told twice"
+                );
+                unknown += 1;
+            }
+            ConflictError::Body(Refused::Insufficient) if !matches!(call, Call::Deposit { .. }) => {
+            }
+            ConflictError::RetriesExhausted { .. } => {}
+            ConflictError::Rejected { .. } if matches!(call, Call::Transfer { .. }) => {}
+            other => panic!("seed {seed}: {call:?} ended with an unexpected error: {other:?}"),
+        }
+    }
+    let load_and_commit = counts.load_errors + counts.load_many_errors + counts.commit_errors;
+    assert_eq!(
+        backend, load_and_commit,
+        "seed {seed}: each injected error ends exactly one call ({counts:?})"
+    );
+    assert_eq!(
+        unknown,
+        counts.lost_replies(),
+        "seed {seed}: each lost reply ends exactly one call as OutcomeUnknown ({counts:?})"
+    );
+}
+
+/// The keys a call writes (a created account included).
+fn keys_of(call: Call, accounts: &[Handle<Account>]) -> Vec<EntityKey> {
+    match call {
+        Call::Deposit { a } => vec![accounts[a].key().clone()],
+        Call::Transfer { from, to, .. } => {
+            vec![accounts[from].key().clone(), accounts[to].key().clone()]
+        }
+        Call::Open { from, id, amount } => vec![
+            accounts[from].key().clone(),
+            Account {
+                id,
+                balance: amount,
+            }
+            .key(),
+        ],
+    }
+}
+
+/// What `call` does to the balance of `key` (`None`: it does not write it).
+fn effect(call: Call, key: &EntityKey, accounts: &[Handle<Account>]) -> Option<i64> {
+    let keys = keys_of(call, accounts);
+    let i = keys.iter().position(|k| k == key)?;
+    Some(match (call, i) {
+        (Call::Deposit { .. }, _) => 1,
+        (Call::Transfer { amount, .. } | Call::Open { amount, .. }, 0) => -amount,
+        (Call::Transfer { amount, .. } | Call::Open { amount, .. }, _) => amount,
+    })
+}
+
+fn balance(value: &conflict_runtime::store::StoredValue) -> i64 {
+    value
+        .as_any()
+        .downcast_ref::<Account>()
+        .expect("only accounts are stored")
+        .balance
+}
+
+/// Nothing lost, nothing doubled, and the store is the serial replay of its log:
+/// * no op id was applied twice (a lost reply did not lead to a second application);
+/// * every `Ok` call is in the log with the versions it was told, its reply not lost; every
+///   applied lost reply is a call told `OutcomeUnknown` with that op id; nothing else applied
+///   (so no call told a definite failure was applied);
+/// * per entity, versions are gap-free from 1, each write expecting the version before it, each
+///   written balance is the previous one plus the call's effect, and the store holds the last;
+/// * money is conserved: the final total is the start plus the deposits applied, and exactly
+///   the created accounts that were applied exist.
+async fn check_log(
+    seed: u64,
+    store: &FaultyStore,
+    accounts: &[Handle<Account>],
+    ended: &[(Call, Outcome)],
+) {
+    let log = store.applied_commits();
+    let mut by_op = HashMap::new();
+    for c in &log {
+        assert!(
+            by_op.insert(c.op_id, c).is_none(),
+            "seed {seed}: operation {} was applied twice",
+            c.op_id
+        );
+        assert!(c.deletes.is_empty(), "seed {seed}: nothing deletes");
+    }
+    let mut call_of = HashMap::new();
+    for (call, out) in ended {
+        match out {
+            Ok((op_id, versions)) => {
+                let applied = by_op.get(op_id).unwrap_or_else(|| {
+                    panic!("seed {seed}: {call:?} was told Committed ({op_id}) but never applied")
+                });
+                assert!(
+                    !applied.reply_lost,
+                    "seed {seed}: {op_id} replied after its reply was lost"
+                );
+                let logged: Vec<(EntityKey, u64)> = applied
+                    .writes
+                    .iter()
+                    .map(|w| (w.key.clone(), w.version))
+                    .collect();
+                let mut told = versions.clone();
+                let (mut told_sorted, mut logged_sorted) = (told.clone(), logged.clone());
+                told_sorted.sort();
+                logged_sorted.sort();
+                assert_eq!(
+                    told_sorted, logged_sorted,
+                    "seed {seed}: {call:?} was told other versions than the store applied"
+                );
+                told.sort();
+                let mut keys = keys_of(*call, accounts);
+                keys.sort();
+                let told_keys: Vec<EntityKey> = told.into_iter().map(|(k, _)| k).collect();
+                assert_eq!(
+                    told_keys, keys,
+                    "seed {seed}: {call:?} wrote other entities"
+                );
+                call_of.insert(*op_id, *call);
+            }
+            Err(ConflictError::Store(StoreError::OutcomeUnknown { op_id, .. })) => {
+                if let Some(applied) = by_op.get(op_id) {
+                    assert!(
+                        applied.reply_lost,
+                        "seed {seed}: {op_id}: reply not lost, yet told unknown"
+                    );
+                    let mut logged: Vec<EntityKey> =
+                        applied.writes.iter().map(|w| w.key.clone()).collect();
+                    logged.sort();
+                    let mut keys = keys_of(*call, accounts);
+                    keys.sort();
+                    assert_eq!(
+                        logged, keys,
+                        "seed {seed}: OutcomeUnknown names another call's op id"
+                    );
+                }
+                call_of.insert(*op_id, *call);
+            }
+            Err(_) => {}
+        }
+    }
+    for c in &log {
+        assert!(
+            call_of.contains_key(&c.op_id),
+            "seed {seed}: {} was applied but its caller was told a definite failure",
+            c.op_id
+        );
+    }
+    let mut chains: BTreeMap<EntityKey, Vec<Link>> = BTreeMap::new();
+    for ins in store.applied_inserts() {
+        chains.entry(ins.key).or_default().push(Link {
+            version: ins.version,
+            expected: 0,
+            balance: balance(&ins.value),
+            call: None,
+        });
+    }
+    for c in &log {
+        for w in &c.writes {
+            chains.entry(w.key.clone()).or_default().push(Link {
+                version: w.version,
+                expected: w.expected_version,
+                balance: balance(&w.value),
+                call: Some(call_of[&c.op_id]),
+            });
+        }
+    }
+    let mut total = 0;
+    for (key, chain) in &mut chains {
+        chain.sort_by_key(|link| link.version);
+        let mut prev = 0;
+        for (n, link) in (1u64..).zip(chain.iter()) {
+            let &Link {
+                version,
+                expected,
+                balance: written,
+                call,
+            } = link;
+            assert_eq!(version, n, "seed {seed}: {key}: versions not gap-free");
+            assert_eq!(
+                expected,
+                version - 1,
+                "seed {seed}: {key}: v{version} not written over v{expected}"
+            );
+            let want = match call {
+                None => START,
+                Some(call) => prev + effect(call, key, accounts).expect("the call writes it"),
+            };
+            assert_eq!(
+                written, want,
+                "seed {seed}: {key} v{version} is not the serial replay ({call:?})"
+            );
+            assert!(written >= 0, "seed {seed}: {key} went negative");
+            prev = written;
+        }
+        let stored = store
+            .inner()
+            .load(key, EntityCodec::of::<Account>())
+            .await
+            .expect("a load without faults")
+            .unwrap_or_else(|| panic!("seed {seed}: {key} is in the log but not stored"));
+        assert_eq!(
+            (stored.version, balance(&stored.value)),
+            (u64::try_from(chain.len()).expect("short chains"), prev),
+            "seed {seed}: {key}: the store does not hold the last applied write"
+        );
+        total += prev;
+    }
+    // Created accounts that were not applied must not exist either.
+    for (call, _) in ended {
+        if let Call::Open { id, amount, .. } = call {
+            let key = Account {
+                id: *id,
+                balance: *amount,
+            }
+            .key();
+            let stored = store
+                .inner()
+                .load(&key, EntityCodec::of::<Account>())
+                .await
+                .expect("a load without faults");
+            assert_eq!(
+                stored.is_some(),
+                chains.contains_key(&key),
+                "seed {seed}: {key} exists iff its creation was applied"
+            );
+        }
+    }
+    let deposits = log
+        .iter()
+        .filter(|c| matches!(call_of[&c.op_id], Call::Deposit { .. }))
+        .count();
+    let start = START * i64::try_from(accounts.len()).expect("few accounts");
+    assert_eq!(
+        total,
+        start + i64::try_from(deposits).expect("few deposits"),
+        "seed {seed}: money was created or destroyed"
+    );
+}
+
+/// One write of an entity's history: an insert (`call: None`) or a commit of `call`.
+struct Link {
+    version: u64,
+    expected: u64,
+    balance: i64,
+    call: Option<Call>,
+}
+
+/// The runtime's books: every call counted once, by the outcome its caller got, nothing left in
+/// flight, and shutdown ends cleanly.
+async fn check_books(seed: u64, rt: &Runtime, ended: &[(Call, Outcome)]) {
+    let calls = u64::try_from(ended.len()).expect("few calls");
+    let mut kinds: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for (_, out) in ended {
+        let kind = match out {
+            Ok(_) => OutcomeKind::Committed,
+            Err(e) => e.kind(),
+        };
+        *kinds.entry(kind.as_str()).or_default() += 1;
+    }
+    // Set-up inserts are no calls: only the calls of the run are operations.
+    let m = rt.metrics();
+    assert_eq!(
+        (m.submitted, m.ended, m.in_flight),
+        (calls, calls, 0),
+        "seed {seed}: every call counted once, none in flight"
+    );
+    for kind in OutcomeKind::ALL.iter() {
+        assert_eq!(
+            m.outcome(*kind),
+            kinds.get(kind.as_str()).copied().unwrap_or(0),
+            "seed {seed}: outcome `{}` miscounted",
+            kind.as_str()
+        );
+    }
+    let report = rt.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        !report.timed_out,
+        "seed {seed}: shutdown timed out: {report:?}"
+    );
+    assert_eq!(
+        (report.submitted, report.ended(), report.still_running),
+        (calls, calls, 0),
+        "seed {seed}: shutdown's report: {report:?}"
+    );
+}
+
+const SEEDS: [u64; 6] = [1, 2, 3, 5, 8, 13];
+
+fn scenario(seed: u64, rates: FaultRates) -> Scenario {
+    Scenario {
+        seed,
+        rates,
+        accounts: 4,
+        tasks: 12,
+        calls: 25,
+    }
+}
+
+/// Commit faults (errors before the store, delays either side, lost replies) under contention:
+/// every invariant of the module docs holds for each seed, and each kind of fault was injected.
+#[tokio::test(start_paused = true)]
+async fn commit_faults_lose_nothing_and_double_nothing() {
+    let rates = FaultRates {
+        commit_error: 0.1,
+        commit_delay: 0.5,
+        lost_reply: 0.15,
+        reply_delay: 0.3,
+        max_delay: Duration::from_millis(3),
+        ..FaultRates::NONE
+    };
+    for seed in SEEDS {
+        let c = run_and_check(scenario(seed, rates)).await;
+        assert!(
+            c.commit_errors > 0 && c.lost_applied > 0 && c.commit_delays > 0 && c.reply_delays > 0,
+            "seed {seed}: the faults asked for happened: {c:?}"
+        );
+    }
+}
+
+/// Faults at `load` and `load_many` (the snapshot, and the read behind an insert in a body):
+/// every invariant of the module docs holds for each seed; each failed read ends one call.
+#[tokio::test(start_paused = true)]
+async fn load_faults_end_the_call_and_apply_nothing() {
+    let rates = FaultRates {
+        load_error: 0.1,
+        load_delay: 0.5,
+        max_delay: Duration::from_millis(3),
+        ..FaultRates::NONE
+    };
+    for seed in SEEDS {
+        let c = run_and_check(scenario(seed, rates)).await;
+        assert!(
+            c.load_errors > 0 && c.load_many_errors > 0 && c.load_delays > 0,
+            "seed {seed}: the faults asked for happened: {c:?}"
+        );
+    }
+}
+
+/// Every fault at once, on more tasks and fewer accounts (more contention).
+#[tokio::test(start_paused = true)]
+async fn all_faults_at_once_keep_every_invariant() {
+    let rates = FaultRates {
+        load_error: 0.05,
+        load_delay: 0.3,
+        commit_error: 0.05,
+        commit_delay: 0.3,
+        lost_reply: 0.1,
+        reply_delay: 0.3,
+        max_delay: Duration::from_millis(2),
+        ..FaultRates::NONE
+    };
+    for seed in SEEDS {
+        run_and_check(Scenario {
+            tasks: 16,
+            accounts: 3,
+            ..scenario(seed, rates)
+        })
+        .await;
+    }
+}
+
+/// The same on a multi-thread runtime with real (short) delays: the invariants do not depend on
+/// the single-threaded interleavings of the paused clock.
+#[test]
+fn all_faults_on_a_multi_thread_runtime_keep_every_invariant() {
+    let rates = FaultRates {
+        load_error: 0.05,
+        load_delay: 0.3,
+        commit_error: 0.05,
+        commit_delay: 0.3,
+        lost_reply: 0.1,
+        reply_delay: 0.3,
+        max_delay: Duration::from_micros(300),
+        ..FaultRates::NONE
+    };
+    conflict_tests::multi_thread(2, async move {
+        for seed in [21, 34] {
+            run_and_check(Scenario {
+                tasks: 8,
+                ..scenario(seed, rates)
+            })
+            .await;
+        }
+    });
+}
