@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conflict_runtime::entity::EntityKey;
+use conflict_runtime::operation::OperationStatus;
 use conflict_runtime::prelude::*;
 use conflict_runtime::store::{EntityCodec, StoreError};
 use conflict_tests::faults::{FaultCounts, FaultRates, FaultyStore, INJECTED};
@@ -623,4 +624,308 @@ fn all_faults_on_a_multi_thread_runtime_keep_every_invariant() {
             .await;
         }
     });
+}
+
+async fn account(rt: &Runtime, balance: i64) -> Handle<Account> {
+    rt.insert(Account {
+        id: EntityId::new(),
+        balance,
+    })
+    .await
+    .expect("an insert without faults")
+}
+
+async fn stored(store: &FaultyStore, key: &EntityKey) -> Option<(u64, i64)> {
+    store
+        .inner()
+        .load(key, EntityCodec::of::<Account>())
+        .await
+        .expect("a load without faults")
+        .map(|s| (s.version, balance(&s.value)))
+}
+
+/// The op id an `OutcomeUnknown` names, or a panic saying what the call got instead.
+fn unknown_op(what: &str, out: &Outcome) -> OpId {
+    match out {
+        Err(e @ ConflictError::Store(StoreError::OutcomeUnknown { op_id, message })) => {
+            assert!(injected(message), "{what}: {e}");
+            assert_eq!(
+                e.op_id(),
+                Some(*op_id),
+                "{what}: the error names its operation"
+            );
+            assert_eq!(e.kind(), OutcomeKind::StoreError, "{what}");
+            assert!(!e.is_transient(), "{what}: not to be retried blindly");
+            *op_id
+        }
+        other => panic!("{what}: expected OutcomeUnknown, got {other:?}"),
+    }
+}
+
+/// What a caller is told when its commit applied but the reply was lost, on each commit path
+/// (a staged single-entity call, a two-entity call, a call that creates an entity):
+/// `ConflictError::Store(StoreError::OutcomeUnknown { op_id, .. })` with the call's op id, the
+/// store's own error passed through. It does not claim the commit failed ("look the op id up in
+/// the ledger"); the runtime neither re-reads nor retries: the commit is applied exactly once
+/// (one log entry, attempt 1), the next call builds on it, the call is counted once as
+/// `store_error` and recorded `Failed` with that message.
+#[tokio::test(start_paused = true)]
+async fn a_lost_reply_is_reported_as_unknown_and_the_commit_is_not_applied_again() {
+    let (rt, store) = FaultyStore::memory_runtime(1);
+    let acc = [account(&rt, 10).await, account(&rt, 10).await];
+    let accounts = &acc[..];
+    store.set_rates(FaultRates {
+        lost_reply: 1.0,
+        ..FaultRates::NONE
+    });
+    let created = EntityId::new();
+    let calls = [
+        Call::Deposit { a: 0 },
+        Call::Transfer {
+            from: 0,
+            to: 1,
+            amount: 3,
+        },
+        Call::Open {
+            from: 1,
+            id: created,
+            amount: 4,
+        },
+    ];
+    let mut ops = Vec::new();
+    for call in calls {
+        let op_id = unknown_op(&format!("{call:?}"), &make(&rt, accounts, call).await);
+        let log = store.applied_commits();
+        let applied: Vec<_> = log.iter().filter(|c| c.op_id == op_id).collect();
+        assert_eq!(applied.len(), 1, "{call:?}: applied exactly once");
+        assert_eq!(applied[0].attempt, 1, "{call:?}: no second attempt");
+        assert!(applied[0].reply_lost);
+        let mut keys: Vec<_> = applied[0].writes.iter().map(|w| w.key.clone()).collect();
+        keys.sort();
+        let mut want = keys_of(call, accounts);
+        want.sort();
+        assert_eq!(keys, want, "{call:?}: the op id is this call's");
+        ops.push(op_id);
+    }
+    assert_eq!(store.counts().lost_applied, 3);
+    assert_eq!(store.applied_commits().len(), 3, "nothing else applied");
+    let created_key = Account {
+        id: created,
+        balance: 4,
+    }
+    .key();
+    // +1, -3; +3, -4; created with 4: every lost-reply commit is in the store.
+    assert_eq!(stored(&store, acc[0].key()).await, Some((3, 8)));
+    assert_eq!(stored(&store, acc[1].key()).await, Some((3, 9)));
+    assert_eq!(stored(&store, &created_key).await, Some((1, 4)));
+
+    // The runtime's staging remembers no stale snapshot: the next calls build on the truth.
+    store.set_rates(FaultRates::NONE);
+    let next = deposit(&acc[0]).await.expect("no faults now");
+    assert_eq!(next.version, 4);
+    let next = transfer(&acc[0], &acc[1], 1).await.expect("no faults now");
+    assert_eq!(
+        (next.version_of(acc[0].key()), next.version_of(acc[1].key())),
+        (Some(5), Some(4))
+    );
+    assert_eq!(stored(&store, acc[0].key()).await, Some((5, 8)));
+
+    let m = rt.metrics();
+    assert_eq!((m.submitted, m.ended, m.in_flight), (5, 5, 0));
+    assert_eq!(m.outcome(OutcomeKind::StoreError), 3);
+    assert_eq!(m.outcome(OutcomeKind::Committed), 2);
+    for op_id in ops {
+        let rec = rt
+            .operations()
+            .get(op_id)
+            .expect("the operation is recorded");
+        assert_eq!(rec.status, OperationStatus::Failed, "{rec:?}");
+        assert_eq!(rec.outcome, Some(OutcomeKind::StoreError), "{rec:?}");
+        assert!(
+            rec.error_message
+                .as_deref()
+                .is_some_and(|m| m.contains("unknown outcome")),
+            "{rec:?}"
+        );
+    }
+    let report = rt.shutdown(Duration::from_secs(1)).await;
+    assert!(!report.timed_out && report.still_running == 0, "{report:?}");
+}
+
+/// A caller that leaves while its commit is in flight, the commit applying and its reply then
+/// being lost: the call is counted once, as `store_error` (what the commit's settling task got,
+/// not `cancelled`, not `committed`), nothing stays in flight, and the commit applied once.
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_leaves_before_a_lost_reply_is_counted_once() {
+    let (rt, store) = FaultyStore::memory_runtime(2);
+    let h = account(&rt, 0).await;
+    store.set_rates(FaultRates {
+        lost_reply: 1.0,
+        reply_delay: 1.0,
+        // Delays are drawn in 0..=max: the patience below is shorter than most.
+        max_delay: Duration::from_millis(20),
+        ..FaultRates::NONE
+    });
+    let mut left = 0;
+    for _ in 0..20 {
+        if tokio::time::timeout(Duration::from_millis(1), deposit(&h))
+            .await
+            .is_err()
+        {
+            left += 1;
+        }
+        // The settling task ends the call once the reply (lost) comes.
+        tokio::time::timeout(HANG, async {
+            while rt.metrics().in_flight > 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the dropped call's commit settles");
+    }
+    assert!(left > 0, "some callers left before the reply");
+    let m = rt.metrics();
+    assert_eq!((m.submitted, m.ended, m.in_flight), (20, 20, 0));
+    assert_eq!(m.outcome(OutcomeKind::StoreError), 20, "{:?}", m.outcomes);
+    let log = store.applied_commits();
+    assert_eq!(log.len(), 20, "each applied once");
+    assert_eq!(
+        log.iter().map(|c| c.op_id).collect::<HashSet<_>>().len(),
+        20,
+        "no op id twice"
+    );
+    assert_eq!(stored(&store, h.key()).await, Some((21, 20)));
+}
+
+/// Injected insert faults (outside any call): each insert ends `Ok` or with the injected
+/// `StoreError::Backend`, one per injected error; an entity is stored, at version 1, iff its
+/// insert returned `Ok`; a failed insert stored nothing (inserting it again works) and a
+/// successful one is not stored twice (inserting it again is `AlreadyExists`).
+#[tokio::test(start_paused = true)]
+async fn insert_faults_store_each_entity_once_or_not_at_all() {
+    for seed in SEEDS {
+        let (rt, store) = FaultyStore::memory_runtime(seed);
+        store.set_rates(FaultRates {
+            insert_error: 0.3,
+            insert_delay: 0.5,
+            max_delay: Duration::from_millis(3),
+            ..FaultRates::NONE
+        });
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let rt = rt.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut made = Vec::new();
+                for _ in 0..10 {
+                    let a = Account {
+                        id: EntityId::new(),
+                        balance: 7,
+                    };
+                    let out = rt.insert(a.clone()).await;
+                    made.push((a, out.map(|h| h.key().clone())));
+                }
+                made
+            }));
+        }
+        let made: Vec<_> = tokio::time::timeout(HANG, futures_util::future::join_all(tasks))
+            .await
+            .expect("no hang")
+            .into_iter()
+            .flat_map(|r| r.expect("no panic"))
+            .collect();
+        store.set_rates(FaultRates::NONE);
+        let counts = store.counts();
+        assert!(
+            counts.insert_errors > 0 && counts.insert_delays > 0,
+            "{counts:?}"
+        );
+        let mut failed = 0;
+        let applied: HashSet<EntityKey> =
+            store.applied_inserts().into_iter().map(|i| i.key).collect();
+        assert_eq!(applied.len(), store.applied_inserts().len(), "none twice");
+        for (a, out) in &made {
+            match out {
+                Ok(key) => {
+                    assert_eq!(key, &a.key());
+                    assert!(applied.contains(key));
+                    assert_eq!(stored(&store, key).await, Some((1, 7)));
+                    let again = rt.insert(a.clone()).await.map(|_| ());
+                    assert!(
+                        matches!(again, Err(StoreError::AlreadyExists { .. })),
+                        "{again:?}"
+                    );
+                }
+                Err(StoreError::Backend { message, .. }) if injected(message) => {
+                    failed += 1;
+                    assert!(!applied.contains(&a.key()));
+                    assert_eq!(stored(&store, &a.key()).await, None, "nothing stored");
+                    rt.insert(a.clone())
+                        .await
+                        .expect("the insert can be made again");
+                    assert_eq!(stored(&store, &a.key()).await, Some((1, 7)));
+                }
+                Err(other) => panic!("seed {seed}: unexpected insert error: {other:?}"),
+            }
+        }
+        assert_eq!(
+            failed, counts.insert_errors,
+            "seed {seed}: one failure per fault"
+        );
+        assert_eq!(
+            rt.metrics().submitted,
+            0,
+            "inserts outside calls are no operations"
+        );
+        let report = rt.shutdown(Duration::from_secs(1)).await;
+        assert!(!report.timed_out && report.still_running == 0, "{report:?}");
+    }
+}
+
+/// The schedule is a function of the seed (and the order of store calls): the same calls, one
+/// after another, on two runtimes with the same seed meet the same faults and end the same way,
+/// so a failing seed can be replayed.
+#[tokio::test(start_paused = true)]
+async fn the_fault_schedule_is_a_function_of_the_seed() {
+    async fn one_run(seed: u64) -> (FaultCounts, Vec<&'static str>, Vec<(u32, bool)>) {
+        let (rt, store) = FaultyStore::memory_runtime(seed);
+        let acc = [account(&rt, 50).await, account(&rt, 50).await];
+        store.set_rates(FaultRates {
+            load_error: 0.1,
+            load_delay: 0.3,
+            commit_error: 0.1,
+            commit_delay: 0.3,
+            lost_reply: 0.2,
+            reply_delay: 0.3,
+            max_delay: Duration::from_millis(2),
+            ..FaultRates::NONE
+        });
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut kinds = Vec::new();
+        for _ in 0..60 {
+            let out = make(&rt, &acc, pick(&mut rng, acc.len())).await;
+            kinds.push(match &out {
+                Ok(_) => OutcomeKind::Committed.as_str(),
+                Err(e) => e.kind().as_str(),
+            });
+        }
+        let log = store
+            .applied_commits()
+            .iter()
+            .map(|c| (c.attempt, c.reply_lost))
+            .collect();
+        (store.counts(), kinds, log)
+    }
+    for seed in [4, 9] {
+        let first = one_run(seed).await;
+        assert!(
+            first.0.errors() > 0 && first.0.lost_replies() > 0,
+            "{:?}",
+            first.0
+        );
+        assert_eq!(
+            first,
+            one_run(seed).await,
+            "seed {seed}: replayed differently"
+        );
+    }
 }
