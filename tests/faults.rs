@@ -206,8 +206,10 @@ async fn run_and_check(s: Scenario) -> FaultCounts {
         .collect();
     assert_eq!(ended.len(), s.tasks * s.calls, "one outcome per call");
     let counts = store.counts();
-    check_outcomes(s.seed, &ended, counts);
+    // The log first: a call told a definite failure whose commit applied is the most telling
+    // failure, and would otherwise show only as a miscount below.
     check_log(s.seed, &store, &accounts, &ended).await;
+    check_outcomes(s.seed, &ended, counts);
     check_books(s.seed, &rt, &ended).await;
     counts
 }
@@ -754,7 +756,8 @@ async fn a_lost_reply_is_reported_as_unknown_and_the_commit_is_not_applied_again
 
 /// A caller that leaves while its commit is in flight, the commit applying and its reply then
 /// being lost: the call is counted once, as `store_error` (what the commit's settling task got,
-/// not `cancelled`, not `committed`), nothing stays in flight, and the commit applied once.
+/// not `cancelled`, not `committed`) and recorded with the store's "unknown outcome", nothing
+/// stays in flight, and the commit applied once.
 #[tokio::test(start_paused = true)]
 async fn a_caller_that_leaves_before_a_lost_reply_is_counted_once() {
     let (rt, store) = FaultyStore::memory_runtime(2);
@@ -795,6 +798,18 @@ async fn a_caller_that_leaves_before_a_lost_reply_is_counted_once() {
         "no op id twice"
     );
     assert_eq!(stored(&store, h.key()).await, Some((21, 20)));
+    for c in &log {
+        let rec = rt
+            .operations()
+            .get(c.op_id)
+            .expect("the operation is recorded");
+        assert!(
+            rec.error_message
+                .as_deref()
+                .is_some_and(|m| m.contains("unknown outcome")),
+            "recorded as what the store said, not as a definite failure: {rec:?}"
+        );
+    }
 }
 
 /// Injected insert faults (outside any call): each insert ends `Ok` or with the injected
