@@ -104,6 +104,9 @@ enum Call {
 /// common to all three functions).
 type Outcome = Result<(OpId, Vec<(EntityKey, u64)>), ConflictError<Refused>>;
 
+/// A call, the timeout it was made with, and what it returned.
+type Ended = (Call, Option<Duration>, Outcome);
+
 fn committed<T>(c: &Committed<T>) -> (OpId, Vec<(EntityKey, u64)>) {
     let versions = c.versions.iter().map(|(k, v)| (k.clone(), v)).collect();
     (c.op_id, versions)
@@ -133,6 +136,8 @@ struct Scenario {
     accounts: usize,
     tasks: usize,
     calls: usize,
+    /// Whether some calls are made with a timeout (`scope().timeout(..)`).
+    timeouts: bool,
 }
 
 const START: i64 = 40;
@@ -161,9 +166,15 @@ fn pick(rng: &mut fastrand::Rng, accounts: usize) -> Call {
     }
 }
 
-/// Runs `s` to the end and checks every invariant of the module docs; returns the faults
-/// injected (so callers can check the faults they asked for really happened).
-async fn run_and_check(s: Scenario) -> FaultCounts {
+/// What a run did: the faults injected and how many calls ended with each outcome (so tests
+/// can check that what they meant to provoke really happened).
+struct Run {
+    counts: FaultCounts,
+    outcomes: BTreeMap<&'static str, u64>,
+}
+
+/// Runs `s` to the end and checks every invariant of the module docs.
+async fn run_and_check(s: Scenario) -> Run {
     let (rt, store) = FaultyStore::memory_runtime(s.seed);
     let mut accounts = Vec::new();
     for _ in 0..s.accounts {
@@ -190,8 +201,19 @@ async fn run_and_check(s: Scenario) -> FaultCounts {
             let mut made = Vec::new();
             for _ in 0..s.calls {
                 let call = pick(&mut rng, accounts.len());
-                let out = make(&rt, &accounts, call).await;
-                made.push((call, out));
+                // Some calls must end by a deadline (which a commit in flight outlives).
+                let timeout = (s.timeouts && rng.u8(0..10) < 3)
+                    .then(|| Duration::from_micros(rng.u64(500..=8000)));
+                let out = match timeout {
+                    None => make(&rt, &accounts, call).await,
+                    Some(t) => {
+                        conflict_runtime::operation::scope()
+                            .timeout(t)
+                            .run(make(&rt, &accounts, call))
+                            .await
+                    }
+                };
+                made.push((call, timeout, out));
             }
             made
         }));
@@ -200,7 +222,7 @@ async fn run_and_check(s: Scenario) -> FaultCounts {
         .await
         .unwrap_or_else(|_| panic!("seed {}: the run hung (no end within {HANG:?})", s.seed));
     store.set_rates(FaultRates::NONE);
-    let ended: Vec<(Call, Outcome)> = joined
+    let ended: Vec<Ended> = joined
         .into_iter()
         .flat_map(|r| r.expect("a task of the run panicked"))
         .collect();
@@ -210,8 +232,8 @@ async fn run_and_check(s: Scenario) -> FaultCounts {
     // failure, and would otherwise show only as a miscount below.
     check_log(s.seed, &store, &accounts, &ended).await;
     check_outcomes(s.seed, &ended, counts);
-    check_books(s.seed, &rt, &ended).await;
-    counts
+    let outcomes = check_books(s.seed, &rt, &ended).await;
+    Run { counts, outcomes }
 }
 
 fn injected(message: &str) -> bool {
@@ -221,10 +243,10 @@ fn injected(message: &str) -> bool {
 /// Every call ended with `Ok` or one of the errors the run can cause, each store error being an
 /// injected one; injected errors and lost replies end exactly as many calls as were injected
 /// (the runtime retries neither).
-fn check_outcomes(seed: u64, ended: &[(Call, Outcome)], counts: FaultCounts) {
+fn check_outcomes(seed: u64, ended: &[Ended], counts: FaultCounts) {
     let (mut backend, mut unknown) = (0u64, 0u64);
     let mut unknown_ids = HashSet::new();
-    for (call, out) in ended {
+    for (call, timeout, out) in ended {
         let Err(e) = out else { continue };
         match e {
             ConflictError::Store(StoreError::Backend { message, .. })
@@ -249,6 +271,8 @@ fn check_outcomes(seed: u64, ended: &[(Call, Outcome)], counts: FaultCounts) {
             ConflictError::Body(Refused::Insufficient) if !matches!(call, Call::Deposit { .. }) => {
             }
             ConflictError::RetriesExhausted { .. } => {}
+            // It claims nothing was committed: `check_log` holds it to that.
+            ConflictError::DeadlineExceeded { .. } if timeout.is_some() => {}
             ConflictError::Rejected { .. } if matches!(call, Call::Transfer { .. }) => {}
             other => panic!("seed {seed}: {call:?} ended with an unexpected error: {other:?}"),
         }
@@ -311,12 +335,7 @@ fn balance(value: &conflict_runtime::store::StoredValue) -> i64 {
 ///   written balance is the previous one plus the call's effect, and the store holds the last;
 /// * money is conserved: the final total is the start plus the deposits applied, and exactly
 ///   the created accounts that were applied exist.
-async fn check_log(
-    seed: u64,
-    store: &FaultyStore,
-    accounts: &[Handle<Account>],
-    ended: &[(Call, Outcome)],
-) {
+async fn check_log(seed: u64, store: &FaultyStore, accounts: &[Handle<Account>], ended: &[Ended]) {
     let log = store.applied_commits();
     let mut by_op = HashMap::new();
     for c in &log {
@@ -328,7 +347,7 @@ async fn check_log(
         assert!(c.deletes.is_empty(), "seed {seed}: nothing deletes");
     }
     let mut call_of = HashMap::new();
-    for (call, out) in ended {
+    for (call, _, out) in ended {
         match out {
             Ok((op_id, versions)) => {
                 let applied = by_op.get(op_id).unwrap_or_else(|| {
@@ -450,7 +469,7 @@ async fn check_log(
         total += prev;
     }
     // Created accounts that were not applied must not exist either.
-    for (call, _) in ended {
+    for (call, _, _) in ended {
         if let Call::Open { id, amount, .. } = call {
             let key = Account {
                 id: *id,
@@ -491,10 +510,10 @@ struct Link {
 
 /// The runtime's books: every call counted once, by the outcome its caller got, nothing left in
 /// flight, and shutdown ends cleanly.
-async fn check_books(seed: u64, rt: &Runtime, ended: &[(Call, Outcome)]) {
+async fn check_books(seed: u64, rt: &Runtime, ended: &[Ended]) -> BTreeMap<&'static str, u64> {
     let calls = u64::try_from(ended.len()).expect("few calls");
     let mut kinds: BTreeMap<&'static str, u64> = BTreeMap::new();
-    for (_, out) in ended {
+    for (_, _, out) in ended {
         let kind = match out {
             Ok(_) => OutcomeKind::Committed,
             Err(e) => e.kind(),
@@ -526,6 +545,7 @@ async fn check_books(seed: u64, rt: &Runtime, ended: &[(Call, Outcome)]) {
         (calls, calls, 0),
         "seed {seed}: shutdown's report: {report:?}"
     );
+    kinds
 }
 
 const SEEDS: [u64; 6] = [1, 2, 3, 5, 8, 13];
@@ -537,6 +557,7 @@ fn scenario(seed: u64, rates: FaultRates) -> Scenario {
         accounts: 4,
         tasks: 12,
         calls: 25,
+        timeouts: false,
     }
 }
 
@@ -553,7 +574,7 @@ async fn commit_faults_lose_nothing_and_double_nothing() {
         ..FaultRates::NONE
     };
     for seed in SEEDS {
-        let c = run_and_check(scenario(seed, rates)).await;
+        let c = run_and_check(scenario(seed, rates)).await.counts;
         assert!(
             c.commit_errors > 0 && c.lost_applied > 0 && c.commit_delays > 0 && c.reply_delays > 0,
             "seed {seed}: the faults asked for happened: {c:?}"
@@ -572,7 +593,7 @@ async fn load_faults_end_the_call_and_apply_nothing() {
         ..FaultRates::NONE
     };
     for seed in SEEDS {
-        let c = run_and_check(scenario(seed, rates)).await;
+        let c = run_and_check(scenario(seed, rates)).await.counts;
         assert!(
             c.load_errors > 0 && c.load_many_errors > 0 && c.load_delays > 0,
             "seed {seed}: the faults asked for happened: {c:?}"
@@ -580,7 +601,8 @@ async fn load_faults_end_the_call_and_apply_nothing() {
     }
 }
 
-/// Every fault at once, on more tasks and fewer accounts (more contention).
+/// Every fault at once, on more tasks and fewer accounts (more contention), some calls with a
+/// timeout: a call that ends `DeadlineExceeded` ("nothing was committed") was not applied.
 #[tokio::test(start_paused = true)]
 async fn all_faults_at_once_keep_every_invariant() {
     let rates = FaultRates {
@@ -597,9 +619,38 @@ async fn all_faults_at_once_keep_every_invariant() {
         run_and_check(Scenario {
             tasks: 16,
             accounts: 3,
+            timeouts: true,
             ..scenario(seed, rates)
         })
         .await;
+    }
+}
+
+/// Slow commits and slow, lost replies against short timeouts: the deadline never cuts a commit
+/// in flight short, so every call told `DeadlineExceeded` ("nothing was committed") was indeed
+/// not applied, and a call whose commit was sent ends with that commit's outcome.
+#[tokio::test(start_paused = true)]
+async fn a_deadline_never_hides_an_applied_commit() {
+    let rates = FaultRates {
+        commit_delay: 0.6,
+        lost_reply: 0.1,
+        reply_delay: 0.6,
+        max_delay: Duration::from_millis(6),
+        ..FaultRates::NONE
+    };
+    for seed in SEEDS {
+        let run = run_and_check(Scenario {
+            timeouts: true,
+            ..scenario(seed, rates)
+        })
+        .await;
+        assert!(run.counts.lost_applied > 0, "seed {seed}: {:?}", run.counts);
+        let late = run.outcomes.get(OutcomeKind::DeadlineExceeded.as_str());
+        assert!(
+            late.is_some(),
+            "seed {seed}: some deadlines passed: {:?}",
+            run.outcomes
+        );
     }
 }
 
@@ -621,6 +672,7 @@ fn all_faults_on_a_multi_thread_runtime_keep_every_invariant() {
         for seed in [21, 34] {
             run_and_check(Scenario {
                 tasks: 8,
+                timeouts: true,
                 ..scenario(seed, rates)
             })
             .await;
