@@ -3,17 +3,24 @@
 //! outcome, nothing the store applied is lost or applied twice, the stored state is the serial
 //! replay of what was applied, money is conserved, and the metrics count every call once.
 //!
+//! The calls: `deposit` (one entity, staged, losers requeued), `transfer` (two entities, staged,
+//! losers rejected), `open` (creates an account in its body, not staged) and `gift` (a nested
+//! call, `credit`, composed into its commit); some calls run under a timeout.
+//!
 //! What a store fault becomes for the caller (checked precisely below):
 //! * an error at `load` / `load_many` of the snapshot, or at `commit` before it reaches the
 //!   store: `ConflictError::Store(StoreError::Backend)`, the store's own error, not retried;
-//! * the same error at the `load_many` of an insert made inside a body: it reaches the body's
-//!   `insert(..).await`, so the call ends with `ConflictError::Body` of what the body made of it;
+//! * the same error at the `load_many` of an insert or a nested call made inside a body: it
+//!   reaches the body's `.await`, so the call ends with `ConflictError::Body` of what the body
+//!   made of it (and counts as `body_error`);
 //! * a lost commit reply: `ConflictError::Store(StoreError::OutcomeUnknown)` with the call's op
-//!   id, the store's own error, not retried (see `a_lost_reply_is_reported_as_unknown_and_the_
-//!   commit_is_not_applied_again`).
+//!   id, the store's own error, not retried and not re-read (see
+//!   `a_lost_reply_is_reported_as_unknown_and_the_commit_is_not_applied_again`); nested calls
+//!   composed into that commit end with the same error.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use conflict_runtime::entity::EntityKey;
@@ -35,6 +42,8 @@ struct Account {
 enum Refused {
     Insufficient,
     Store(StoreError),
+    /// A nested call the body made failed.
+    Nested(ConflictError),
 }
 
 impl std::fmt::Display for Refused {
@@ -42,6 +51,7 @@ impl std::fmt::Display for Refused {
         match self {
             Self::Insufficient => f.write_str("insufficient funds"),
             Self::Store(e) => write!(f, "store: {e}"),
+            Self::Nested(e) => write!(f, "nested call: {e}"),
         }
     }
 }
@@ -82,6 +92,29 @@ async fn open(from: &mut Account, rt: Runtime, id: EntityId, amount: i64) -> Res
     Ok(())
 }
 
+/// Credits one to `to`: only ever called nested, from `gift`'s body, so it composes into
+/// `gift`'s commit and ends with that commit's outcome.
+#[with_conflict_resolution(occ(max_retries = 20, base_delay_ms = 1))]
+async fn credit(to: &mut Account) {
+    to.balance += 1;
+}
+
+/// Moves one from `from` to `to`, the credit as a nested call (counted in `nested`).
+#[with_conflict_resolution(occ(max_retries = 20, base_delay_ms = 1))]
+async fn gift(
+    from: &mut Account,
+    to: Handle<Account>,
+    nested: Arc<AtomicU64>,
+) -> Result<(), Refused> {
+    if from.balance < 1 {
+        return Err(Refused::Insufficient);
+    }
+    nested.fetch_add(1, Ordering::SeqCst);
+    credit(&to).await.map_err(Refused::Nested)?;
+    from.balance -= 1;
+    Ok(())
+}
+
 /// One call a task made, by account index.
 #[derive(Debug, Clone, Copy)]
 enum Call {
@@ -98,6 +131,10 @@ enum Call {
         id: EntityId,
         amount: i64,
     },
+    Gift {
+        from: usize,
+        to: usize,
+    },
 }
 
 /// What a call returned: its op id and new versions, or its error (the body's error type made
@@ -112,7 +149,10 @@ fn committed<T>(c: &Committed<T>) -> (OpId, Vec<(EntityKey, u64)>) {
     (c.op_id, versions)
 }
 
-async fn make(rt: &Runtime, accounts: &[Handle<Account>], call: Call) -> Outcome {
+/// Where a run counts the nested calls bodies made.
+type Nested = Arc<AtomicU64>;
+
+async fn make(rt: &Runtime, accounts: &[Handle<Account>], nested: &Nested, call: Call) -> Outcome {
     match call {
         Call::Deposit { a } => deposit(&accounts[a])
             .await
@@ -122,6 +162,9 @@ async fn make(rt: &Runtime, accounts: &[Handle<Account>], call: Call) -> Outcome
             .await
             .map(|c| committed(&c)),
         Call::Open { from, id, amount } => open(&accounts[from], rt.clone(), id, amount)
+            .await
+            .map(|c| committed(&c)),
+        Call::Gift { from, to } => gift(&accounts[from], accounts[to].clone(), nested.clone())
             .await
             .map(|c| committed(&c)),
     }
@@ -147,17 +190,16 @@ const HANG: Duration = Duration::from_secs(600);
 
 fn pick(rng: &mut fastrand::Rng, accounts: usize) -> Call {
     let a = rng.usize(..accounts);
+    // Another account than `a`.
+    let to = (a + 1 + rng.usize(..accounts - 1)) % accounts;
     match rng.u8(0..10) {
-        0..=3 => Call::Deposit { a },
-        4..=7 => {
-            // Another account than `a`.
-            let to = (a + 1 + rng.usize(..accounts - 1)) % accounts;
-            Call::Transfer {
-                from: a,
-                to,
-                amount: rng.i64(1..=15),
-            }
-        }
+        0..=2 => Call::Deposit { a },
+        3..=5 => Call::Transfer {
+            from: a,
+            to,
+            amount: rng.i64(1..=15),
+        },
+        6..=7 => Call::Gift { from: a, to },
         _ => Call::Open {
             from: a,
             id: EntityId::new(),
@@ -176,6 +218,7 @@ struct Run {
 /// Runs `s` to the end and checks every invariant of the module docs.
 async fn run_and_check(s: Scenario) -> Run {
     let (rt, store) = FaultyStore::memory_runtime(s.seed);
+    let nested = Nested::default();
     let mut accounts = Vec::new();
     for _ in 0..s.accounts {
         let h = rt
@@ -191,7 +234,7 @@ async fn run_and_check(s: Scenario) -> Run {
     store.set_rates(s.rates);
     let mut tasks = Vec::new();
     for t in 0..s.tasks {
-        let (rt, accounts) = (rt.clone(), accounts.clone());
+        let (rt, accounts, nested) = (rt.clone(), accounts.clone(), nested.clone());
         let mut rng = fastrand::Rng::with_seed(
             s.seed
                 .wrapping_mul(1000)
@@ -205,11 +248,11 @@ async fn run_and_check(s: Scenario) -> Run {
                 let timeout = (s.timeouts && rng.u8(0..10) < 3)
                     .then(|| Duration::from_micros(rng.u64(500..=8000)));
                 let out = match timeout {
-                    None => make(&rt, &accounts, call).await,
+                    None => make(&rt, &accounts, &nested, call).await,
                     Some(t) => {
                         conflict_runtime::operation::scope()
                             .timeout(t)
-                            .run(make(&rt, &accounts, call))
+                            .run(make(&rt, &accounts, &nested, call))
                             .await
                     }
                 };
@@ -232,7 +275,7 @@ async fn run_and_check(s: Scenario) -> Run {
     // failure, and would otherwise show only as a miscount below.
     check_log(s.seed, &store, &accounts, &ended).await;
     check_outcomes(s.seed, &ended, counts);
-    let outcomes = check_books(s.seed, &rt, &ended).await;
+    let outcomes = check_books(s.seed, &rt, &ended, nested.load(Ordering::SeqCst)).await;
     Run { counts, outcomes }
 }
 
@@ -250,12 +293,17 @@ fn check_outcomes(seed: u64, ended: &[Ended], counts: FaultCounts) {
         let Err(e) = out else { continue };
         match e {
             ConflictError::Store(StoreError::Backend { message, .. })
-            | ConflictError::Body(Refused::Store(StoreError::Backend { message, .. }))
-                if injected(message) =>
-            {
+            | ConflictError::Body(
+                Refused::Store(StoreError::Backend { message, .. })
+                | Refused::Nested(ConflictError::Store(StoreError::Backend { message, .. })),
+            ) if injected(message) => {
                 assert!(
-                    matches!(e, ConflictError::Store(_)) || matches!(call, Call::Open { .. }),
-                    "seed {seed}: only a body that inserts sees a store error: {call:?}: {e}"
+                    match e {
+                        ConflictError::Body(Refused::Store(_)) => matches!(call, Call::Open { .. }),
+                        ConflictError::Body(_) => matches!(call, Call::Gift { .. }),
+                        _ => true,
+                    },
+                    "seed {seed}: only a body that inserts or nests sees a store error: {call:?}: {e}"
                 );
                 backend += 1;
             }
@@ -273,7 +321,8 @@ fn check_outcomes(seed: u64, ended: &[Ended], counts: FaultCounts) {
             ConflictError::RetriesExhausted { .. } => {}
             // It claims nothing was committed: `check_log` holds it to that.
             ConflictError::DeadlineExceeded { .. } if timeout.is_some() => {}
-            ConflictError::Rejected { .. } if matches!(call, Call::Transfer { .. }) => {}
+            ConflictError::Rejected { .. }
+                if matches!(call, Call::Transfer { .. } | Call::Gift { .. }) => {}
             other => panic!("seed {seed}: {call:?} ended with an unexpected error: {other:?}"),
         }
     }
@@ -293,7 +342,7 @@ fn check_outcomes(seed: u64, ended: &[Ended], counts: FaultCounts) {
 fn keys_of(call: Call, accounts: &[Handle<Account>]) -> Vec<EntityKey> {
     match call {
         Call::Deposit { a } => vec![accounts[a].key().clone()],
-        Call::Transfer { from, to, .. } => {
+        Call::Transfer { from, to, .. } | Call::Gift { from, to } => {
             vec![accounts[from].key().clone(), accounts[to].key().clone()]
         }
         Call::Open { from, id, amount } => vec![
@@ -312,7 +361,8 @@ fn effect(call: Call, key: &EntityKey, accounts: &[Handle<Account>]) -> Option<i
     let keys = keys_of(call, accounts);
     let i = keys.iter().position(|k| k == key)?;
     Some(match (call, i) {
-        (Call::Deposit { .. }, _) => 1,
+        (Call::Deposit { .. }, _) | (Call::Gift { .. }, 1) => 1,
+        (Call::Gift { .. }, _) => -1,
         (Call::Transfer { amount, .. } | Call::Open { amount, .. }, 0) => -amount,
         (Call::Transfer { amount, .. } | Call::Open { amount, .. }, _) => amount,
     })
@@ -508,33 +558,76 @@ struct Link {
     call: Option<Call>,
 }
 
-/// The runtime's books: every call counted once, by the outcome its caller got, nothing left in
-/// flight, and shutdown ends cleanly.
-async fn check_books(seed: u64, rt: &Runtime, ended: &[Ended]) -> BTreeMap<&'static str, u64> {
+/// The function a call calls (its operations' type name in the metrics).
+fn function(call: Call) -> &'static str {
+    match call {
+        Call::Deposit { .. } => "deposit",
+        Call::Transfer { .. } => "transfer",
+        Call::Open { .. } => "open",
+        Call::Gift { .. } => "gift",
+    }
+}
+
+/// The runtime's books: every call counted once, by the outcome its caller got (per function),
+/// every nested call too (`nested` of them, each committed exactly when its root's caller was
+/// told `Committed`), nothing left in flight, and shutdown ends cleanly.
+async fn check_books(
+    seed: u64,
+    rt: &Runtime,
+    ended: &[Ended],
+    nested: u64,
+) -> BTreeMap<&'static str, u64> {
     let calls = u64::try_from(ended.len()).expect("few calls");
     let mut kinds: BTreeMap<&'static str, u64> = BTreeMap::new();
-    for (_, _, out) in ended {
+    let mut per_fn: BTreeMap<&'static str, BTreeMap<&'static str, u64>> = BTreeMap::new();
+    for (call, _, out) in ended {
         let kind = match out {
             Ok(_) => OutcomeKind::Committed,
             Err(e) => e.kind(),
-        };
-        *kinds.entry(kind.as_str()).or_default() += 1;
+        }
+        .as_str();
+        *kinds.entry(kind).or_default() += 1;
+        *per_fn
+            .entry(function(*call))
+            .or_default()
+            .entry(kind)
+            .or_default() += 1;
     }
-    // Set-up inserts are no calls: only the calls of the run are operations.
+    // Set-up inserts are no calls: only the calls of the run and their nested calls are
+    // operations.
     let m = rt.metrics();
+    let all = calls + nested;
     assert_eq!(
         (m.submitted, m.ended, m.in_flight),
-        (calls, calls, 0),
+        (all, all, 0),
         "seed {seed}: every call counted once, none in flight"
     );
-    for kind in OutcomeKind::ALL.iter() {
-        assert_eq!(
-            m.outcome(*kind),
-            kinds.get(kind.as_str()).copied().unwrap_or(0),
-            "seed {seed}: outcome `{}` miscounted",
-            kind.as_str()
-        );
+    let empty = conflict_runtime::metrics::OpTypeSnapshot::default();
+    for name in ["deposit", "transfer", "open", "gift"] {
+        let t = m.op_type(name).unwrap_or(&empty);
+        let told = per_fn.remove(name).unwrap_or_default();
+        for kind in OutcomeKind::ALL.iter().map(|k| k.as_str()) {
+            assert_eq!(
+                t.outcomes.get(kind).copied().unwrap_or(0),
+                told.get(kind).copied().unwrap_or(0),
+                "seed {seed}: `{name}` outcome `{kind}` miscounted"
+            );
+        }
     }
+    let credit = m.op_type("credit").unwrap_or(&empty);
+    assert_eq!(
+        credit.ended, nested,
+        "seed {seed}: each nested call ended once"
+    );
+    let gifts_committed = ended
+        .iter()
+        .filter(|(call, _, out)| matches!(call, Call::Gift { .. }) && out.is_ok())
+        .count();
+    assert_eq!(
+        credit.committed,
+        u64::try_from(gifts_committed).expect("few calls"),
+        "seed {seed}: a nested call committed iff its root's caller was told so"
+    );
     let report = rt.shutdown(Duration::from_secs(5)).await;
     assert!(
         !report.timed_out,
@@ -542,7 +635,7 @@ async fn check_books(seed: u64, rt: &Runtime, ended: &[Ended]) -> BTreeMap<&'sta
     );
     assert_eq!(
         (report.submitted, report.ended(), report.still_running),
-        (calls, calls, 0),
+        (all, all, 0),
         "seed {seed}: shutdown's report: {report:?}"
     );
     kinds
@@ -717,12 +810,14 @@ fn unknown_op(what: &str, out: &Outcome) -> OpId {
 }
 
 /// What a caller is told when its commit applied but the reply was lost, on each commit path
-/// (a staged single-entity call, a two-entity call, a call that creates an entity):
+/// (a staged single-entity call, a two-entity call, a call that creates an entity, a call with
+/// a nested call composed into its commit):
 /// `ConflictError::Store(StoreError::OutcomeUnknown { op_id, .. })` with the call's op id, the
 /// store's own error passed through. It does not claim the commit failed ("look the op id up in
 /// the ledger"); the runtime neither re-reads nor retries: the commit is applied exactly once
 /// (one log entry, attempt 1), the next call builds on it, the call is counted once as
-/// `store_error` and recorded `Failed` with that message.
+/// `store_error` and recorded `Failed` with that message; a nested call composed into it ends
+/// the same way.
 #[tokio::test(start_paused = true)]
 async fn a_lost_reply_is_reported_as_unknown_and_the_commit_is_not_applied_again() {
     let (rt, store) = FaultyStore::memory_runtime(1);
@@ -745,10 +840,15 @@ async fn a_lost_reply_is_reported_as_unknown_and_the_commit_is_not_applied_again
             id: created,
             amount: 4,
         },
+        Call::Gift { from: 1, to: 0 },
     ];
+    let nested = Nested::default();
     let mut ops = Vec::new();
     for call in calls {
-        let op_id = unknown_op(&format!("{call:?}"), &make(&rt, accounts, call).await);
+        let op_id = unknown_op(
+            &format!("{call:?}"),
+            &make(&rt, accounts, &nested, call).await,
+        );
         let log = store.applied_commits();
         let applied: Vec<_> = log.iter().filter(|c| c.op_id == op_id).collect();
         assert_eq!(applied.len(), 1, "{call:?}: applied exactly once");
@@ -761,33 +861,44 @@ async fn a_lost_reply_is_reported_as_unknown_and_the_commit_is_not_applied_again
         assert_eq!(keys, want, "{call:?}: the op id is this call's");
         ops.push(op_id);
     }
-    assert_eq!(store.counts().lost_applied, 3);
-    assert_eq!(store.applied_commits().len(), 3, "nothing else applied");
+    assert_eq!(store.counts().lost_applied, 4);
+    assert_eq!(store.applied_commits().len(), 4, "nothing else applied");
+    assert_eq!(nested.load(Ordering::SeqCst), 1, "the gift's body ran once");
     let created_key = Account {
         id: created,
         balance: 4,
     }
     .key();
-    // +1, -3; +3, -4; created with 4: every lost-reply commit is in the store.
-    assert_eq!(stored(&store, acc[0].key()).await, Some((3, 8)));
-    assert_eq!(stored(&store, acc[1].key()).await, Some((3, 9)));
+    // +1, -3, +1; +3, -4, -1; created with 4: every lost-reply commit is in the store.
+    assert_eq!(stored(&store, acc[0].key()).await, Some((4, 9)));
+    assert_eq!(stored(&store, acc[1].key()).await, Some((4, 8)));
     assert_eq!(stored(&store, &created_key).await, Some((1, 4)));
 
     // The runtime's staging remembers no stale snapshot: the next calls build on the truth.
     store.set_rates(FaultRates::NONE);
     let next = deposit(&acc[0]).await.expect("no faults now");
-    assert_eq!(next.version, 4);
+    assert_eq!(next.version, 5);
     let next = transfer(&acc[0], &acc[1], 1).await.expect("no faults now");
     assert_eq!(
         (next.version_of(acc[0].key()), next.version_of(acc[1].key())),
-        (Some(5), Some(4))
+        (Some(6), Some(5))
     );
-    assert_eq!(stored(&store, acc[0].key()).await, Some((5, 8)));
+    assert_eq!(stored(&store, acc[0].key()).await, Some((6, 9)));
 
     let m = rt.metrics();
-    assert_eq!((m.submitted, m.ended, m.in_flight), (5, 5, 0));
-    assert_eq!(m.outcome(OutcomeKind::StoreError), 3);
+    // Four lost replies, the gift's nested credit (ending with its root's error), two commits.
+    assert_eq!((m.submitted, m.ended, m.in_flight), (7, 7, 0));
+    assert_eq!(m.outcome(OutcomeKind::StoreError), 5);
     assert_eq!(m.outcome(OutcomeKind::Committed), 2);
+    let gift_op = ops[3];
+    let credit_op = rt
+        .operations()
+        .by_target(acc[0].key())
+        .into_iter()
+        .find(|r| r.parent_op_id == Some(gift_op))
+        .expect("the nested credit is recorded")
+        .op_id;
+    ops.push(credit_op);
     for op_id in ops {
         let rec = rt
             .operations()
@@ -967,9 +1078,10 @@ async fn the_fault_schedule_is_a_function_of_the_seed() {
             ..FaultRates::NONE
         });
         let mut rng = fastrand::Rng::with_seed(seed);
+        let nested = Nested::default();
         let mut kinds = Vec::new();
         for _ in 0..60 {
-            let out = make(&rt, &acc, pick(&mut rng, acc.len())).await;
+            let out = make(&rt, &acc, &nested, pick(&mut rng, acc.len())).await;
             kinds.push(match &out {
                 Ok(_) => OutcomeKind::Committed.as_str(),
                 Err(e) => e.kind().as_str(),
