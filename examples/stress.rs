@@ -1558,8 +1558,9 @@ fn print_analysis(out: &mut String, r: &Report) {
     say!(
         out,
         "  preemptions:                     {:>8}  (executing calls stopped by a \
-         higher-priority arrival)",
-        e.preemptions
+         higher-priority arrival, counted per entity; {} calls ended Preempted)",
+        e.preemptions,
+        m.outcome(OutcomeKind::Preempted)
     );
     say!(
         out,
