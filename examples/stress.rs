@@ -44,6 +44,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+use conflict_check::History;
 use conflict_runtime::entity::EntityKey;
 use conflict_runtime::prelude::*;
 use conflict_runtime::store::{
@@ -775,6 +776,8 @@ struct Verdict {
     coverage_required: bool,
     /// Every kind happened at least once, or it was not required.
     coverage_ok: bool,
+    /// The history checker (`conflict-check`) found no violation.
+    history_ok: bool,
     problems: Vec<String>,
 }
 
@@ -981,7 +984,35 @@ struct Report {
     order_wins: u64,
     /// `--profile seed` only: our figures beside the design's.
     seed_comparison: Option<Vec<SeedRow>>,
+    /// What the history checker looked at.
+    history: HistoryReport,
     verdict: Verdict,
+}
+
+/// What `conflict-check` checked (its violations are in the verdict's problems).
+#[derive(Serialize)]
+struct HistoryReport {
+    violations: usize,
+    calls: usize,
+    entities: usize,
+    writes: usize,
+    multi_entity_commits: usize,
+    staging_decisions: usize,
+    preemptions: usize,
+}
+
+impl HistoryReport {
+    fn new(r: &conflict_check::Report) -> Self {
+        Self {
+            violations: r.violations.len(),
+            calls: r.stats.calls,
+            entities: r.stats.entities,
+            writes: r.stats.writes,
+            multi_entity_commits: r.stats.multi_entity_commits,
+            staging_decisions: r.stats.staging_decisions,
+            preemptions: r.stats.preemptions,
+        }
+    }
 }
 
 fn peak_rss_bytes() -> Option<u64> {
@@ -1006,6 +1037,8 @@ struct Submitter {
     work_ms: u64,
     outcomes: Arc<Mutex<Outcomes>>,
     progress: indicatif::ProgressBar,
+    /// Every call, as `conflict-check` records it (invoke, return, outcome, versions).
+    history: History,
 }
 
 impl Submitter {
@@ -1055,7 +1088,9 @@ impl Submitter {
         handle: &Handle<Target>,
         op: Op,
     ) {
+        let call = self.history.invoke(op.name(), [handle.key().clone()]);
         let result = Self::scope(p).run(run(handle, op, self.work_ms)).await;
+        call.returned(&result);
         // The driver's own bookkeeping: one short critical section per operation.
         let mut o = lock(&self.outcomes);
         match result {
@@ -1077,9 +1112,13 @@ impl Submitter {
         (to, ht): (usize, &Handle<Account>),
         amount: i64,
     ) {
+        let call = self
+            .history
+            .invoke("transfer", [hf.key().clone(), ht.key().clone()]);
         let r = Self::scope(p)
             .run(transfer(hf, ht, amount, self.work_ms))
             .await;
+        call.returned(&r);
         let mut o = lock(&self.outcomes);
         let kind = r
             .as_ref()
@@ -1112,6 +1151,7 @@ async fn drive(
     targets: &[Handle<Target>],
     accounts: &[Handle<Account>],
     planned: Vec<Planned>,
+    history: &History,
 ) -> Outcomes {
     let outcomes = Arc::new(Mutex::new(Outcomes {
         commits: vec![Vec::new(); targets.len()],
@@ -1129,6 +1169,7 @@ async fn drive(
         work_ms: args.work_ms,
         outcomes: outcomes.clone(),
         progress: progress.clone(),
+        history: history.clone(),
     };
     match args.rate {
         None => {
@@ -1172,6 +1213,8 @@ struct States<'a> {
     final_targets: &'a [Versioned<Target>],
     initial_accounts: &'a [Account],
     final_accounts: &'a [Versioned<Account>],
+    /// `conflict-check`'s verdict on the recorded history.
+    history: &'a conflict_check::Report,
 }
 
 /// Sorts `commits` by version and says whether they are exactly `2..=len + 1`.
@@ -1198,24 +1241,48 @@ fn verify(
     } else {
         Vec::new()
     };
-    let (accounting_ok, state_ok, money_ok, coverage_ok) = (
+    let history = check_history(states.history);
+    let (accounting_ok, state_ok, money_ok, coverage_ok, history_ok) = (
         problems.is_empty(),
         state.is_empty(),
         money.is_empty(),
         coverage.is_empty(),
+        history.is_empty(),
     );
     problems.extend(state);
     problems.extend(money);
     problems.extend(coverage);
+    problems.extend(history);
     Verdict {
-        ok: accounting_ok && state_ok && money_ok && coverage_ok,
+        ok: accounting_ok && state_ok && money_ok && coverage_ok && history_ok,
         accounting_ok,
         state_ok,
         money_ok,
         coverage_required: args.default_workload,
         coverage_ok,
+        history_ok,
         problems,
     }
+}
+
+/// History: `conflict-check`'s rules over every recorded call and event (each call ended once,
+/// versions gap-free per entity, per-entity order agrees with real time, multi-entity commits
+/// serializable, staging decisions ranked). The first few violations are listed.
+fn check_history(report: &conflict_check::Report) -> Vec<String> {
+    const SHOWN: usize = 8;
+    let mut out: Vec<String> = report
+        .violations
+        .iter()
+        .take(SHOWN)
+        .map(|v| format!("history: {v:?}"))
+        .collect();
+    if report.violations.len() > SHOWN {
+        out.push(format!(
+            "history: {} more violations",
+            report.violations.len() - SHOWN
+        ));
+    }
+    out
 }
 
 /// Coverage: the default workload exists to exercise every kind of conflict handling; if one
@@ -1889,6 +1956,27 @@ fn print_verification(out: &mut String, r: &Report) {
     for (kind, n, _) in r.exercised.kinds() {
         say!(out, "    {kind:<20}{n:>8}");
     }
+    say!(
+        out,
+        "  history (conflict-check: each call ended once, versions gap-free, order agrees"
+    );
+    say!(
+        out,
+        "           with real time, multi-entity serializable, staging ranked): {}",
+        ok_or_failed(v.history_ok)
+    );
+    let h = &r.history;
+    say!(
+        out,
+        "    {} calls, {} entities, {} writes, {} multi-entity commits, {} staging decisions, \
+         {} preemptions checked",
+        h.calls,
+        h.entities,
+        h.writes,
+        h.multi_entity_commits,
+        h.staging_decisions,
+        h.preemptions
+    );
     for p in &v.problems {
         say!(out, "  - {p}");
     }
@@ -2079,6 +2167,7 @@ fn report(
         exercised,
         order_wins: outcomes.order_wins,
         seed_comparison: None,
+        history: HistoryReport::new(states.history),
         verdict,
         args: args.clone(),
     };
@@ -2191,6 +2280,10 @@ impl EntityStore for SabotagedStore {
     }
 }
 
+/// Events the runtime buffers for the history recorder between two of its turns (a lagging
+/// recorder makes the history check fail, never pass).
+const EVENT_CAPACITY: usize = 1 << 16;
+
 async fn connect(args: &Args) -> Result<Runtime, String> {
     if let Some(how) = args.sabotage {
         let store = SabotagedStore {
@@ -2200,14 +2293,21 @@ async fn connect(args: &Args) -> Result<Runtime, String> {
         };
         return Runtime::builder()
             .store(store)
+            .event_capacity(EVENT_CAPACITY)
             .build()
             .map_err(|e| e.to_string());
     }
     match args.backend.as_str() {
-        "memory" => Ok(Runtime::in_memory()),
+        "memory" => Runtime::builder()
+            .event_capacity(EVENT_CAPACITY)
+            .build()
+            .map_err(|e| e.to_string()),
         url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             let built = match Runtime::builder().postgres(url).await {
-                Ok(b) => b.build().map_err(|e| e.to_string()),
+                Ok(b) => b
+                    .event_capacity(EVENT_CAPACITY)
+                    .build()
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             built.map_err(|e| format!("cannot use {url}: {e}"))
@@ -2220,6 +2320,30 @@ async fn connect(args: &Args) -> Result<Runtime, String> {
 
 async fn run(args: &Args) -> Result<Report, String> {
     let rt = connect(args).await?;
+    // Every call and every event, for the history checker: subscribed before the first call,
+    // drained by a task of its own while the run lasts (the event buffer only has to hold
+    // what piles up between two of its turns).
+    let history = History::new();
+    let mut events = rt.subscribe();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let drain = {
+        let history = history.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    biased;
+                    r = events.recv() => match r {
+                        Some(r) => history.observe_received(&r),
+                        None => break,
+                    },
+                    _ = &mut stopped => {
+                        history.drain(&mut events);
+                        break;
+                    }
+                }
+            }
+        })
+    };
     let mut initial_targets = Vec::new();
     let mut targets = Vec::new();
     for i in 0..args.targets {
@@ -2231,6 +2355,7 @@ async fn run(args: &Args) -> Result<Report, String> {
         };
         let h =
             (rt.insert(t.clone()).await).map_err(|e| format!("cannot insert the targets: {e}"))?;
+        history.initial(h.key().clone(), 1, None);
         targets.push(h);
         initial_targets.push(t);
     }
@@ -2244,13 +2369,18 @@ async fn run(args: &Args) -> Result<Report, String> {
         };
         let h =
             (rt.insert(a.clone()).await).map_err(|e| format!("cannot insert the accounts: {e}"))?;
+        history.initial(h.key().clone(), 1, None);
         accounts.push(h);
         initial_accounts.push(a);
     }
     let planned = plan(args);
     let started = Instant::now();
-    let outcomes = drive(args, &targets, &accounts, planned).await;
+    let outcomes = drive(args, &targets, &accounts, planned, &history).await;
     let wall = started.elapsed();
+    let _ = stop.send(());
+    drain
+        .await
+        .map_err(|e| format!("the event recorder failed: {e}"))?;
     let mut final_targets = Vec::new();
     for h in &targets {
         final_targets.push((h.load().await).map_err(|e| format!("cannot load a target: {e}"))?);
@@ -2259,11 +2389,13 @@ async fn run(args: &Args) -> Result<Report, String> {
     for h in &accounts {
         final_accounts.push((h.load().await).map_err(|e| format!("cannot load an account: {e}"))?);
     }
+    let checked = history.check();
     let states = States {
         initial_targets: &initial_targets,
         final_targets: &final_targets,
         initial_accounts: &initial_accounts,
         final_accounts: &final_accounts,
+        history: &checked,
     };
     Ok(report(args, &rt, wall, &outcomes, &states))
 }

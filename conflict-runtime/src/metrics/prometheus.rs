@@ -108,7 +108,7 @@ impl Collector for SnapshotCollector {
             ),
             (
                 "conflict_preemptions",
-                "Executing operations preempted.",
+                "Targets taken from their executing operation by preemption (per target).",
                 s.preemptions,
             ),
             (

@@ -129,7 +129,9 @@ pub struct MetricsSnapshot {
     pub staging_losers: u64,
     /// Lost rounds after which the loser stayed staged (`on_lose = "requeue"`).
     pub requeued: u64,
-    /// Executing operations preempted.
+    /// Preemptions: a target taken from its executing operation by a higher-ranked one. Counted
+    /// per target: an operation over several entities preempted on two of them counts twice.
+    /// The operations that ended preempted are the `preempted` outcome.
     pub preemptions: u64,
     /// Staged operations displaced by a higher-priority arrival.
     pub displaced: u64,
