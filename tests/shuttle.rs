@@ -115,6 +115,19 @@ async fn transfer(a: &mut Counter, b: &mut Counter, n: i64) -> Result<(), Refuse
     Ok(())
 }
 
+/// The same transfer without staging: OCC only, so two of them commit concurrently on the same
+/// pair (the store's multi-slot commit must lock in one order).
+#[with_conflict_resolution(pre_ecs = false, occ(max_retries = 1000, base_delay_ms = 0))]
+async fn transfer_occ(a: &mut Counter, b: &mut Counter, n: i64) -> Result<(), Refused> {
+    if a.value < n {
+        return Err(Refused);
+    }
+    a.value -= n;
+    shuttle::future::yield_now().await;
+    b.value += n;
+    Ok(())
+}
+
 /// Adds to `a` and, through a nested call, to `b`; fails afterwards when `fail`: the nested
 /// write then goes with it.
 #[with_conflict_resolution(
@@ -269,9 +282,10 @@ fn shuttle_reject_losers_end_once() {
     });
 }
 
-/// A low call preempted (grace 0) by a critical one: the critical one commits; the low one
-/// commits (it began its commit phase first, or ran after) or ends `Preempted`; never both
-/// applied from one snapshot.
+/// A low call preempted (grace 0) by a critical one: the critical one commits at its first
+/// attempt (a preempted call never commits, and a committing one is waited for, so the
+/// critical call never meets an OCC conflict); the low one commits (it began its commit phase
+/// first, or ran after) or ends `Preempted`; never both applied from one snapshot.
 #[test]
 fn shuttle_preemption_loses_no_update() {
     explore(|| async {
@@ -285,7 +299,12 @@ fn shuttle_preemption_loses_no_update() {
             let c = c.clone();
             async move { add_critical(&c, 100).await }
         });
-        high.await.expect("task").expect("critical commits");
+        let high = high.await.expect("task").expect("critical commits");
+        assert_eq!(
+            high.attempts, 1,
+            "the critical call met a conflict: a preempted call committed"
+        );
+        assert_eq!(rt.metrics().occ_conflicts, 0);
         let low_committed = match low.await.expect("task") {
             Ok(_) => true,
             Err(ConflictError::Preempted { .. }) => false,
@@ -350,23 +369,25 @@ fn shuttle_a_dropped_call_ends_once_and_leaks_nothing() {
     });
 }
 
-/// Two opposite transfers and a third on the same pair: money is conserved, each transfer
-/// applies on both entities or on neither, and none deadlocks.
+/// Two opposite transfers and a third on the same pair, one of them OCC-only (so it commits
+/// beside a staged one): money is conserved, each transfer applies on both entities or on
+/// neither, and none deadlocks.
 #[test]
 fn shuttle_opposite_transfers_conserve_money() {
     explore(|| async {
         let rt = Runtime::in_memory();
         let (a, b) = (counter(&rt, 5).await, counter(&rt, 5).await);
-        let moves = [(true, 3_i64), (false, 4), (true, 2)];
+        let moves = [(true, 3_i64, false), (false, 4, true), (true, 2, false)];
         let tasks: Vec<_> = moves
             .iter()
-            .map(|&(forth, n)| {
+            .map(|&(forth, n, occ)| {
                 let (a, b) = (a.clone(), b.clone());
                 shuttle::future::spawn(async move {
-                    let r = if forth {
-                        transfer(&a, &b, n).await
+                    let (from, to) = if forth { (&a, &b) } else { (&b, &a) };
+                    let r = if occ {
+                        transfer_occ(from, to, n).await
                     } else {
-                        transfer(&b, &a, n).await
+                        transfer(from, to, n).await
                     };
                     (forth, n, r)
                 })

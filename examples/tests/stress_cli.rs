@@ -63,6 +63,28 @@ fn the_default_run_exercises_every_kind_it_reports_and_passes() {
         report.pointer("/verdict/coverage_ok"),
         Some(&Value::Bool(true))
     );
+    // The history checker saw every call, and the multi-entity commits and staging decisions
+    // it is there to check, and found nothing.
+    assert_eq!(
+        report.pointer("/verdict/history_ok"),
+        Some(&Value::Bool(true))
+    );
+    assert_eq!(count(&report, "/history/violations"), 0);
+    assert_eq!(
+        count(&report, "/history/calls"),
+        count(&report, "/submitted")
+    );
+    for what in [
+        "writes",
+        "multi_entity_commits",
+        "staging_decisions",
+        "preemptions",
+    ] {
+        assert!(
+            count(&report, &format!("/history/{what}")) > 0,
+            "the history check saw no {what}"
+        );
+    }
     // Each kind happened, and is what the runtime's metrics counted (not a guess of the
     // driver's).
     for (kind, metric) in [
@@ -118,7 +140,11 @@ fn a_store_that_applies_commits_twice_fails_the_default_verdict() {
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(stdout.contains("verdict: FAIL"), "{stdout}");
-    for check in ["state (targets", "money (Σ balances"] {
+    for check in [
+        "state (targets",
+        "money (Σ balances",
+        "history (conflict-check",
+    ] {
         let line = stdout
             .lines()
             .skip_while(|l| !l.trim_start().starts_with(check))
@@ -130,6 +156,7 @@ fn a_store_that_applies_commits_twice_fails_the_default_verdict() {
         stdout.contains("committed versions are not exactly"),
         "{stdout}"
     );
+    assert!(stdout.contains("history: VersionGap"), "{stdout}");
     assert!(stderr.contains("verification FAILED"), "{stderr}");
 }
 
