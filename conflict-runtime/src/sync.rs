@@ -15,6 +15,13 @@
 //! counter, the memory store's slots and map, the abort flag, the metrics table's claims, and
 //! the two tokio primitives the staging hand-off and the abort wait on (`Notify`, `oneshot`:
 //! under loom, loom-built versions with the same contract, see `modelled`).
+//! Under loom, two things are not modelled and no loom model may touch them: the process-wide
+//! wait graph (`waits::WAITS`, a `LazyLock` whose loom mutex would outlive the execution that
+//! made it) and the task-local of the running call (`context::FRAME`, tokio's, which loom's
+//! threads on one OS thread would share in the middle of a poll). Under shuttle both are
+//! per-execution and per-task (`shuttle::lazy_static`, `task_local` below), since the shuttle
+//! scenarios run whole calls.
+//!
 //! Plain counters (metrics) stay `std` atomics: they order nothing, and modelling them would only
 //! multiply the states loom explores.
 
@@ -56,7 +63,7 @@ pub(crate) struct ConcurrentMap<K, V> {
     #[cfg(not(any(loom, shuttle)))]
     inner: papaya::HashMap<K, V, foldhash::fast::RandomState>,
     #[cfg(any(loom, shuttle))]
-    inner: Mutex<std::collections::HashMap<K, V>>,
+    inner: Mutex<ModelMap<K, V>>,
 }
 
 #[cfg(not(any(loom, shuttle)))]
@@ -105,15 +112,24 @@ impl<K: Hash + Eq + Clone, V: Clone> ConcurrentMap<K, V> {
     }
 }
 
+/// Under loom and shuttle: a hasher without a random seed, so that iteration order (which
+/// decides the order of some wake-ups) is the same in a replay as in the run it replays.
+#[cfg(any(loom, shuttle))]
+type ModelMap<K, V> = std::collections::HashMap<
+    K,
+    V,
+    std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>,
+>;
+
 #[cfg(any(loom, shuttle))]
 impl<K: Hash + Eq + Clone, V: Clone> ConcurrentMap<K, V> {
     pub(crate) fn new() -> Self {
         Self {
-            inner: Mutex::new(std::collections::HashMap::new()),
+            inner: Mutex::new(ModelMap::default()),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, std::collections::HashMap<K, V>> {
+    fn lock(&self) -> MutexGuard<'_, ModelMap<K, V>> {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -210,7 +226,7 @@ pub(crate) mod task_local {
             TaskLocalFuture {
                 key: self.0,
                 slot: Some(value),
-                fut: Box::pin(fut),
+                fut: Some(Box::pin(fut)),
             }
         }
 
@@ -225,12 +241,37 @@ pub(crate) mod task_local {
         }
     }
 
-    /// [`TaskLocal::scope`]'s future.
+    /// Runs `f` with `slot`'s value in the task's storage, and puts it back afterwards, also
+    /// when `f` panics (as tokio's `scope_inner` does).
+    fn scoped<T: 'static, R>(
+        key: &'static Slot<T>,
+        slot: &mut Option<T>,
+        f: impl FnOnce() -> R,
+    ) -> R {
+        struct Restore<'s, T: 'static> {
+            key: &'static Slot<T>,
+            slot: &'s mut Option<T>,
+            outer: Option<T>,
+        }
+        impl<T: 'static> Drop for Restore<'_, T> {
+            fn drop(&mut self) {
+                let outer = self.outer.take();
+                *self.slot = self.key.with(|c| c.replace(outer));
+            }
+        }
+        let outer = key.with(|c| c.replace(slot.take()));
+        let _restore = Restore { key, slot, outer };
+        f()
+    }
+
+    /// [`TaskLocal::scope`]'s future. Like tokio's, it drops the inner future inside the scope
+    /// (when it completes, or when the scope future is dropped first), before the value.
     pub(crate) struct TaskLocalFuture<T: 'static, F> {
         key: &'static Slot<T>,
         /// The value while the future is not being polled.
         slot: Option<T>,
-        fut: Pin<Box<F>>,
+        /// `None` once completed.
+        fut: Option<Pin<Box<F>>>,
     }
 
     // Nothing in it is pinned in place: the inner future is boxed.
@@ -248,10 +289,26 @@ pub(crate) mod task_local {
 
         fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
             let this = self.get_mut();
-            let outer = this.key.with(|c| c.replace(this.slot.take()));
-            let r = this.fut.as_mut().poll(cx);
-            this.slot = this.key.with(|c| c.replace(outer));
-            r
+            let (key, slot, fut) = (this.key, &mut this.slot, &mut this.fut);
+            scoped(key, slot, || {
+                let inner = fut
+                    .as_mut()
+                    .expect("a task-local scope polled after it completed");
+                let r = inner.as_mut().poll(cx);
+                if r.is_ready() {
+                    *fut = None;
+                }
+                r
+            })
+        }
+    }
+
+    impl<T: 'static, F> Drop for TaskLocalFuture<T, F> {
+        fn drop(&mut self) {
+            if self.fut.is_some() {
+                let (key, slot, fut) = (self.key, &mut self.slot, &mut self.fut);
+                scoped(key, slot, || drop(fut.take()));
+            }
         }
     }
 }

@@ -2,6 +2,9 @@
 //! `notified` future, then checks the flag, then waits; the trigger sets the flag, then wakes
 //! every waiter. Whatever the interleaving, the waiter returns (loom reports a deadlock if a
 //! wake-up can be lost). Run with `RUSTFLAGS="--cfg loom"` (see `docs/verification.md`).
+//!
+//! The waiter here follows the protocol as its callers write it; the callers' own code (a
+//! staged waiter in `Staging`) is modelled by `staging::loom_models::loom_abort_wakes_waiters`.
 
 use std::sync::Arc;
 

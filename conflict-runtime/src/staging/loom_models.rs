@@ -257,7 +257,6 @@ fn loom_preempt_versus_commit() {
         };
         w.release(&key, &hint);
         assert_eq!(high.join().unwrap(), End::Committed);
-        assert!(matches!(low, End::Committed | End::Preempted), "{low:?}");
         assert_eq!(
             w.committed.load(SeqCst),
             1 + usize::from(low == End::Committed)
@@ -294,8 +293,10 @@ fn loom_cancel_while_handed_the_target() {
     });
 }
 
-/// Two callers staged behind an executing one that ends: with `reject`, the group's winner
-/// runs and the loser is told it lost; with a late arrival, it may find the target idle.
+/// Three `reject` calls (NORMAL, HIGH, NORMAL) arrive at an idle target in any order: the
+/// first executes at once, the others form the next group or find the target idle. Every call
+/// ends once, the commits counted match, and HIGH is never rejected (it outranks every group
+/// it is in). (Whether anyone is rejected depends on the interleaving, so it is not asserted.)
 #[test]
 fn loom_group_with_reject() {
     model("loom_group_with_reject", || {

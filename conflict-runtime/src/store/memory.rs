@@ -290,10 +290,13 @@ impl MemoryStore {
         // Writes, deletes, then reads, as one list of (key, expected version, what to do, its
         // slot). Each key's slot is looked up once, here (slots are never removed, so it stays
         // the key's). A create of a key without a slot gets a fresh one (`true`), added to the
-        // map only once everything else is checked (so a commit that conflicts leaves nothing
-        // behind): made here, locked, and added while locked. Nobody can hold it before, so
-        // taking it out of key order never waits; if another commit adds a slot for that key
-        // first, this one starts over.
+        // map only once everything else is checked (so a commit that conflicts on a checked key
+        // adds no slot): made here, locked, and added while locked. Nobody can hold it before,
+        // so taking it out of key order never waits; if another commit adds a slot for that key
+        // first, this one starts over. (A commit creating several new keys that loses that race
+        // on a later one has already added the earlier ones' fresh slots: empty, at version 0,
+        // exactly what a key never seen looks like to every reader and to a later create; only
+        // `keys_kept` counts them. They cannot be removed: slots are cached by handles.)
         let lookup = |key: &EntityKey, expected: u64, change: Change<'_>| match self.map.get(key) {
             Some(slot) => Some((slot, false)),
             None => (expected == 0 && matches!(change, Change::Write(_)))
