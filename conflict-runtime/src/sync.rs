@@ -1,20 +1,24 @@
 //! The synchronization primitives the runtime's state machines are built on, in one place, so
 //! that they can be model-checked (the tokio way).
 //!
-//! Built with `--cfg shuttle` (`tests/shuttle.rs`), they are [shuttle](https://docs.rs/shuttle)'s,
-//! with the same map and `Notify`/`oneshot` as under loom, so that shuttle's schedulers control
-//! every switch between tasks in whole async scenarios.
+//! Normally these are `std`'s primitives, a [`papaya`] map and tokio's `Notify`, `oneshot` and
+//! `task_local!`. Built with `--cfg loom` (`RUSTFLAGS="--cfg loom"`, `scripts/loom`, see
+//! `docs/verification.md`), they are [`loom`](https://docs.rs/loom)'s, the map is a loom mutex
+//! around a `HashMap`, and `Notify`/`oneshot` are built on it with tokio's contract (`modelled`):
+//! every lock, atomic access and map operation becomes a point where loom's scheduler may switch
+//! threads, and the `loom_models` modules beside the code they check explore every interleaving
+//! of them (up to the preemption bound). Built with `--cfg shuttle` (`scripts/shuttle`,
+//! `tests/shuttle.rs`), they are [shuttle](https://docs.rs/shuttle)'s, with the same map and
+//! `Notify`/`oneshot` as under loom and a task-local kept in shuttle's per-task storage
+//! (`task_local` below), so that shuttle's schedulers control every switch between tasks in
+//! whole async scenarios.
 //!
-//! Normally these are `std`'s primitives and a [`papaya`] map. Built with `--cfg loom`
-//! (`RUSTFLAGS="--cfg loom"`, see `docs/verification.md`), they are [`loom`](https://docs.rs/loom)'s,
-//! and the map is a loom mutex around a `HashMap`: every lock, atomic access and map operation
-//! becomes a point where loom's scheduler may switch threads, and the models in
-//! `crate::loom_models` explore every interleaving of them (up to the preemption bound).
+//! What goes through here: the staging cell's lock and its permit counter, the memory store's
+//! slots and map, the abort flag, the metrics table's claims, the transaction state, the wait
+//! graph, a call's delete list, the cleanup queues, and the tokio primitives the staging
+//! hand-off and the abort wait on. (Under shuttle every lock must: a `std` lock held across a
+//! switch would block shuttle's one OS thread.)
 //!
-//! Only what a protocol depends on goes through here: the staging cell's lock and its permit
-//! counter, the memory store's slots and map, the abort flag, the metrics table's claims, and
-//! the two tokio primitives the staging hand-off and the abort wait on (`Notify`, `oneshot`:
-//! under loom, loom-built versions with the same contract, see `modelled`).
 //! Under loom, two things are not modelled and no loom model may touch them: the process-wide
 //! wait graph (`waits::WAITS`, a `LazyLock` whose loom mutex would outlive the execution that
 //! made it) and the task-local of the running call (`context::FRAME`, tokio's, which loom's
