@@ -149,9 +149,14 @@ struct OpSlot {
 
 impl OpTable {
     pub(super) fn new(capacity: usize) -> Self {
-        let cap = capacity.max(16).next_power_of_two();
+        Self::with_slots(capacity.max(16).next_power_of_two())
+    }
+
+    /// A table of exactly `slots` slots (a power of two: the probe masks with `slots - 1`).
+    fn with_slots(slots: usize) -> Self {
+        debug_assert!(slots.is_power_of_two());
         Self {
-            slots: (0..cap)
+            slots: (0..slots)
                 .map(|_| OpSlot {
                     key: AtomicUsize::new(0),
                     stats: OnceLock::new(),

@@ -89,6 +89,15 @@ impl World {
         true
     }
 
+    /// [`take_turn`](Self::take_turn), as the call's end.
+    fn turn(&self, guard: ExecGuard<'_>) -> End {
+        if self.take_turn(guard) {
+            End::Committed
+        } else {
+            End::Preempted
+        }
+    }
+
     /// Releases the hold a handle's cache keeps (what dropping a `Handle` does).
     fn release(&self, key: &EntityKey, hint: &OnceLock<Arc<TargetCell>>) {
         if let Some(cell) = hint.get() {
@@ -116,32 +125,35 @@ enum End {
     Cancelled,
 }
 
+/// A call's arrival on `key`'s staging area: its future resolves once the call executes there
+/// (or is turned away).
+fn arrive<'a>(
+    w: &'a World,
+    key: &'a EntityKey,
+    hint: &'a OnceLock<Arc<TargetCell>>,
+    cfg: &PreEcsConfig,
+    seq: u64,
+    priority: OperationPriority,
+) -> impl Future<Output = Result<(ExecGuard<'a>, bool), StageError>> {
+    w.staging.enter(
+        key,
+        hint,
+        cand(seq, priority),
+        cfg,
+        &w.abort,
+        tokio::time::Instant::now(),
+        || Ok::<(), StageError>(()),
+    )
+}
+
 /// One call: arrive, wait for the decision, take the turn.
 fn call(w: &World, seq: u64, priority: OperationPriority, on_lose: OnLose) -> End {
     let key = key();
     let hint = OnceLock::new();
     let cfg = cfg(on_lose);
     let end = loom::future::block_on(async {
-        let entered = w
-            .staging
-            .enter(
-                &key,
-                &hint,
-                cand(seq, priority),
-                &cfg,
-                &w.abort,
-                tokio::time::Instant::now(),
-                || Ok::<(), StageError>(()),
-            )
-            .await;
-        match entered {
-            Ok((guard, _)) => {
-                if w.take_turn(guard) {
-                    End::Committed
-                } else {
-                    End::Preempted
-                }
-            }
+        match arrive(w, &key, &hint, &cfg, seq, priority).await {
+            Ok((guard, _)) => w.turn(guard),
             Err(StageError::Rejected { .. }) => End::Rejected,
             Err(StageError::ShuttingDown) => End::ShuttingDown,
             Err(StageError::Overloaded { .. } | StageError::Cycle(_)) => {
@@ -160,25 +172,11 @@ fn call_and_cancel(w: &World, seq: u64, priority: OperationPriority) -> End {
     let hint = OnceLock::new();
     let cfg = cfg(OnLose::Requeue);
     let end = loom::future::block_on(async {
-        let mut fut = pin!(w.staging.enter(
-            &key,
-            &hint,
-            cand(seq, priority),
-            &cfg,
-            &w.abort,
-            tokio::time::Instant::now(),
-            || Ok::<(), StageError>(()),
-        ));
+        let mut fut = pin!(arrive(w, &key, &hint, &cfg, seq, priority));
         let first =
             std::future::poll_fn(|cx: &mut Context<'_>| Poll::Ready(fut.as_mut().poll(cx))).await;
         match first {
-            Poll::Ready(Ok((guard, _))) => {
-                if w.take_turn(guard) {
-                    End::Committed
-                } else {
-                    End::Preempted
-                }
-            }
+            Poll::Ready(Ok((guard, _))) => w.turn(guard),
             Poll::Ready(Err(_)) => End::ShuttingDown,
             // Dropped here, staged or just decided: `Waiter::drop` withdraws or hands on.
             Poll::Pending => End::Cancelled,
@@ -197,15 +195,7 @@ fn enter_idle<'a>(
     priority: OperationPriority,
 ) -> ExecGuard<'a> {
     let cfg = cfg(OnLose::Requeue);
-    let entered = loom::future::block_on(w.staging.enter(
-        key,
-        hint,
-        cand(seq, priority),
-        &cfg,
-        &w.abort,
-        tokio::time::Instant::now(),
-        || Ok::<(), StageError>(()),
-    ));
+    let entered = loom::future::block_on(arrive(w, key, hint, &cfg, seq, priority));
     let Ok((guard, _)) = entered else {
         unreachable!("an idle target refuses no call: no capacity limit, no abort yet");
     };
@@ -250,11 +240,7 @@ fn loom_preempt_versus_commit() {
         let high = spawn(&w, |w| {
             call(w, 2, OperationPriority::CRITICAL, OnLose::Requeue)
         });
-        let low = if w.take_turn(guard) {
-            End::Committed
-        } else {
-            End::Preempted
-        };
+        let low = w.turn(guard);
         w.release(&key, &hint);
         assert_eq!(high.join().unwrap(), End::Committed);
         assert_eq!(

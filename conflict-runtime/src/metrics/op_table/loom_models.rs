@@ -1,19 +1,20 @@
 //! loom model of the metrics table's concurrent claims: threads counting operations of two
-//! types at once, on a table of one slot, so both types start their probe at the same slot
-//! whatever their addresses: one claims it, the other goes to the overflow map. Every type gets
-//! stats of its own, and no count is lost or merged. Run with
-//! `RUSTFLAGS="--cfg loom"` (see `docs/verification.md`).
+//! types at once, on a table of one slot (`OpTable::new` rounds up to at least 16, where two
+//! types would start at different slots, or not, depending on where the linker put them), so
+//! both types start their probe at the same slot whatever their addresses: one claims it, the
+//! other goes to the overflow map. Every type gets stats of its own, and no count is lost or
+//! merged. Run with `RUSTFLAGS="--cfg loom"` (see `docs/verification.md`).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use conflict_core::{OperationConfig, OutcomeKind};
 use loom::thread;
 
-use super::{OpSlot, OpTable};
+use super::OpTable;
 use crate::metrics::Ending;
 use crate::registry::OperationSpec;
-use crate::sync::{AtomicUsize, model};
+use crate::sync::model;
 
 static FIRST: OperationSpec = OperationSpec {
     name: "first",
@@ -25,20 +26,6 @@ static SECOND: OperationSpec = OperationSpec {
     module: "loom",
     config: OperationConfig::DEFAULT,
 };
-
-/// A table of exactly `slots` slots (`OpTable::new` rounds up to at least 16, where two types
-/// would start at different slots, or not, depending on where the linker put them).
-fn table(slots: usize) -> OpTable {
-    OpTable {
-        slots: (0..slots)
-            .map(|_| OpSlot {
-                key: AtomicUsize::new(0),
-                stats: OnceLock::new(),
-            })
-            .collect(),
-        overflow: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),
-    }
-}
 
 fn count(table: &OpTable, spec: &'static OperationSpec) {
     let ending = Ending {
@@ -54,7 +41,7 @@ fn count(table: &OpTable, spec: &'static OperationSpec) {
 #[test]
 fn loom_claims_are_exclusive() {
     model("loom_claims_are_exclusive", || {
-        let table = Arc::new(table(1));
+        let table = Arc::new(OpTable::with_slots(1));
         let t = Arc::clone(&table);
         let a = thread::spawn(move || count(&t, &FIRST));
         let t = Arc::clone(&table);
