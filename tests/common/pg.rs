@@ -98,7 +98,7 @@ fn install_hint() -> String {
     format!(
         "The PostgreSQL tests start a throwaway PostgreSQL {PREFERRED_MAJOR} cluster and need its \
          server binaries: install the Debian package `postgresql` \
-         (`apt-get install -y postgresql`; .ci/run does this), or set {BIN_ENV} to the directory \
+         (`apt-get install -y postgresql`; scripts/test does this), or set {BIN_ENV} to the directory \
          holding initdb and pg_ctl."
     )
 }
